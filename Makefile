@@ -1,0 +1,35 @@
+# syncbn-service: the two set-up commands are `make run` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  := torch==2.13.0
+export SYNCBN_HOME ?= .syncbn
+export PORT ?= 8000
+
+.PHONY: run test lint bench clean
+
+# torch is installed first and pinned: an unpinned torch pulls GBs of CUDA wheels.
+$(VENV)/.installed-dev: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.installed-dev
+	@echo "The service (issue 4) is not built yet: 'make run' will start it on http://127.0.0.1:$(PORT)."
+	@echo "Available now: the syncbn library ($(PY) -c 'import syncbn') and 'make test'."
+	@exit 1
+
+test: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: $(VENV)/.installed-dev
+	$(PY) benchmarks/syncbn_bench.py
+
+clean:
+	rm -rf $(VENV) $(SYNCBN_HOME) .pytest_cache .ruff_cache

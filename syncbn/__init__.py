@@ -1,0 +1,23 @@
+"""syncbn: batch norm synchronized across torch.distributed ranks.
+
+Every rank normalizes with the statistics of the global batch, at the cost of one
+all_reduce of O(channels) values in the forward pass and one in the backward pass.
+"""
+
+from syncbn import functional
+from syncbn.batchnorm import SyncBatchNorm
+from syncbn.convert import convert_sync_batchnorm, revert_sync_batchnorm
+from syncbn.groups import new_sync_groups
+from syncbn.stats import LayerStats, StatsRecorder, record_stats
+
+__all__ = [
+    "LayerStats",
+    "StatsRecorder",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "functional",
+    "new_sync_groups",
+    "record_stats",
+    "revert_sync_batchnorm",
+]
+__version__ = "0.1.0"

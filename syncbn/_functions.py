@@ -1,0 +1,192 @@
+"""The synchronized batch-norm autograd function: one all_reduce forward, one backward.
+
+Forward: each rank packs per-channel [sum x, sum x^2, n] in float64 (local sums are taken
+around a per-channel shift, so float32 inputs with |mean| >> std stay accurate), ONE
+all_reduce(SUM) gives the global batch moments, and the eval form of ``F.batch_norm``
+normalizes with them in one fused pass.
+
+Backward: local [sum dy, sum dy*xhat] from ``native_batch_norm_backward`` (reduce only), ONE
+all_reduce(SUM), then dx = w*invstd*(dy - sum_dy/N - xhat*sum_dy_xhat/N), computed as an
+eval-form batch_norm of x (the per-channel affine part) plus w*invstd*dy. The weight and
+bias gradients are the LOCAL sums; DDP averages them across ranks, as with
+``torch.nn.SyncBatchNorm``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from syncbn.stats import LayerStats, StatsRecorder
+
+
+def reduce_dims(input: torch.Tensor) -> list[int]:
+    """All dims but the channel dim (1)."""
+    return [0, *range(2, input.dim())]
+
+
+def stat_dtype(input: torch.Tensor) -> torch.dtype:
+    """Statistics are float32 for float32/float16/bfloat16 inputs, float64 for float64."""
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def broadcast_shape(input: torch.Tensor) -> list[int]:
+    return [1, input.size(1)] + [1] * (input.dim() - 2)
+
+
+def local_moments(input: torch.Tensor) -> torch.Tensor:
+    """Float64 [sum x (C), sum x^2 (C), n (1)] of this rank's batch, accurate for |mean| >> std."""
+    channels = input.size(1)
+    count = input.numel() // channels if channels else 0
+    packed = torch.zeros(2 * channels + 1, dtype=torch.float64, device=input.device)
+    packed[-1] = count
+    if count == 0:
+        return packed
+    # Shift by one sample per channel: the shifted values are O(std), so float32 sums of
+    # them and of their squares lose nothing to cancellation; the shift is added back in
+    # float64 (O(C) work).
+    shift = input[(0, slice(None), *([0] * (input.dim() - 2)))].to(stat_dtype(input))
+    centred = input.to(stat_dtype(input)) - shift.view(broadcast_shape(input))
+    dims = reduce_dims(input)
+    s1 = centred.sum(dims).double()
+    s2 = (centred * centred).sum(dims).double()
+    k = shift.double()
+    packed[:channels] = s1 + count * k
+    packed[channels:-1] = s2 + 2 * k * s1 + count * k * k
+    return packed
+
+
+def all_reduce(tensor: torch.Tensor, group: Any, recorder: StatsRecorder | None) -> None:
+    """The only collective syncbn issues: all_reduce(SUM), in place."""
+    if recorder is None:
+        dist.all_reduce(tensor, group=group)
+    else:
+        recorder.timed_all_reduce(tensor, group)
+
+
+def _moments_to_mean_var(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    channels = (packed.numel() - 1) // 2
+    count = packed[-1]
+    safe = count.clamp_min(1)
+    mean = packed[:channels] / safe
+    var = (packed[channels:-1] / safe - mean * mean).clamp_min(0)
+    return mean, var, count
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Batch norm over the union of all ranks' batches in ``process_group``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        input: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        running_mean: torch.Tensor | None,
+        running_var: torch.Tensor | None,
+        momentum: float | torch.Tensor,
+        eps: float,
+        process_group: Any,
+        world_size: int,
+        recorder: StatsRecorder | None,
+        layer: object,
+    ) -> torch.Tensor:
+        local = local_moments(input)
+        local_copy = local.clone() if recorder is not None else None
+        if world_size > 1:
+            all_reduce(local, process_group, recorder)
+        mean64, var64, count = _moments_to_mean_var(local)
+
+        local_count = input.numel() // input.size(1)
+        # The global count is only read on the host when this rank alone cannot tell it is > 1.
+        if local_count <= 1 and count.item() <= 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got input size "
+                f"{tuple(input.shape)} on this rank and {int(count.item())} value(s) per "
+                "channel over the whole process group"
+            )
+
+        dtype = stat_dtype(input)
+        mean, var = mean64.to(dtype), var64.to(dtype)
+        if running_mean is not None and running_var is not None:
+            unbiased = var64 * count / (count - 1)
+            running_mean.mul_(1 - momentum).add_(mean64.to(running_mean.dtype) * momentum)
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype) * momentum)
+
+        if recorder is not None and local_copy is not None:
+            local_mean, local_var, _ = _moments_to_mean_var(local_copy)
+            recorder.record_layer(
+                layer,
+                LayerStats(
+                    local_mean=local_mean,
+                    local_var=local_var,
+                    local_count=local_count,
+                    global_mean=mean64,
+                    global_var=var64,
+                    global_count=int(count.item()),
+                ),
+            )
+
+        ctx.save_for_backward(input, weight, mean, var, count)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.eps, ctx.process_group, ctx.world_size, ctx.recorder = (
+            eps,
+            process_group,
+            world_size,
+            recorder,
+        )
+        return F.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        input, weight, mean, var, count = ctx.saved_tensors
+        eps, bias_dtype = ctx.eps, ctx.bias_dtype
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        channels = input.size(1)
+        invstd = (var + eps).rsqrt()
+
+        if input.numel() > 0:
+            # Reduce-only call: its weight/bias outputs are exactly sum dy*xhat and sum dy.
+            _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+                grad_output,
+                input,
+                weight,
+                None,
+                None,
+                mean,
+                invstd,
+                True,
+                eps,
+                [False, True, True],
+            )
+        else:  # an empty rank contributes zeros (the kernel divides by the local count)
+            sum_dy_xhat = sum_dy = torch.zeros(channels, dtype=mean.dtype, device=input.device)
+
+        grad_input = None
+        if need_input:
+            packed = torch.cat([sum_dy, sum_dy_xhat])
+            if ctx.world_size > 1:
+                all_reduce(packed, ctx.process_group, ctx.recorder)
+            total = count.to(mean.dtype)
+            w = weight.to(mean.dtype) if weight is not None else torch.ones_like(mean)
+            scale = w * invstd
+            # dx = scale*dy + (xhat*(-scale*sum_dy_xhat/N) + (-scale*sum_dy/N)): the affine part
+            # in xhat is one eval-form batch_norm pass over x, then one fused multiply-add.
+            grad_input = F.batch_norm(
+                input,
+                mean,
+                var,
+                -scale * packed[channels:] / total,
+                -scale * packed[:channels] / total,
+                False,
+                0.0,
+                eps,
+            )
+            grad_input.addcmul_(grad_output, scale.view(broadcast_shape(input)))
+
+        grad_weight = sum_dy_xhat.to(weight.dtype) if need_weight and weight is not None else None
+        grad_bias = sum_dy.to(bias_dtype) if need_bias and bias_dtype is not None else None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None
