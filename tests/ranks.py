@@ -14,7 +14,12 @@ import syncbn
 
 CHANNELS = 6
 SPATIAL = {2: (), 3: (7,), 4: (5, 4), 5: (3, 4, 2)}
-TORCH_BN = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
+TORCH_BN = {
+    2: torch.nn.BatchNorm1d,
+    3: torch.nn.BatchNorm1d,
+    4: torch.nn.BatchNorm2d,
+    5: torch.nn.BatchNorm3d,
+}
 # Uneven local batches per world size; 3 and 4 include an empty rank.
 LOCAL_SIZES = {1: [6], 2: [2, 5], 3: [4, 0, 3], 4: [1, 3, 0, 5]}
 

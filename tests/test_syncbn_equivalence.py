@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ranks import LOCAL_SIZES, Case, reference, syncbn_rank
 from syncbn.launch import run_on_ranks
+
+from ranks import LOCAL_SIZES, Case, reference, syncbn_rank
 
 CASES = {
     "1d-flat": Case(dims=2),

@@ -1,0 +1,144 @@
+"""syncbn without torch.distributed: BatchNorm behaviour, validation, convert/revert."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import syncbn
+from syncbn.convert import CONVERTIBLE
+
+
+@pytest.fixture
+def no_collectives(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a collective was issued")
+
+    monkeypatch.setattr(dist, "all_reduce", forbidden)
+
+
+@pytest.mark.parametrize(
+    ("cls", "shape"),
+    [
+        (torch.nn.BatchNorm1d, (8, 5)),
+        (torch.nn.BatchNorm1d, (8, 5, 7)),
+        (torch.nn.BatchNorm2d, (8, 5, 4, 3)),
+        (torch.nn.BatchNorm3d, (4, 5, 3, 2, 3)),
+    ],
+)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_without_distributed_is_exactly_batchnorm(no_collectives, cls, shape, momentum) -> None:
+    torch.manual_seed(0)
+    ref = cls(5, momentum=momentum)
+    ours = syncbn.SyncBatchNorm(5, momentum=momentum)
+    ours.load_state_dict(ref.state_dict())
+    for step in range(3):
+        x = torch.randn(shape) * 2 + step
+        xr, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ref(xr).pow(2).sum().backward()
+        ours(xo).pow(2).sum().backward()
+        assert torch.equal(xr.grad, xo.grad)
+    for key, value in ref.state_dict().items():
+        assert torch.equal(value, ours.state_dict()[key]), key
+    assert torch.equal(ref.weight.grad, ours.weight.grad)
+    ref.eval(), ours.eval()
+    assert torch.equal(ref(x), ours(x))
+
+
+def test_same_state_dict_keys_as_torch() -> None:
+    for cls in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d):
+        assert list(cls(4).state_dict()) == list(syncbn.SyncBatchNorm(4).state_dict())
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((8,), "at least 2 dims|2D to 5D"),
+        ((2, 3, 4, 5, 6, 7), "2D to 5D"),
+        ((8, 3, 4), "expected 5 channels"),
+        ((1, 5), "Expected more than 1 value per channel"),
+        ((1, 5, 1, 1), "Expected more than 1 value per channel"),
+    ],
+)
+def test_bad_input_is_a_clear_error(shape, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        syncbn.SyncBatchNorm(5)(torch.randn(shape))
+
+
+def test_functional_checks_channels() -> None:
+    with pytest.raises(ValueError, match="expected 4 channels"):
+        syncbn.functional.sync_batch_norm(torch.randn(3, 2), torch.zeros(4), torch.ones(4))
+
+
+def _model() -> torch.nn.Sequential:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Sequential(torch.nn.Flatten(1, 2), torch.nn.BatchNorm1d(4, affine=False)),
+        torch.nn.BatchNorm3d(4, momentum=None).eval(),
+        torch.nn.BatchNorm1d(4, bias=False),
+        torch.nn.SyncBatchNorm(4, track_running_stats=False),
+    )
+
+
+def test_convert_shares_parameters_buffers_and_mode() -> None:
+    model = _model()
+    before = {name: m for name, m in model.named_modules() if isinstance(m, CONVERTIBLE)}
+    keys = list(model.state_dict())
+    params = [id(p) for p in model.parameters()]
+    converted = syncbn.convert_sync_batchnorm(model)
+    assert converted is model
+    assert [id(p) for p in converted.parameters()] == params
+    assert list(converted.state_dict()) == keys
+    for name, old in before.items():
+        new = converted.get_submodule(name)
+        assert isinstance(new, syncbn.SyncBatchNorm), name
+        assert new.training == old.training
+        assert new.running_mean is old.running_mean and new.weight is old.weight
+        assert (new.bias is None) == (old.bias is None)
+        assert (new.momentum, new.eps, new.affine, new.track_running_stats) == (
+            old.momentum,
+            old.eps,
+            old.affine,
+            old.track_running_stats,
+        )
+
+
+def test_revert_restores_torch_classes() -> None:
+    model = _model()
+    classes = {n: type(m) for n, m in model.named_modules()}
+    converted = syncbn.convert_sync_batchnorm(model)
+    converted[5](torch.randn(3, 4, 2, 2))  # a torch SyncBatchNorm: its dims are learnt from input
+    reverted = syncbn.revert_sync_batchnorm(converted)
+    for name, module in reverted.named_modules():
+        expected = torch.nn.BatchNorm2d if name == "5" else classes[name]
+        assert type(module) is expected, name
+    assert not any(isinstance(m, syncbn.SyncBatchNorm) for m in reverted.modules())
+
+
+def test_revert_without_known_dims_says_so() -> None:
+    with pytest.raises(ValueError, match="run one forward pass"):
+        syncbn.revert_sync_batchnorm(syncbn.SyncBatchNorm(3))
+
+
+def test_convert_root_module_and_process_group_attribute() -> None:
+    bn = syncbn.convert_sync_batchnorm(torch.nn.BatchNorm2d(3), process_group="group-sentinel")
+    assert isinstance(bn, syncbn.SyncBatchNorm) and bn.process_group == "group-sentinel"
+
+
+def test_new_sync_groups_needs_distributed() -> None:
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        syncbn.new_sync_groups(2)
+
+
+def test_recorder_is_inactive_unless_asked() -> None:
+    assert syncbn.stats.active_recorder() is None
+    model = torch.nn.Sequential(syncbn.SyncBatchNorm(3))
+    with syncbn.record_stats(model) as rec:
+        model(torch.randn(4, 3)).sum().backward()
+    assert syncbn.stats.active_recorder() is None
+    assert set(rec.layers) == {"0"} and rec.collectives == 0
+    stats = rec.layers["0"]
+    assert stats.local_count == stats.global_count == 4
+    assert stats.mean_shift() == pytest.approx(0.0, abs=1e-6)
