@@ -52,7 +52,9 @@ def local_moments(input: torch.Tensor) -> torch.Tensor:
     centred = input.to(stat_dtype(input)) - shift.view(broadcast_shape(input))
     dims = reduce_dims(input)
     s1 = centred.sum(dims).double()
-    s2 = (centred * centred).sum(dims).double()
+    # `centred` is a fresh tensor: square it in place, so one temporary of the input's size is
+    # live rather than two (fresh large buffers cost page faults on every call).
+    s2 = centred.square_().sum(dims).double()
     k = shift.double()
     packed[:channels] = s1 + count * k
     packed[channels:-1] = s2 + 2 * k * s1 + count * k * k
