@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -142,3 +145,13 @@ def test_recorder_is_inactive_unless_asked() -> None:
     stats = rec.layers["0"]
     assert stats.local_count == stats.global_count == 4
     assert stats.mean_shift() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_syncbn_imports_with_torch_alone() -> None:
+    code = (
+        "import sys, syncbn, syncbn.launch\n"
+        "heavy = {'ray', 'fastapi', 'pydantic', 'starlette', 'sqlalchemy'}\n"
+        "loaded = sorted(heavy & {m.split('.')[0] for m in sys.modules})\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
