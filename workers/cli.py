@@ -1,0 +1,251 @@
+"""Command line: run one job from a JSON spec on the current Ray cluster.
+
+    python -m workers run SPEC.json [--storage DIR] [--address ADDR] [--name NAME]
+                                    [--datasets-dir DIR] [--json] [--verbose]
+
+Without ``--address`` (or ``RAY_ADDRESS``) a local Ray instance is started. Shows a progress
+bar over the epochs (and the steps of the current epoch when step reports are on), then a
+per-worker table and the test accuracy. ``--json`` prints the result as one JSON object on
+stdout (the progress goes to stderr). Exit status: 0 done, 1 training failed, 2 invalid spec
+or dataset, 3 infeasible on this cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from workers.spec import JobSpec
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFEASIBLE = 0, 1, 2, 3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one training job from a JSON JobSpec file")
+    run.add_argument("spec", type=Path, help="JobSpec JSON file ('-' for stdin)")
+    run.add_argument(
+        "--storage",
+        default=str(Path(os.environ.get("SYNCBN_HOME", ".syncbn")) / "runs"),
+        help="storage path for runs (default: $SYNCBN_HOME/runs)",
+    )
+    run.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    run.add_argument("--name", default=None, help="unique run name (default: generated)")
+    run.add_argument("--datasets-dir", default=None, help="where uploaded datasets live")
+    run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    run.add_argument("--verbose", action="store_true", help="show Ray worker logs")
+    return parser.parse_args(argv)
+
+
+def load_spec(path: Path) -> JobSpec:
+    """Read and validate a JobSpec JSON file (``-``: stdin)."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    return JobSpec.model_validate_json(text)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the field."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(spec)"
+        lines.append(f"  {field}: {error['msg']}")
+    return "invalid job spec:\n" + "\n".join(lines)
+
+
+class ProgressView:
+    """A rich progress display fed with stats events (from ``follow_events``)."""
+
+    def __init__(self, console: Any, spec: JobSpec, steps_per_epoch: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.spec = spec
+        self.steps_per_epoch = steps_per_epoch
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
+        )
+        self.epochs = self.progress.add_task("epochs", total=spec.epochs, info="starting")
+        self.steps = self.progress.add_task("epoch 1 steps", total=steps_per_epoch, info="")
+
+    def __enter__(self) -> ProgressView:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def handle(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "exception":
+            errors = "; ".join(f"rank {r}: {m}" for r, m in event.get("errors", {}).items())
+            self.progress.console.print(f"[red]worker failure[/red] {errors[:300]}")
+            return
+        if event.get("type") != "report" or not event.get("workers"):
+            return
+        workers = event["workers"]
+        epoch, step = int(event.get("epoch") or 0), int(event.get("step") or 0)
+        loss = sum(w.get("loss") or 0.0 for w in workers) / len(workers)
+        in_epoch = step - (epoch - 1) * self.steps_per_epoch
+        self.progress.update(
+            self.steps, description=f"epoch {epoch} steps", completed=max(0, in_epoch)
+        )
+        if event.get("kind") == "epoch":
+            acc = workers[0].get("test_accuracy")
+            self.progress.update(
+                self.epochs,
+                completed=epoch,
+                info=f"loss {loss:.4f}  test acc {acc:.4f}" if acc is not None else "",
+            )
+        else:
+            self.progress.update(self.epochs, info=f"loss {loss:.4f}")
+
+
+def worker_table(workers: list[dict[str, Any]]) -> Any:
+    """The final per-worker statistics as a rich table."""
+    from rich.table import Table
+
+    table = Table(title="per-worker statistics (last epoch)")
+    for column in (
+        "rank",
+        "samples",
+        "loss",
+        "train acc",
+        "samples/s",
+        "step ms",
+        "sync ms",
+        "BN mean shift",
+    ):
+        table.add_column(column, justify="right")
+    for w in workers:
+        shifts = [v.get("mean_shift") for v in (w.get("bn") or {}).values()]
+        shifts = [s for s in shifts if s is not None]
+        shift = f"{sum(shifts) / len(shifts):.3f}" if shifts else "-"
+        table.add_row(
+            str(w.get("rank")),
+            str(w.get("samples")),
+            f"{w.get('loss', float('nan')):.4f}",
+            f"{w.get('train_accuracy', float('nan')):.4f}",
+            f"{w.get('samples_per_s', 0.0):.0f}",
+            f"{1000 * w.get('step_time_s', 0.0):.2f}",
+            f"{1000 * w.get('sync_time_s', 0.0):.2f}",
+            shift,
+        )
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from workers.data import DatasetError, steps_per_epoch
+    from workers.driver import (
+        InfeasibleJobError,
+        JobError,
+        JobFailedError,
+        prepare_data,
+        run_job,
+    )
+    from workers.reporting import follow_events
+
+    console = Console(stderr=args.json)
+    try:
+        spec = load_spec(args.spec)
+    except ValidationError as exc:
+        console.print(format_validation_error(exc), markup=False)
+        return EXIT_INVALID
+    except OSError as exc:
+        console.print(f"cannot read spec: {exc}", markup=False)
+        return EXIT_INVALID
+
+    try:
+        data = prepare_data(spec, args.datasets_dir)
+    except DatasetError as exc:
+        console.print(f"invalid dataset: {exc}", markup=False)
+        return EXIT_INVALID
+    console.print(f"dataset {data.describe()}", markup=False)
+    steps = steps_per_epoch(len(data.x_train), spec.workers, spec.batch_size_per_worker)
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=args.address, log_to_driver=args.verbose)
+
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    view = ProgressView(console, spec, steps)
+
+    def on_start(name: str, run_dir: Path) -> None:
+        console.print(f"run [bold]{name}[/bold] in {run_dir}")
+
+        def follow() -> None:
+            for event in follow_events(run_dir / "stats.jsonl", stop):
+                view.handle(event)
+
+        thread = threading.Thread(target=follow, name="stats-follower", daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    status, result, error = EXIT_OK, None, None
+    with view:
+        try:
+            result = run_job(
+                spec,
+                args.storage,
+                args.name,
+                datasets_dir=args.datasets_dir,
+                on_start=on_start,
+            )
+        except DatasetError as exc:
+            status, error = EXIT_INVALID, f"invalid dataset: {exc}"
+        except InfeasibleJobError as exc:
+            status, error = EXIT_INFEASIBLE, str(exc)
+        except JobFailedError as exc:
+            status, error = EXIT_FAILED, str(exc)
+        except JobError as exc:
+            status, error = EXIT_INVALID, str(exc)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=5)
+
+    if error is not None:
+        console.print(error, markup=False, style="red")
+    if result is not None:
+        console.print(worker_table(result.workers))
+        console.print(
+            f"test accuracy [bold]{result.test_accuracy:.4f}[/bold] "
+            f"(loss {result.test_loss:.4f}) after {result.epochs_completed} epochs "
+            f"in {result.wall_time_s:.1f} s"
+        )
+    if args.json:
+        payload = {
+            "status": status,
+            "error": error,
+            "result": result.as_dict() if result else None,
+        }
+        print(json.dumps(payload))
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    return EXIT_INVALID  # pragma: no cover - argparse enforces the subcommands

@@ -1,0 +1,294 @@
+"""Datasets and per-worker sharding.
+
+- ``digits``: scikit-learn's 8x8 handwritten digits (1797 images, 10 classes) with a fixed
+  seeded, stratified train/test split.
+- ``synthetic``: seeded Gaussian classes in 16 features; fast and learnable, for tests.
+- uploaded ``.npz`` files (``x``, ``y``, optional ``x_test``/``y_test``), validated by
+  ``load_npz`` before any worker starts; every problem is a ``DatasetError`` naming it.
+
+Sharding follows ``torch.utils.data.DistributedSampler`` (shuffle with seed + epoch, pad by
+wrapping so every rank gets the same number of samples and therefore of steps); evaluation
+splits the test set so that every sample is seen exactly once over all ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workers.spec import BUILTIN_DATASETS, DATASET_ID_RE
+
+MAX_DATASET_BYTES = int(os.environ.get("SYNCBN_MAX_DATASET_BYTES", 256 * 1024 * 1024))
+"""Largest accepted .npz, both on disk and uncompressed."""
+MAX_CLASSES = 1000
+SPLIT_SEED = 0
+"""Seed of the fixed train/test splits (independent of the job seed)."""
+REQUIRED_KEYS = ("x", "y")
+OPTIONAL_KEYS = ("x_test", "y_test")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used, with a message saying why."""
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Standardized float32 inputs and int64 labels, split into train and test."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample (without the batch dimension)."""
+        return tuple(self.x_train.shape[1:])
+
+    def describe(self) -> str:
+        return (
+            f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test samples of shape "
+            f"{self.input_shape}, {self.num_classes} classes"
+        )
+
+
+def datasets_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where uploaded datasets live: ``override``, else ``$SYNCBN_HOME/datasets``."""
+    if override is not None:
+        return Path(override)
+    return Path(os.environ.get("SYNCBN_HOME", ".syncbn")) / "datasets"
+
+
+def dataset_path(dataset_id: str, directory: str | os.PathLike | None = None) -> Path:
+    """The .npz file of an uploaded dataset id."""
+    if not DATASET_ID_RE.match(dataset_id):
+        raise DatasetError(f"invalid dataset id {dataset_id!r}")
+    return datasets_dir(directory) / f"{dataset_id}.npz"
+
+
+def load_dataset(name: str, directory: str | os.PathLike | None = None) -> ArrayDataset:
+    """A built-in dataset by name, or an uploaded one by id (validated)."""
+    if name == "digits":
+        return load_digits()
+    if name == "synthetic":
+        return make_synthetic()
+    if name in BUILTIN_DATASETS:  # pragma: no cover - a new builtin without a loader
+        raise DatasetError(f"no loader for built-in dataset {name!r}")
+    path = dataset_path(name, directory)
+    if not path.exists():
+        raise DatasetError(f"dataset {name!r} not found (no file {path})")
+    return load_npz(path, name=name)
+
+
+def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale by the training set's overall mean and std (one scalar each)."""
+    mean = float(x_train.mean())
+    std = float(x_train.std()) or 1.0
+    return (
+        ((x_train - mean) / std).astype(np.float32),
+        ((x_test - mean) / std).astype(np.float32),
+    )
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, test_fraction: float, stratify: bool
+) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+
+    strat = y if stratify and np.bincount(y).min() >= 2 else None
+    return tuple(
+        train_test_split(x, y, test_size=test_fraction, random_state=SPLIT_SEED, stratify=strat)
+    )
+
+
+def load_digits() -> ArrayDataset:
+    """The 1797 8x8 digits as (N, 8, 8) images; 25 % stratified test split (fixed seed)."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = bunch.images.astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = _split(x, y, 0.25, stratify=True)
+    x_train, x_test = _standardize(x_train, x_test)
+    return ArrayDataset("digits", x_train, y_train, x_test, y_test, 10)
+
+
+def make_synthetic(
+    n_train: int = 1024, n_test: int = 256, features: int = 16, classes: int = 4
+) -> ArrayDataset:
+    """Seeded Gaussian classes: learnable to ~90 % by a small MLP within a few epochs."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    centers = rng.normal(0.0, 1.0, size=(classes, features))
+    scale = rng.uniform(0.5, 4.0, size=features)  # uneven feature scales: BN has work to do
+    offset = rng.normal(0.0, 3.0, size=features)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, classes, size=n)
+        x = (centers[y] + rng.normal(0.0, 1.0, size=(n, features))) * scale + offset
+        return x.astype(np.float32), y.astype(np.int64)
+
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
+    x_train, x_test = _standardize(x_train, x_test)
+    return ArrayDataset("synthetic", x_train, y_train, x_test, y_test, classes)
+
+
+def _check_sizes(path: Path, limit: int) -> None:
+    size = path.stat().st_size
+    if size > limit:
+        raise DatasetError(f"{path.name}: file is {size} bytes, more than the limit of {limit}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise DatasetError(f"{path.name}: not an .npz archive ({exc})") from exc
+    if unpacked > limit:
+        raise DatasetError(
+            f"{path.name}: arrays take {unpacked} bytes uncompressed, "
+            f"more than the limit of {limit}"
+        )
+
+
+def _check_x(key: str, x: np.ndarray) -> None:
+    if x.dtype.kind not in "fiu":
+        raise DatasetError(f"{key}: dtype {x.dtype} is not a real number type")
+    if not 2 <= x.ndim <= 4:
+        raise DatasetError(
+            f"{key}: shape {x.shape} must be (N, F), (N, L), (N, C, L), (N, H, W) or (N, C, H, W)"
+        )
+    if x.shape[0] == 0 or 0 in x.shape[1:]:
+        raise DatasetError(f"{key}: shape {x.shape} has an empty dimension")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise DatasetError(f"{key}: contains {bad} NaN or infinite values")
+
+
+def _check_y(key: str, y: np.ndarray, n: int, x_key: str) -> None:
+    if y.dtype.kind not in "iu":
+        raise DatasetError(f"{key}: labels must be integers, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise DatasetError(f"{key}: labels must be 1-D, got shape {y.shape}")
+    if len(y) != n:
+        raise DatasetError(f"{key}: {len(y)} labels for {n} samples in {x_key} (lengths differ)")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= MAX_CLASSES:
+        raise DatasetError(
+            f"{key}: labels must be in [0, {MAX_CLASSES - 1}], found values in [{low}, {high}]"
+        )
+
+
+def load_npz(
+    path: str | os.PathLike, name: str | None = None, limit: int | None = None
+) -> ArrayDataset:
+    """Load and validate a user dataset; raise ``DatasetError`` with the reason if unusable."""
+    path = Path(path)
+    limit = MAX_DATASET_BYTES if limit is None else limit
+    _check_sizes(path, limit)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            missing = [k for k in REQUIRED_KEYS if k not in keys]
+            if missing:
+                raise DatasetError(
+                    f"{path.name}: missing array(s) {', '.join(missing)}; expected x and y "
+                    f"(and optionally x_test and y_test), found {sorted(keys) or 'none'}"
+                )
+            unknown = sorted(keys - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+            if unknown:
+                raise DatasetError(
+                    f"{path.name}: unexpected array(s) {', '.join(unknown)}; "
+                    "allowed: x, y, x_test, y_test"
+                )
+            if ("x_test" in keys) != ("y_test" in keys):
+                raise DatasetError(f"{path.name}: x_test and y_test must be given together")
+            arrays = {k: archive[k] for k in keys}
+    except DatasetError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path.name}: cannot read arrays ({exc})") from exc
+
+    x, y = arrays["x"], arrays["y"]
+    _check_x("x", x)
+    _check_y("y", y, len(x), "x")
+    if len(x) < 2:
+        raise DatasetError("x: need at least 2 samples")
+    if "x_test" in arrays:
+        x_test, y_test = arrays["x_test"], arrays["y_test"]
+        _check_x("x_test", x_test)
+        if x_test.shape[1:] != x.shape[1:]:
+            raise DatasetError(
+                f"x_test: sample shape {x_test.shape[1:]} differs from x's {x.shape[1:]}"
+            )
+        _check_y("y_test", y_test, len(x_test), "x_test")
+        x_train, y_train = x, y
+    else:
+        x_train, x_test, y_train, y_test = _split(x, y.astype(np.int64), 0.2, stratify=True)
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    if num_classes < 2:
+        raise DatasetError("y: need at least 2 classes (all labels are 0)")
+    x_train, x_test = _standardize(x_train.astype(np.float64), x_test.astype(np.float64))
+    return ArrayDataset(
+        name or path.stem,
+        x_train,
+        y_train.astype(np.int64),
+        x_test,
+        y_test.astype(np.int64),
+        num_classes,
+    )
+
+
+def shard_indices(
+    n: int, rank: int, world: int, epoch: int, seed: int, shuffle: bool = True
+) -> np.ndarray:
+    """This rank's training indices for ``epoch``, exactly as ``DistributedSampler`` picks them.
+
+    Shuffled with ``seed + epoch`` (torch.randperm), padded by wrapping around to a multiple
+    of ``world``, then every ``world``-th index from ``rank``: all ranks get
+    ``ceil(n / world)`` samples.
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside world of size {world}")
+    if shuffle:
+        import torch
+
+        generator = torch.Generator()
+        generator.manual_seed(seed + epoch)
+        order = torch.randperm(n, generator=generator).numpy()
+    else:
+        order = np.arange(n)
+    total = math.ceil(n / world) * world
+    if total > n:
+        reps = math.ceil((total - n) / n)
+        order = np.concatenate([order, np.tile(order, reps)[: total - n]])
+    return order[rank:total:world]
+
+
+def eval_indices(n: int, rank: int, world: int) -> np.ndarray:
+    """This rank's part of the test set: every sample on exactly one rank, no padding."""
+    return np.arange(rank, n, world)
+
+
+def batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive batches; a lone trailing sample joins the previous batch.
+
+    Every rank has the same number of indices (``shard_indices``), hence the same batches
+    and step count, which DDP and syncbn need. A one-sample batch would make a per-worker
+    BatchNorm1d fail in training mode, so it is merged instead of dropped.
+    """
+    out = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    if len(out) > 1 and len(out[-1]) == 1 and batch_size > 1:
+        lone = out.pop()
+        out[-1] = np.concatenate([out[-1], lone])
+    return out
+
+
+def steps_per_epoch(n: int, world: int, batch_size: int) -> int:
+    """Optimizer steps per epoch on every rank (see ``shard_indices`` and ``batches``)."""
+    return len(batches(np.arange(math.ceil(n / world)), batch_size))

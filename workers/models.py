@@ -1,0 +1,154 @@
+"""Models chosen by input shape, each with BatchNorm, and their syncbn conversion.
+
+``model="auto"`` picks by the shape of one sample:
+
+- ``(C, H, W)`` or ``(H, W)`` (two comparable sides) -> ``resnet``: a small ResNet-style CNN
+  with BatchNorm2d;
+- ``(C, L)`` with few channels and a long axis (C <= 8 and L >= 4 C) or ``(L,)`` with
+  L >= 128 -> ``cnn1d``: a 1-D CNN with BatchNorm1d;
+- ``(F,)`` with F < 128 -> ``mlp`` with BatchNorm1d.
+
+Name a model explicitly when the heuristic guesses wrong (e.g. a long flat feature vector).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SEQUENCE_MIN_LENGTH = 128
+
+
+def infer_kind(input_shape: tuple[int, ...]) -> str:
+    """The model ``auto`` picks for samples of ``input_shape`` (batch dimension excluded)."""
+    if len(input_shape) == 3:
+        return "resnet"
+    if len(input_shape) == 2:
+        channels, length = input_shape
+        return "cnn1d" if channels <= 8 and length >= 4 * channels else "resnet"
+    if len(input_shape) == 1:
+        return "cnn1d" if input_shape[0] >= SEQUENCE_MIN_LENGTH else "mlp"
+    raise ValueError(f"no model for samples of shape {input_shape}")
+
+
+def check_compatible(kind: str, input_shape: tuple[int, ...]) -> None:
+    """Raise ValueError when model ``kind`` cannot take samples of ``input_shape``."""
+    allowed = {"mlp": (1, 2, 3), "cnn1d": (1, 2), "resnet": (2, 3)}[kind]
+    if len(input_shape) not in allowed:
+        raise ValueError(f"model {kind!r} cannot take samples of shape {input_shape}")
+
+
+class MLP(nn.Module):
+    """Flat features -> [Linear, BatchNorm1d, ReLU] x 2 -> Linear."""
+
+    def __init__(self, in_features: int, num_classes: int, width: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, width, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+            nn.Linear(width, width, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+            nn.Linear(width, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv, BatchNorm, ReLU in 1-D or 2-D."""
+
+    def __init__(self, dims: int, cin: int, cout: int, stride: int = 1, act: bool = True) -> None:
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        layers: list[nn.Module] = [
+            conv(cin, cout, 3, stride=stride, padding=1, bias=False),
+            norm(cout),
+        ]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3-wide convolutions with BN and an (optionally strided) shortcut."""
+
+    def __init__(self, dims: int, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        self.body = nn.Sequential(
+            ConvBNAct(dims, cin, cout, stride), ConvBNAct(dims, cout, cout, act=False)
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride=stride, bias=False), norm(cout))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """Stem + one block at full resolution + one strided block, global pooling, linear head.
+
+    ``dims=2`` for images (BatchNorm2d), ``dims=1`` for sequences (BatchNorm1d).
+    """
+
+    def __init__(self, dims: int, in_channels: int, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        self.dims = dims
+        pool = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool1d(1)
+        self.features = nn.Sequential(
+            ConvBNAct(dims, in_channels, width),
+            BasicBlock(dims, width, width),
+            BasicBlock(dims, width, 2 * width, stride=2),
+            pool,
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (N, H, W) images and (N, L) sequences get a channel axis.
+        if x.dim() == self.dims + 1:
+            x = x.unsqueeze(1)
+        return self.head(self.features(x))
+
+
+def build_model(kind: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A fresh model of ``kind`` ("auto" resolves by ``input_shape``) with torch BatchNorm."""
+    if kind == "auto":
+        kind = infer_kind(input_shape)
+    check_compatible(kind, input_shape)
+    if kind == "mlp":
+        features = 1
+        for size in input_shape:
+            features *= size
+        return MLP(features, num_classes)
+    if kind == "resnet":
+        channels = input_shape[0] if len(input_shape) == 3 else 1
+        return SmallResNet(2, channels, num_classes)
+    channels = input_shape[0] if len(input_shape) == 2 else 1
+    return SmallResNet(1, channels, num_classes)
+
+
+def apply_norm(
+    model: nn.Module, norm: str, sync_group_size: int | None = None, world_size: int = 1
+) -> nn.Module:
+    """``norm="sync"``: convert BatchNorm layers to ``syncbn.SyncBatchNorm``.
+
+    With ``sync_group_size`` smaller than the world, statistics are synchronized within
+    consecutive groups of that many ranks (every rank must call this: groups are created
+    collectively). ``norm="local"`` returns the model unchanged.
+    """
+    if norm == "local":
+        return model
+    import syncbn
+
+    group = None
+    if sync_group_size is not None and sync_group_size < world_size:
+        group = syncbn.new_sync_groups(sync_group_size)
+    return syncbn.convert_sync_batchnorm(model, process_group=group)

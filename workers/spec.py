@@ -1,0 +1,99 @@
+"""The one definition of a training job: ``JobSpec``.
+
+The CLI reads it from a JSON file and the REST service validates request bodies with it, so
+both reject the same things with the same field-named errors (pydantic's ``loc``). The module
+imports nothing heavy (no torch, no ray).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+BUILTIN_DATASETS = ("digits", "synthetic")
+"""Datasets every worker can build itself; any other ``dataset`` is an uploaded dataset id."""
+
+DATASET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+"""Uploaded dataset ids: a file name stem, never a path."""
+
+ModelName = Literal["auto", "mlp", "cnn1d", "resnet"]
+NormName = Literal["sync", "local"]
+
+
+class JobSpec(BaseModel):
+    """A training job: which data, which model, how many workers, how to normalize.
+
+    The global batch is ``workers * batch_size_per_worker``. With ``norm="sync"`` every
+    worker normalizes with the statistics of the global batch (or of its group of
+    ``sync_group_size`` consecutive workers); with ``norm="local"`` each worker uses its own.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = Field(
+        description='"digits", "synthetic" or the id of an uploaded .npz dataset',
+        min_length=1,
+        max_length=64,
+    )
+    model: ModelName = Field("auto", description='"auto" chooses by input shape')
+    workers: int = Field(2, ge=1, le=256, description="Ray Train workers (one process each)")
+    batch_size_per_worker: int = Field(16, ge=1, le=65536)
+    epochs: int = Field(3, ge=1, le=10000)
+    lr: float = Field(0.05, gt=0, le=10.0, description="peak SGD learning rate (cosine decay)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    norm: NormName = "sync"
+    sync_group_size: int | None = Field(
+        None, ge=1, description="synchronize BN within consecutive groups of this many workers"
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    report_every_steps: int = Field(
+        0, ge=0, description="also report every k optimizer steps (0: once per epoch only)"
+    )
+    max_failures: int = Field(
+        1, ge=0, le=100, description="worker failures to recover from (from the last checkpoint)"
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, le=1024)
+    use_gpu: bool = False
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name(cls, value: str) -> str:
+        if value in BUILTIN_DATASETS or DATASET_ID_RE.match(value):
+            return value
+        raise ValueError(
+            f"must be one of {', '.join(BUILTIN_DATASETS)} or an uploaded dataset id "
+            "(letters, digits, '_' and '-', at most 64 characters)"
+        )
+
+    @field_validator("sync_group_size")
+    @classmethod
+    def _groups_divide_workers(cls, group: int | None, info: ValidationInfo) -> int | None:
+        # Runs after ``workers`` and ``norm`` (declared earlier), so the error names this field.
+        workers, norm = info.data.get("workers"), info.data.get("norm")
+        if group is None:
+            return None
+        if norm == "local":
+            raise ValueError('only meaningful with norm="sync"')
+        if workers is not None and workers % group:
+            raise ValueError(f"{group} does not divide workers={workers}; choose a divisor")
+        return group
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step over all workers."""
+        return self.workers * self.batch_size_per_worker
+
+    @property
+    def is_builtin_dataset(self) -> bool:
+        """True for ``digits``/``synthetic``; False for an uploaded dataset id."""
+        return self.dataset in BUILTIN_DATASETS
+
+    def resources_per_worker(self) -> dict[str, float]:
+        """Ray resources one worker asks for."""
+        resources = {"CPU": float(self.cpus_per_worker)}
+        if self.use_gpu:
+            resources["GPU"] = 1.0
+        return resources
