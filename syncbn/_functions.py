@@ -97,7 +97,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
         layer: object,
     ) -> torch.Tensor:
         local = local_moments(input)
-        local_copy = local.clone() if recorder is not None else None
+        # This rank's own statistics, only when recording (the all_reduce below is in place).
+        local_stats = _moments_to_mean_var(local)[:2] if recorder is not None else None
         if world_size > 1:
             all_reduce(local, process_group, recorder)
         mean64, var64, count = _moments_to_mean_var(local)
@@ -118,8 +119,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
             running_mean.mul_(1 - momentum).add_(mean64.to(running_mean.dtype) * momentum)
             running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype) * momentum)
 
-        if recorder is not None and local_copy is not None:
-            local_mean, local_var, _ = _moments_to_mean_var(local_copy)
+        if recorder is not None and local_stats is not None:
+            local_mean, local_var = local_stats
             recorder.record_layer(
                 layer,
                 LayerStats(
