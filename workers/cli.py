@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one training job from a JSON JobSpec file")
-    run.add_argument("spec", type=Path, help="JobSpec JSON file ('-' for stdin)")
+    run.add_argument(
+        "spec", help="JobSpec JSON file ('-' for stdin, or the JSON itself if it starts with '{')"
+    )
     run.add_argument(
         "--storage",
         default=str(Path(os.environ.get("SYNCBN_HOME", ".syncbn")) / "runs"),
@@ -45,9 +47,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_spec(path: Path) -> JobSpec:
-    """Read and validate a JobSpec JSON file (``-``: stdin)."""
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+def load_spec(source: str | Path) -> JobSpec:
+    """Read and validate a JobSpec: a JSON file, ``-`` (stdin) or inline JSON (``{...}``)."""
+    source = str(source)
+    if source == "-":
+        text = sys.stdin.read()
+    elif source.lstrip().startswith("{"):
+        text = source
+    else:
+        text = Path(source).read_text(encoding="utf-8")
     return JobSpec.model_validate_json(text)
 
 
@@ -162,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         prepare_data,
         run_job,
     )
-    from workers.reporting import follow_events
+    from workers.reporting import HttpSink, follow_events
 
     console = Console(stderr=args.json)
     try:
@@ -210,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
                 args.storage,
                 args.name,
                 datasets_dir=args.datasets_dir,
+                sink=HttpSink.from_env(),
                 on_start=on_start,
             )
         except DatasetError as exc:

@@ -33,7 +33,15 @@ OPTIONAL_KEYS = ("x_test", "y_test")
 
 
 class DatasetError(ValueError):
-    """A dataset that cannot be used, with a message saying why."""
+    """A dataset that cannot be used, with a message saying why.
+
+    ``field`` names the JobSpec field the problem is about (``dataset`` unless the data is
+    fine but the job's ``model`` or ``batch_size_per_worker`` cannot use it).
+    """
+
+    def __init__(self, message: str, field: str = "dataset") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)

@@ -80,12 +80,13 @@ def prepare_data(spec: JobSpec, datasets_dir: str | Path | None = None) -> Array
     try:
         check_compatible(kind, data.input_shape)
     except ValueError as exc:
-        raise DatasetError(f"{data.describe()}: {exc}") from exc
+        raise DatasetError(f"{data.describe()}: {exc}", field="model") from exc
     group = spec.sync_group_size or spec.workers
     if kind == "mlp" and spec.batch_size_per_worker == 1 and (spec.norm == "local" or group == 1):
         raise DatasetError(
             "batch_size_per_worker=1 leaves an MLP's BatchNorm1d one value per channel when "
-            'statistics are not shared: use norm="sync" with several workers or a larger batch'
+            'statistics are not shared: use norm="sync" with several workers or a larger batch',
+            field="batch_size_per_worker",
         )
     return data
 

@@ -44,7 +44,8 @@ STAT_FIELDS = (
     "sync_time_s",
     "bn",
 )
-"""Fields of every per-worker report (plus ``kind``, ``world_size``, ``lr``, ``time``)."""
+"""Fields of every per-worker report (plus ``kind``, ``world_size``, ``node_id`` (the Ray
+node the worker runs on), ``lr``, ``time``)."""
 EPOCH_FIELDS = ("test_accuracy", "test_loss", "test_samples", "bn_running")
 """Extra fields of the per-epoch reports."""
 STATE_FILE = "state.pt"
@@ -170,6 +171,7 @@ def _load_dataset(ref: Any) -> ArrayDataset:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry: ``config = {"spec": JobSpec dict, "data": ObjectRef | ArrayDataset,
     "fault": optional test hook}``."""
+    import ray
     import ray.train
     from torch.nn.parallel import DistributedDataParallel
 
@@ -178,6 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     fault = config.get("fault")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    node_id = ray.get_runtime_context().get_node_id()
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
     if spec.use_gpu:
         import ray.train.torch
@@ -230,6 +233,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "kind": kind,
             "rank": rank,
             "world_size": world,
+            "node_id": node_id,
             "epoch": epoch + 1,
             "step": step,
             "batch_size": spec.batch_size_per_worker,

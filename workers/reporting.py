@@ -29,6 +29,8 @@ from ray.train import UserCallback
 
 logger = logging.getLogger(__name__)
 STATS_FILE = "stats.jsonl"
+INGEST_URL_ENV = "SYNCBN_INGEST_URL"
+INGEST_TOKEN_ENV = "SYNCBN_INGEST_TOKEN"
 
 
 class StatsSink(Protocol):
@@ -110,6 +112,36 @@ class StatsCallback(UserCallback):
                 },
             }
         )
+
+
+class HttpSink:
+    """POST each event as JSON to ``url`` with ``Authorization: Bearer <token>`` (stdlib only).
+
+    The service's ingest endpoint; picklable (plain attributes), so it travels with the
+    callback. Errors propagate to ``StatsCallback.emit``, which logs them: the JSON-lines file
+    already holds the event and is the service's backfill.
+    """
+
+    def __init__(self, url: str, token: str, timeout_s: float = 5.0) -> None:
+        self.url, self.token, self.timeout_s = url, token, timeout_s
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        import urllib.request
+
+        request = urllib.request.Request(
+            self.url,
+            data=json.dumps(event).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            response.read()
+
+    @classmethod
+    def from_env(cls) -> HttpSink | None:
+        """The sink named by ``SYNCBN_INGEST_URL``/``SYNCBN_INGEST_TOKEN`` (set by the service)."""
+        url, token = os.environ.get(INGEST_URL_ENV), os.environ.get(INGEST_TOKEN_ENV)
+        return cls(url, token) if url and token else None
 
 
 def read_events(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -1,0 +1,37 @@
+"""What routes need, gathered once per app (``app.state.services``) and a few helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+
+from service.db import Database
+from service.observability import ServiceMetrics
+from service.ray_jobs import RayJobs
+from service.scheduler import Scheduler
+from service.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    ray: RayJobs
+    scheduler: Scheduler
+    metrics: ServiceMetrics
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def field_error(field: str, message: str, kind: str = "value_error") -> RequestValidationError:
+    """A 422 in FastAPI's own shape, naming the request body field."""
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": kind}])
+
+
+def not_found(what: str, ident: Any) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} not found")

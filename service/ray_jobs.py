@@ -1,0 +1,156 @@
+"""The service's only contact with Ray: the Ray Jobs API (``JobSubmissionClient``) and the
+State API for the cluster's nodes, both over the head's dashboard HTTP address.
+
+Every call is blocking HTTP; the service runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+TERMINAL_RAY_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+
+
+class RayUnavailable(RuntimeError):
+    """The Ray cluster (its dashboard / Jobs API) cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Resources of the alive nodes: totals and the largest single node."""
+
+    total: dict[str, float]
+    largest_node: dict[str, float]
+    nodes: int
+
+
+@dataclass(frozen=True)
+class RayOutcome:
+    """What the ``python -m workers run --json`` entry point printed last, if anything."""
+
+    status: int | None
+    error: str | None
+    result: dict[str, Any] | None
+
+
+class RayJobs:
+    """Submit, poll, stop and read the logs of Ray Jobs whose ``submission_id`` is our job id."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from ray.job_submission import JobSubmissionClient
+
+                try:
+                    self._client = JobSubmissionClient(self.address)
+                except Exception as exc:
+                    raise RayUnavailable(f"Ray at {self.address} unreachable: {exc}") from exc
+            return self._client
+
+    def submit(self, job_id: str, entrypoint: str, env: dict[str, str]) -> None:
+        """Submit (idempotent: a Ray Job with this id already existing counts as submitted)."""
+        try:
+            self.client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=job_id,
+                runtime_env={"env_vars": env},
+                metadata={"syncbn_job": job_id},
+            )
+        except Exception as exc:
+            if "already exists" not in str(exc):
+                raise
+
+    def status(self, job_id: str) -> str | None:
+        """Ray's status name (PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED); None if unknown."""
+        try:
+            return str(self.client.get_job_status(job_id).value)
+        except RuntimeError as exc:
+            if "does not exist" in str(exc):
+                return None
+            raise
+
+    def info_message(self, job_id: str) -> str | None:
+        try:
+            return self.client.get_job_info(job_id).message
+        except Exception:
+            return None
+
+    def stop(self, job_id: str) -> None:
+        try:
+            self.client.stop_job(job_id)
+        except RuntimeError as exc:
+            if "does not exist" not in str(exc):
+                raise
+
+    def logs(self, job_id: str) -> str:
+        try:
+            return str(self.client.get_job_logs(job_id))
+        except RuntimeError as exc:
+            if "does not exist" in str(exc):
+                return ""
+            raise
+
+    def capacity(self) -> Capacity:
+        from ray.util.state import list_nodes
+
+        try:
+            nodes = list_nodes(address=self.address, detail=True, raise_on_missing_output=False)
+        except Exception as exc:
+            raise RayUnavailable(f"Ray at {self.address} unreachable: {exc}") from exc
+        total: dict[str, float] = {}
+        largest: dict[str, float] = {}
+        alive = 0
+        for node in nodes:
+            if node.state != "ALIVE":
+                continue
+            alive += 1
+            for name, amount in (node.resources_total or {}).items():
+                total[name] = total.get(name, 0.0) + float(amount)
+                largest[name] = max(largest.get(name, 0.0), float(amount))
+        return Capacity(total, largest, alive)
+
+
+def entrypoint(python: str, spec_json: str, job_id: str, runs_dir: str, datasets_dir: str) -> str:
+    """The Ray Job's shell command: the workers CLI with the spec inline."""
+    return shlex.join(
+        [
+            python,
+            "-m",
+            "workers",
+            "run",
+            spec_json,
+            "--storage",
+            runs_dir,
+            "--datasets-dir",
+            datasets_dir,
+            "--name",
+            job_id,
+            "--json",
+        ]
+    )
+
+
+def parse_outcome(logs: str) -> RayOutcome | None:
+    """The last ``--json`` line (``{"status": ..., "error": ..., "result": ...}``) in the logs."""
+    for line in reversed(logs.splitlines()):
+        line = line.strip()
+        if line.startswith("{") and '"status"' in line:
+            try:
+                payload = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(payload, dict) and "status" in payload:
+                return RayOutcome(
+                    payload.get("status"), payload.get("error"), payload.get("result")
+                )
+    return None

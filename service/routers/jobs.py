@@ -1,0 +1,260 @@
+"""``/v1/jobs``: submit, list, inspect, cancel, statistics, history, live events, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from service import store
+from service.auth import require_api_token
+from service.deps import Services, field_error, get_services, not_found
+from service.ray_jobs import RayUnavailable
+from service.scheduler import InfeasibleError, check_feasible
+from service.schemas import (
+    FINAL_STATES,
+    ErrorOut,
+    EvaluationOut,
+    JobList,
+    JobOut,
+    JobState,
+    LogsOut,
+    MetricsOut,
+    ReportOut,
+    WorkersOut,
+)
+from workers.spec import JobSpec
+
+logger = logging.getLogger("service.jobs")
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(require_api_token)],
+    responses={401: {"model": ErrorOut}},
+)
+ServicesDep = Annotated[Services, Depends(get_services)]
+NOT_FOUND = {404: {"model": ErrorOut, "description": "no such job"}}
+EVENT_POLL_S = 0.5
+
+
+@lru_cache(maxsize=8)
+def _builtin_train_size(name: str) -> int:
+    from workers.data import load_dataset
+
+    return len(load_dataset(name).x_train)
+
+
+def _steps_per_epoch(services: Services, spec: JobSpec) -> int:
+    """Validate the dataset and model for ``spec`` (422 naming the field); steps per epoch."""
+    from workers.data import DatasetError, steps_per_epoch
+    from workers.driver import prepare_data
+
+    if not spec.is_builtin_dataset:
+        with services.db.session() as session:
+            if store.get_dataset(session, spec.dataset) is None:
+                raise field_error("dataset", f"unknown dataset {spec.dataset!r}: upload it first")
+    try:
+        data = prepare_data(spec, services.settings.datasets_dir)
+    except DatasetError as exc:
+        raise field_error(exc.field, str(exc)) from exc
+    n = _builtin_train_size(spec.dataset) if spec.is_builtin_dataset else len(data.x_train)
+    return steps_per_epoch(n, spec.workers, spec.batch_size_per_worker)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobOut,
+    responses={
+        422: {"description": "invalid spec, unknown dataset, or can never fit the cluster"},
+        429: {"model": ErrorOut, "description": "the queue is full"},
+    },
+)
+def submit_job(spec: JobSpec, services: ServicesDep) -> JobOut:
+    """Submit a training job; it starts when the cluster has room (FIFO)."""
+    steps = _steps_per_epoch(services, spec)
+    try:
+        check_feasible(spec, services.ray.capacity())
+    except InfeasibleError as exc:
+        raise field_error(exc.field, f"infeasible: {exc}") from exc
+    except RayUnavailable:
+        logger.warning("Ray unreachable: job accepted without the feasibility check")
+    with services.db.session() as session:
+        if len(store.jobs_in(session, frozenset({"queued"}))) >= services.settings.max_queued_jobs:
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "the job queue is full")
+        job = store.create_job(session, spec, steps)
+        out = store.job_out(job)
+    logger.info("job submitted", extra={"job_id": out.id, "spec": spec.model_dump()})
+    return out
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    services: ServicesDep,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> JobList:
+    """Jobs, newest first, optionally only those in ``state``."""
+    with services.db.session() as session:
+        jobs, total = store.list_jobs(session, state, limit, offset)
+        return JobList(
+            jobs=[store.job_out(j, with_transitions=False) for j in jobs],
+            total=total,
+            limit=limit,
+            offset=offset,
+        )
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+def get_job(job_id: str, services: ServicesDep) -> JobOut:
+    """One job: state, spec, progress, state transitions, and the result when done."""
+    with services.db.session() as session:
+        job = store.get_job(session, job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        return store.job_out(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)
+def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
+    """Cancel a job (idempotent): a queued job never starts, a running one's Ray Job stops."""
+    with services.db.session() as session:
+        job = store.get_job(session, job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        if job.state in FINAL_STATES:
+            return store.job_out(job)
+        submitted = job.ray_status is not None
+        job.cancel_requested = True
+    if submitted:
+        try:
+            services.ray.stop(job_id)
+        except Exception as exc:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, f"could not stop the Ray job: {exc}"
+            ) from exc
+    with services.db.session() as session:
+        job = store.get_job(session, job_id)
+        assert job is not None
+        store.transition(session, job, "cancelled", "cancelled by user")
+        logger.info("job cancelled", extra={"job_id": job_id})
+        return store.job_out(job)
+
+
+@router.get("/{job_id}/workers", response_model=WorkersOut, responses=NOT_FOUND)
+def job_workers(job_id: str, services: ServicesDep) -> WorkersOut:
+    """The latest statistics of every worker (rank)."""
+    with services.db.session() as session:
+        if store.get_job(session, job_id) is None:
+            raise not_found("job", job_id)
+        report = store.latest_report(session, job_id)
+        if report is None:
+            return WorkersOut(job_id=job_id, workers=[])
+        return WorkersOut(
+            job_id=job_id,
+            epoch=report.epoch,
+            step=report.step,
+            workers=[w.data for w in report.workers],
+        )
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsOut, responses=NOT_FOUND)
+def job_metrics(job_id: str, services: ServicesDep) -> MetricsOut:
+    """The whole history: every report with every rank's statistics, and the evaluations."""
+    with services.db.session() as session:
+        if store.get_job(session, job_id) is None:
+            raise not_found("job", job_id)
+        return MetricsOut(
+            job_id=job_id,
+            reports=[
+                ReportOut(
+                    kind=r.kind,
+                    epoch=r.epoch,
+                    step=r.step,
+                    time=r.time,
+                    workers=[w.data for w in r.workers],
+                )
+                for r in store.reports(session, job_id)
+            ],
+            evaluations=[
+                EvaluationOut.model_validate(e) for e in store.evaluations(session, job_id)
+            ],
+        )
+
+
+@router.get("/{job_id}/logs", response_model=LogsOut, responses=NOT_FOUND)
+def job_logs(
+    job_id: str,
+    services: ServicesDep,
+    tail: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+) -> LogsOut:
+    """The last ``tail`` lines of the job's Ray Job logs (driver and workers)."""
+    with services.db.session() as session:
+        job = store.get_job(session, job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        submitted = job.ray_status is not None
+    text = ""
+    if submitted:
+        try:
+            text = services.ray.logs(job_id)
+        except Exception as exc:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, f"Ray logs unavailable: {exc}"
+            ) from exc
+    return LogsOut(job_id=job_id, logs="\n".join(text.splitlines()[-tail:]))
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={
+        **NOT_FOUND,
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Server-Sent Events: `state`, `report`, `exception`, then `end`",
+        },
+    },
+)
+async def job_events(
+    job_id: str,
+    services: ServicesDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int, Query(ge=0, le=2**62, description="resume after this event id")] = 0,
+) -> EventSourceResponse:
+    """Live stream of the job's state changes and reports (from the start, or resumed)."""
+
+    def exists() -> bool:
+        with services.db.session() as session:
+            return store.get_job(session, job_id) is not None
+
+    if not await run_in_threadpool(exists):
+        raise not_found("job", job_id)
+    cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    return EventSourceResponse(_event_stream(services, job_id, cursor), ping=15)
+
+
+async def _event_stream(services: Services, job_id: str, cursor: int) -> AsyncIterator:
+    def fetch(after: int) -> tuple[list[tuple[int, str, dict]], str]:
+        with services.db.session() as session:
+            job = store.get_job(session, job_id)
+            events = store.events_after(session, job_id, after)
+            return [(e.id, e.type, e.data) for e in events], job.state if job else "failed"
+
+    while True:
+        events, state = await run_in_threadpool(fetch, cursor)
+        for event_id, kind, data in events:
+            cursor = event_id
+            yield ServerSentEvent(data=json.dumps(data), event=kind, id=str(event_id))
+        if not events and state in FINAL_STATES:
+            yield ServerSentEvent(data=json.dumps({"state": state}), event="end")
+            return
+        if not events:
+            await asyncio.sleep(EVENT_POLL_S)

@@ -1,0 +1,140 @@
+"""Response bodies of the REST API (request bodies: ``workers.spec.JobSpec``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers.spec import JobSpec
+
+JobState = Literal["queued", "pending", "running", "succeeded", "failed", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE_STATES: frozenset[str] = frozenset({"pending", "running"})
+
+
+class TransitionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    state: JobState
+    reason: str | None = None
+    at: datetime
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="last reported epoch (1-based; 0 before the first report)")
+    step: int = Field(description="optimizer steps done")
+    epochs: int
+    steps_per_epoch: int
+    fraction: float = Field(ge=0, le=1)
+
+
+class Result(BaseModel):
+    test_accuracy: float | None
+    test_loss: float | None
+    epochs_completed: int
+    wall_time_s: float | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    state: JobState
+    reason: str | None = Field(None, description="why queued, why failed, or who cancelled")
+    spec: JobSpec
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress
+    result: Result | None = Field(None, description="set when the job succeeded")
+    transitions: list[TransitionOut] = []
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class WorkersOut(BaseModel):
+    job_id: str
+    epoch: int | None = None
+    step: int | None = None
+    workers: list[dict[str, Any]] = Field(
+        description="latest statistics of every rank (rank, loss, samples_per_s, step_time_s, "
+        "sync_time_s, batch_size, bn: per-layer local vs global statistics, ...)"
+    )
+
+
+class ReportOut(BaseModel):
+    kind: str
+    epoch: int
+    step: int
+    time: float
+    workers: list[dict[str, Any]]
+
+
+class EvaluationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    step: int
+    test_accuracy: float | None
+    test_loss: float | None
+
+
+class MetricsOut(BaseModel):
+    job_id: str
+    reports: list[ReportOut]
+    evaluations: list[EvaluationOut]
+
+
+class LogsOut(BaseModel):
+    job_id: str
+    logs: str
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    size_bytes: int
+    n_train: int
+    n_test: int
+    input_shape: list[int]
+    num_classes: int
+    created_at: datetime
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetOut]
+
+
+class IngestEvent(BaseModel):
+    """What the Train callback posts (``workers.reporting.StatsCallback`` events)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["report", "exception"]
+    kind: Literal["step", "epoch"] | None = None
+    epoch: int | None = None
+    step: int | None = None
+    time: float | None = None
+    workers: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+
+
+class IngestAck(BaseModel):
+    stored: bool
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]]

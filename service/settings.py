@@ -1,0 +1,79 @@
+"""Service configuration, from environment variables (pydantic-settings).
+
+| variable | default | meaning |
+|---|---|---|
+| ``SYNCBN_HOME`` | ``.syncbn`` | data directory: SQLite file, run storage, uploaded datasets |
+| ``SYNCBN_HOST`` / ``PORT`` | ``127.0.0.1`` / ``8000`` | where uvicorn listens |
+| ``RAY_ADDRESS`` | unset | Ray Jobs (dashboard) URL, e.g. ``http://head:8265``; unset: embedded |
+| ``DATABASE_URL`` | ``sqlite:///$SYNCBN_HOME/syncbn.db`` | any SQLAlchemy URL (PostgreSQL too) |
+| ``SYNCBN_API_TOKEN`` | unset | when set, every endpoint but ``/healthz`` needs the bearer token |
+| ``SYNCBN_PUBLIC_URL`` | ``http://127.0.0.1:$PORT`` | how Ray nodes reach the ingest endpoint |
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNCBN_", extra="ignore")
+
+    home: Path = Field(Path(".syncbn"), description="data directory")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, validation_alias=AliasChoices("PORT", "SYNCBN_PORT"))
+    ray_address: str | None = Field(
+        None, validation_alias=AliasChoices("RAY_ADDRESS", "SYNCBN_RAY_ADDRESS")
+    )
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "SYNCBN_DATABASE_URL")
+    )
+    api_token: str | None = Field(None, description="bearer token for the REST API")
+    public_url: str | None = Field(None, description="service URL as seen from Ray nodes")
+    worker_python: str = Field("python", description="python on the Ray nodes (entry point)")
+    embedded_ray_cpus: int | None = Field(None, description="CPUs of the embedded Ray head")
+
+    secret_key: str | None = Field(
+        None, description="signs per-job ingest tokens (default: $SYNCBN_HOME/secret_key)"
+    )
+
+    max_body_bytes: int = Field(1 << 20, description="largest JSON request body")
+    max_upload_bytes: int = Field(64 << 20, description="largest dataset upload")
+    max_queued_jobs: int = Field(1000, description="jobs waiting in the queue at most")
+    poll_interval_s: float = Field(1.0, gt=0, description="scheduler/reconcile period")
+
+    def secret(self) -> str:
+        """``secret_key``, or the one kept in ``$SYNCBN_HOME/secret_key`` (created once)."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.home.resolve() / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32))
+        self.secret_key = path.read_text().strip()
+        return self.secret_key
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home.resolve() / "runs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home.resolve() / "datasets"
+
+    @cached_property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home.resolve() / 'syncbn.db'}"
+
+    @property
+    def ingest_base_url(self) -> str:
+        return (self.public_url or f"http://127.0.0.1:{self.port}").rstrip("/")

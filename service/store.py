@@ -1,0 +1,249 @@
+"""Everything the service reads and writes in the database (one place, no SQL elsewhere).
+
+A state change and a stored report each append an ``Event`` row in the same transaction, so
+the event stream and the tables never disagree.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.models import Dataset, Evaluation, Event, Job, Report, Transition, WorkerStats, utcnow
+from service.schemas import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    IngestEvent,
+    JobOut,
+    Progress,
+    Result,
+    TransitionOut,
+)
+from workers.spec import JobSpec
+
+ALLOWED: dict[str, frozenset[str]] = {
+    "queued": frozenset({"pending", "failed", "cancelled"}),
+    "pending": frozenset({"running", "succeeded", "failed", "cancelled"}),
+    "running": frozenset({"succeeded", "failed", "cancelled"}),
+}
+"""State machine: queued -> pending -> running -> succeeded | failed | cancelled."""
+WORKER_COLUMNS = ("loss", "samples_per_s", "step_time_s", "sync_time_s")
+
+
+def new_job_id() -> str:
+    return f"j-{secrets.token_hex(6)}"
+
+
+def create_job(session: Session, spec: JobSpec, steps_per_epoch: int) -> Job:
+    """Insert a queued job."""
+    job = Job(
+        id=new_job_id(),
+        state="queued",
+        reason="waiting for the scheduler",
+        spec=spec.model_dump(mode="json"),
+        steps_per_epoch=steps_per_epoch,
+    )
+    session.add(job)
+    session.flush()
+    _record(session, job, "queued", job.reason)
+    return job
+
+
+def _record(session: Session, job: Job, state: str, reason: str | None) -> None:
+    at = utcnow()
+    session.add(Transition(job_id=job.id, state=state, reason=reason, at=at))
+    session.add(
+        Event(
+            job_id=job.id,
+            type="state",
+            data={"state": state, "reason": reason, "at": at.isoformat()},
+        )
+    )
+
+
+def transition(session: Session, job: Job, state: str, reason: str | None = None) -> bool:
+    """Move ``job`` to ``state`` if the state machine allows it; False if it does not."""
+    if state not in ALLOWED.get(job.state, frozenset()):
+        return False
+    job.state, job.reason = state, reason
+    now = utcnow()
+    if state in ACTIVE_STATES and job.started_at is None:
+        job.started_at = now
+    if state in FINAL_STATES:
+        job.finished_at = now
+    _record(session, job, state, reason)
+    return True
+
+
+def set_queue_reason(session: Session, job: Job, reason: str) -> None:
+    """Update why a queued job waits (not a transition: no event)."""
+    if job.reason != reason:
+        job.reason = reason
+
+
+def add_event(session: Session, job: Job, event: IngestEvent) -> bool:
+    """Store a report (once per (kind, epoch, step)) or a worker failure; False if a duplicate."""
+    if event.type == "exception":
+        session.add(Event(job_id=job.id, type="exception", data={"errors": event.errors}))
+        return True
+    if event.kind is None or event.epoch is None or event.step is None:
+        raise ValueError("a report needs kind, epoch and step")
+    duplicate = session.scalar(
+        select(Report.id).where(
+            Report.job_id == job.id,
+            Report.kind == event.kind,
+            Report.epoch == event.epoch,
+            Report.step == event.step,
+        )
+    )
+    if duplicate is not None:
+        return False
+    time = event.time or utcnow().timestamp()
+    report = Report(job_id=job.id, kind=event.kind, epoch=event.epoch, step=event.step, time=time)
+    for stats in event.workers:
+        columns = {k: _number(stats.get(k)) for k in WORKER_COLUMNS}
+        report.workers.append(WorkerStats(rank=int(stats.get("rank", 0)), data=stats, **columns))
+    session.add(report)
+    first = event.workers[0] if event.workers else {}
+    if event.kind == "epoch":
+        accuracy, loss = _number(first.get("test_accuracy")), _number(first.get("test_loss"))
+        session.add(
+            Evaluation(
+                job_id=job.id,
+                epoch=event.epoch,
+                step=event.step,
+                test_accuracy=accuracy,
+                test_loss=loss,
+            )
+        )
+        if event.epoch >= job.epoch:
+            job.test_accuracy, job.test_loss = accuracy, loss
+    if (event.epoch, event.step) >= (job.epoch, job.step):
+        job.epoch, job.step = event.epoch, event.step
+    session.add(
+        Event(
+            job_id=job.id,
+            type="report",
+            data={
+                "kind": event.kind,
+                "epoch": event.epoch,
+                "step": event.step,
+                "time": time,
+                "workers": event.workers,
+            },
+        )
+    )
+    return True
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def list_jobs(
+    session: Session, state: str | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    """Newest first."""
+    query = select(Job)
+    count = select(func.count()).select_from(Job)
+    if state is not None:
+        query, count = query.where(Job.state == state), count.where(Job.state == state)
+    jobs = session.scalars(
+        query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return list(jobs), int(session.scalar(count) or 0)
+
+
+def jobs_in(session: Session, states: frozenset[str]) -> list[Job]:
+    """Jobs in ``states``, oldest first (FIFO)."""
+    query = select(Job).where(Job.state.in_(states)).order_by(Job.created_at, Job.id)
+    return list(session.scalars(query).all())
+
+
+def jobs_holding_ray(session: Session) -> list[Job]:
+    """Jobs submitted to Ray whose Ray Job is not known to be over (they hold resources)."""
+    query = select(Job).where(
+        Job.ray_status.is_not(None), Job.ray_status.not_in(("SUCCEEDED", "FAILED", "STOPPED"))
+    )
+    return list(session.scalars(query.order_by(Job.created_at, Job.id)).all())
+
+
+def count_by_state(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+    return {state: int(n) for state, n in rows}
+
+
+def latest_report(session: Session, job_id: str) -> Report | None:
+    query = select(Report).where(Report.job_id == job_id)
+    return session.scalars(query.order_by(Report.step.desc(), Report.id.desc()).limit(1)).first()
+
+
+def reports(session: Session, job_id: str) -> list[Report]:
+    query = select(Report).where(Report.job_id == job_id)
+    return list(session.scalars(query.order_by(Report.step, Report.kind.desc())).all())
+
+
+def evaluations(session: Session, job_id: str) -> list[Evaluation]:
+    query = select(Evaluation).where(Evaluation.job_id == job_id)
+    return list(session.scalars(query.order_by(Evaluation.epoch)).all())
+
+
+def events_after(session: Session, job_id: str, after: int, limit: int = 500) -> list[Event]:
+    query = select(Event).where(Event.job_id == job_id, Event.id > after)
+    return list(session.scalars(query.order_by(Event.id).limit(limit)).all())
+
+
+def add_dataset(session: Session, dataset: Dataset) -> Dataset:
+    session.add(dataset)
+    return dataset
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
+    return session.get(Dataset, dataset_id)
+
+
+def list_datasets(session: Session) -> list[Dataset]:
+    return list(session.scalars(select(Dataset).order_by(Dataset.created_at.desc())).all())
+
+
+def job_out(job: Job, with_transitions: bool = True) -> JobOut:
+    """The API view of a job."""
+    spec = JobSpec.model_validate(job.spec)
+    total = max(1, spec.epochs * job.steps_per_epoch)
+    done = job.state == "succeeded"
+    result = None
+    if done:
+        result = Result(
+            test_accuracy=job.test_accuracy,
+            test_loss=job.test_loss,
+            epochs_completed=job.epoch,
+            wall_time_s=job.wall_time_s,
+        )
+    return JobOut(
+        id=job.id,
+        state=job.state,  # type: ignore[arg-type]
+        reason=job.reason,
+        spec=spec,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        progress=Progress(
+            epoch=job.epoch,
+            step=job.step,
+            epochs=spec.epochs,
+            steps_per_epoch=job.steps_per_epoch,
+            fraction=1.0 if done else min(1.0, job.step / total),
+        ),
+        result=result,
+        transitions=(
+            [TransitionOut.model_validate(t) for t in job.transitions] if with_transitions else []
+        ),
+    )
