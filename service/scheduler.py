@@ -177,17 +177,23 @@ class Scheduler:
             if not queued:
                 return
             holding = store.jobs_holding_ray(session)
+            limit = self.settings.max_running_jobs
             capacity = self.ray.capacity()
             used: dict[str, float] = {}
             for job in holding:
                 for resource, amount in _demand(job).items():
                     used[resource] = used.get(resource, 0.0) + amount
+            running = len(holding)
             blocked_by: str | None = None
             for position, job in enumerate(queued):
                 if blocked_by is not None:
                     store.set_queue_reason(
                         session, job, f"waiting behind {position} earlier job(s): {blocked_by}"
                     )
+                    continue
+                if limit is not None and running >= limit:
+                    blocked_by = f"the service runs at most {limit} job(s) at once"
+                    store.set_queue_reason(session, job, f"waiting: {blocked_by}")
                     continue
                 spec = JobSpec.model_validate(job.spec)
                 try:
@@ -210,6 +216,7 @@ class Scheduler:
                     blocked_by = f"{job.id} {blocked_by}"
                     continue
                 self._submit(session, job, spec)
+                running += 1
                 for resource, amount in _demand(job).items():
                     used[resource] = used.get(resource, 0.0) + amount
 

@@ -46,7 +46,10 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(1 << 20, description="largest JSON request body")
     max_upload_bytes: int = Field(64 << 20, description="largest dataset upload")
-    max_queued_jobs: int = Field(1000, description="jobs waiting in the queue at most")
+    max_queued_jobs: int = Field(1000, ge=0, description="jobs waiting in the queue at most")
+    max_running_jobs: int | None = Field(
+        None, ge=0, description="jobs on Ray at once (unset: as many as fit; 0: hold the queue)"
+    )
     poll_interval_s: float = Field(1.0, gt=0, description="scheduler/reconcile period")
 
     def secret(self) -> str:

@@ -54,7 +54,7 @@ def create_job(session: Session, spec: JobSpec, steps_per_epoch: int) -> Job:
 
 def _record(session: Session, job: Job, state: str, reason: str | None) -> None:
     at = utcnow()
-    session.add(Transition(job_id=job.id, state=state, reason=reason, at=at))
+    job.transitions.append(Transition(job_id=job.id, state=state, reason=reason, at=at))
     session.add(
         Event(
             job_id=job.id,

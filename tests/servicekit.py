@@ -1,0 +1,149 @@
+"""Run the real service (``python -m service``, i.e. uvicorn) as a subprocess for tests."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.embedded_ray import free_ports, ray_env
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ServiceProcess:
+    """``python -m service`` on a free port with its own ``SYNCBN_HOME``, against ``ray_address``.
+
+    ``.url``, ``.token``, ``.client`` (an ``httpx.Client`` sending the token); ``kill()`` is
+    SIGKILL (a crash), ``start()`` again restarts it on the same port and data directory.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        ray_address: str,
+        token: str | None = "test-token",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.home, self.ray_address, self.token = Path(home), ray_address, token
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "service.log"
+
+    def start(self, timeout_s: float = 90.0) -> ServiceProcess:
+        env = ray_env()
+        env.update(
+            SYNCBN_HOME=str(self.home),
+            PORT=str(self.port),
+            RAY_ADDRESS=self.ray_address,
+            SYNCBN_WORKER_PYTHON=sys.executable,
+            SYNCBN_POLL_INTERVAL_S="0.5",
+            **self.extra_env,
+        )
+        env.pop("SYNCBN_API_TOKEN", None)
+        if self.token:
+            env["SYNCBN_API_TOKEN"] = self.token
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service"],
+                env=env,
+                cwd=self.home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited early:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"service not up after {timeout_s} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs (a crash)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    # -- helpers for tests ----------------------------------------------------------------
+    def submit(self, **spec: Any) -> dict[str, Any]:
+        response = self.client.post("/v1/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for(
+        self, job_id: str, predicate: Any, timeout_s: float = 240.0, what: str = "condition"
+    ) -> dict[str, Any]:
+        """Poll the job until ``predicate(job)``; fail with the job and log tail on timeout."""
+        deadline = time.monotonic() + timeout_s
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if predicate(job):
+                return job
+            if job["state"] in TERMINAL and what != "final state":
+                raise AssertionError(f"job ended {job['state']} before {what}: {job}")
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}: {job}\n{self.log_tail()}")
+
+    def wait_final(self, job_id: str, timeout_s: float = 240.0) -> dict[str, Any]:
+        return self.wait_for(
+            job_id, lambda j: j["state"] in TERMINAL, timeout_s, what="final state"
+        )
+
+    def cancel_all(self) -> None:
+        """Cancel every job that is not over (test hygiene: free the shared Ray cluster)."""
+        for state in ("queued", "pending", "running"):
+            jobs = self.client.get("/v1/jobs", params={"state": state, "limit": 500}).json()
+            for job in jobs.get("jobs", []):
+                self.client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def wait_ray_idle(dashboard_url: str, timeout_s: float = 60.0) -> None:
+    """Wait until no Ray Job on the cluster is PENDING or RUNNING."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard_url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        busy = [j for j in client.list_jobs() if str(j.status.value) in ("PENDING", "RUNNING")]
+        if not busy:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"Ray jobs still running after {timeout_s} s: {busy}")
