@@ -8,17 +8,20 @@ export PORT ?= 8000
 .PHONY: run test lint bench clean
 
 # torch is installed first and pinned: an unpinned torch pulls GBs of CUDA wheels.
-$(VENV)/.installed-dev: pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(VENV)/.installed-dev
-	@echo "The service (issue 4) is not built yet: 'make run' will start it on http://127.0.0.1:$(PORT)."
-	@echo "Available now: the syncbn library ($(PY) -c 'import syncbn') and 'make test'."
-	@exit 1
+# The service with an embedded Ray head and SQLite under $(SYNCBN_HOME); Ctrl-C stops both.
+run: $(VENV)/.installed
+	$(PY) -m service
 
 test: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

@@ -154,7 +154,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        payload.update({k: v for k, v in record.__dict__.items() if k not in self._standard})
+        payload.update(
+            {
+                key: value
+                for key, value in record.__dict__.items()
+                if key not in self._standard and not key.startswith("_") and key != "color_message"
+            }
+        )
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
