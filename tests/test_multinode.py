@@ -1,15 +1,14 @@
 """A 2-worker job on a real two-node Ray cluster on this machine, without Docker.
 
 Two ``ray start --block`` processes (a head with the dashboard/Jobs API, and a second node that
-joins it), one CPU each, so the two Train workers must land on different Ray nodes. The job is
-submitted as the service does it: ``JobSubmissionClient.submit_job`` with the service's own entry
-point (``service.ray_jobs.entrypoint``: ``python -m workers run '<spec json>' --storage ...
---name ... --json``), and its result read back with ``service.ray_jobs.parse_outcome``. The per-rank
-``node_id`` in ``stats.jsonl`` shows where each rank ran.
+joins it), one CPU each, so the two Train workers must land on different Ray nodes. The real
+service (``python -m service``) is pointed at the head (``RAY_ADDRESS`` + the cluster's token)
+and the job is submitted over its REST API; the per-rank ``node_id`` of every stored report
+shows where each rank ran.
 
 Token auth is on, as in the deployments: both nodes get ``RAY_AUTH_MODE=token`` and a fresh
 ``RAY_AUTH_TOKEN`` (which takes precedence over ``~/.ray/auth_token``), and this process sends
-the token as an explicit ``Authorization`` header, so it needs no Ray auth settings of its own.
+the token as an explicit ``Authorization`` header; the service gets it as ``RAY_AUTH_TOKEN``.
 Nothing here calls ``ray.init`` in the pytest process: the session's ``ray_cluster`` fixture
 may have a local cluster of its own there. Both ``--block`` processes get SIGTERM in the
 fixture's teardown (node draining disabled so they stop at once); any process still carrying
@@ -38,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from service import ray_jobs
+from servicekit import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_CLI = Path(sys.executable).with_name("ray")
@@ -225,9 +223,7 @@ def two_node_cluster() -> Iterator[TwoNodeCluster]:
 
 
 @pytest.mark.timeout(300)
-def test_two_worker_job_runs_its_ranks_on_two_ray_nodes(two_node_cluster, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
+def test_service_runs_a_two_worker_job_across_two_ray_nodes(two_node_cluster, tmp_path):
     cluster = two_node_cluster
     assert sorted(cluster.node_ids.values()) == [False, True]  # one head, one other node
     # Token auth is on: the dashboard refuses a request without the token.
@@ -235,49 +231,34 @@ def test_two_worker_job_runs_its_ranks_on_two_ray_nodes(two_node_cluster, tmp_pa
         cluster.get("/api/v0/nodes")
     assert refused.value.code == 401
 
-    client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers)
-    name = f"multinode-{uuid.uuid4().hex[:8]}"
-    storage = tmp_path / "runs"
-    # The service's own entry point (python -m workers run '<spec>' --storage ... --json).
-    entrypoint = ray_jobs.entrypoint(
-        sys.executable, json.dumps(JOB_SPEC), name, str(storage), str(tmp_path / "datasets")
-    )
-    job_id = client.submit_job(entrypoint=entrypoint, submission_id=name)
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (status := client.get_job_status(job_id)) not in (
-        JobStatus.SUCCEEDED,
-        JobStatus.FAILED,
-        JobStatus.STOPPED,
-    ):
-        if time.monotonic() > deadline:
-            client.stop_job(job_id)
-            pytest.fail(f"job still {status} after {JOB_TIMEOUT_S:.0f} s\n{cluster.logs()}")
-        time.sleep(1)
-    logs = client.get_job_logs(job_id)
-    assert status == JobStatus.SUCCEEDED, f"job {status}:\n{logs[-4000:]}"
+    # The real service, pointed at the cluster as a deployment would be (RAY_ADDRESS + token).
+    service = ServiceProcess(
+        tmp_path / "home",
+        cluster.dashboard_url,
+        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token},
+    ).start()
+    try:
+        assert service.client.get("/readyz").json()["checks"]["ray"] == "ok"
+        job = service.submit(**JOB_SPEC)
+        done = service.wait_final(job["id"], timeout_s=JOB_TIMEOUT_S)
+        assert done["state"] == "succeeded", f"{done}\n{service.log_tail()}\n{cluster.logs()}"
+        assert 0.0 < done["result"]["test_accuracy"] <= 1.0
 
-    outcome = ray_jobs.parse_outcome(logs)
-    assert outcome is not None, f"no --json result in the job logs:\n{logs[-3000:]}"
-    assert outcome.status == 0 and outcome.error is None
-    result = outcome.result
-    assert result["name"] == name and result["epochs_completed"] == 1
-    assert 0.0 < result["test_accuracy"] <= 1.0
-
-    # Every report names the node of every rank; the two ranks ran on the two nodes.
-    events = [
-        json.loads(line) for line in (storage / name / "stats.jsonl").read_text().splitlines()
-    ]
-    reports = [event for event in events if event.get("type") == "report"]
-    assert reports, f"no report events in {storage / name / 'stats.jsonl'}"
-    placements = {
-        tuple((worker["rank"], worker["node_id"]) for worker in event["workers"])
-        for event in reports
-    }
-    assert len(placements) == 1, f"ranks moved between nodes: {placements}"
-    (placement,) = placements
-    node_of_rank = dict(placement)
-    assert sorted(node_of_rank) == [0, 1]
-    assert node_of_rank[0] != node_of_rank[1], f"both ranks on node {node_of_rank[0]}"
-    assert set(node_of_rank.values()) == set(cluster.node_ids)
-    # The driver's result carries the same placement.
-    assert {w["rank"]: w["node_id"] for w in result["workers"]} == node_of_rank
+        # Every report names the node of every rank; the two ranks ran on the two nodes.
+        history = service.client.get(f"/v1/jobs/{job['id']}/metrics").json()["reports"]
+        assert history, "no reports stored"
+        placements = {
+            tuple((worker["rank"], worker["node_id"]) for worker in report["workers"])
+            for report in history
+        }
+        assert len(placements) == 1, f"ranks moved between nodes: {placements}"
+        (placement,) = placements
+        node_of_rank = dict(placement)
+        assert sorted(node_of_rank) == [0, 1]
+        assert node_of_rank[0] != node_of_rank[1], f"both ranks on node {node_of_rank[0]}"
+        assert set(node_of_rank.values()) == set(cluster.node_ids)
+        workers = service.client.get(f"/v1/jobs/{job['id']}/workers").json()["workers"]
+        assert {w["rank"]: w["node_id"] for w in workers} == node_of_rank
+    finally:
+        service.cancel_all()
+        service.stop()
