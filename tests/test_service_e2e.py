@@ -13,6 +13,8 @@ import httpx
 import pytest
 from servicekit import ServiceProcess, wait_ray_idle
 
+from workers.loop import STAT_FIELDS
+
 SMALL_JOB = {
     "dataset": "synthetic",
     "workers": 2,
@@ -20,19 +22,6 @@ SMALL_JOB = {
     "epochs": 2,
     "report_every_steps": 16,
 }
-PER_WORKER_FIELDS = (
-    "rank",
-    "epoch",
-    "step",
-    "batch_size",
-    "samples",
-    "loss",
-    "train_accuracy",
-    "samples_per_s",
-    "step_time_s",
-    "sync_time_s",
-    "bn",
-)
 
 
 def collect_events(service: ServiceProcess, job_id: str) -> tuple[list, threading.Thread]:
@@ -88,7 +77,7 @@ def test_job_runs_end_to_end_with_per_worker_stats_events_and_cli_watch(service)
     workers = service.client.get(f"/v1/jobs/{job['id']}/workers").json()["workers"]
     assert [w["rank"] for w in workers] == [0, 1]
     for worker in workers:
-        assert set(PER_WORKER_FIELDS) <= set(worker), worker
+        assert set(STAT_FIELDS) <= set(worker), worker
         assert worker["batch_size"] == 8 and worker["bn"], worker
         layer = next(iter(worker["bn"].values()))
         assert layer["global_count"] == 2 * layer["local_count"]  # sync: the global batch

@@ -10,12 +10,14 @@ from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from service import store
 from service.auth import require_api_token
 from service.deps import Services, field_error, get_services, not_found
+from service.models import Job
 from service.ray_jobs import RayUnavailable
 from service.scheduler import InfeasibleError, check_feasible
 from service.schemas import (
@@ -42,6 +44,13 @@ router = APIRouter(
 ServicesDep = Annotated[Services, Depends(get_services)]
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such job"}}
 EVENT_POLL_S = 0.5
+
+
+def _job_or_404(session: Session, job_id: str) -> Job:
+    job = store.get_job(session, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
 
 
 @lru_cache(maxsize=8)
@@ -117,9 +126,7 @@ def list_jobs(
 def get_job(job_id: str, services: ServicesDep) -> JobOut:
     """One job: state, spec, progress, state transitions, and the result when done."""
     with services.db.session() as session:
-        job = store.get_job(session, job_id)
-        if job is None:
-            raise not_found("job", job_id)
+        job = _job_or_404(session, job_id)
         return store.job_out(job)
 
 
@@ -127,9 +134,7 @@ def get_job(job_id: str, services: ServicesDep) -> JobOut:
 def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
     """Cancel a job (idempotent): a queued job never starts, a running one's Ray Job stops."""
     with services.db.session() as session:
-        job = store.get_job(session, job_id)
-        if job is None:
-            raise not_found("job", job_id)
+        job = _job_or_404(session, job_id)
         if job.state in FINAL_STATES:
             return store.job_out(job)
         submitted = job.ray_status is not None
@@ -153,8 +158,7 @@ def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
 def job_workers(job_id: str, services: ServicesDep) -> WorkersOut:
     """The latest statistics of every worker (rank)."""
     with services.db.session() as session:
-        if store.get_job(session, job_id) is None:
-            raise not_found("job", job_id)
+        _job_or_404(session, job_id)
         report = store.latest_report(session, job_id)
         if report is None:
             return WorkersOut(job_id=job_id, workers=[])
@@ -170,8 +174,7 @@ def job_workers(job_id: str, services: ServicesDep) -> WorkersOut:
 def job_metrics(job_id: str, services: ServicesDep) -> MetricsOut:
     """The whole history: every report with every rank's statistics, and the evaluations."""
     with services.db.session() as session:
-        if store.get_job(session, job_id) is None:
-            raise not_found("job", job_id)
+        _job_or_404(session, job_id)
         return MetricsOut(
             job_id=job_id,
             reports=[
@@ -198,9 +201,7 @@ def job_logs(
 ) -> LogsOut:
     """The last ``tail`` lines of the job's Ray Job logs (driver and workers)."""
     with services.db.session() as session:
-        job = store.get_job(session, job_id)
-        if job is None:
-            raise not_found("job", job_id)
+        job = _job_or_404(session, job_id)
         submitted = job.ray_status is not None
     text = ""
     if submitted:
