@@ -23,7 +23,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(PY) -m service
 
+# The dashboard's browser tests drive Debian's chromium (installed with apt-get when missing).
 test: $(VENV)/.installed-dev
+	bash scripts/install-chromium.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

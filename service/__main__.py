@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging.config
 import os
+import signal
 import sys
 from contextlib import ExitStack
 
@@ -54,6 +55,9 @@ def main() -> int:
                 settings.worker_python = sys.executable
         app = create_app(settings)
         print(banner(settings), flush=True)
+        # uvicorn handles SIGTERM/SIGINT itself, then re-raises the signal once it has shut
+        # down: turn that into SystemExit so the ExitStack still stops the embedded Ray head.
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
         uvicorn.run(
             app,
             host=settings.host,

@@ -7,9 +7,11 @@ Every port is picked free, so several heads (a test run beside ``make run``) can
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +52,7 @@ def ray_env() -> dict[str, str]:
     env.setdefault("RAY_AUTH_MODE", "token")
     env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")  # stop at once (no 30 s drain)
     return env
 
 
@@ -71,13 +74,16 @@ class RayHead:
         ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
         self.ports = ports
         self.gcs_address = f"127.0.0.1:{ports['--port']}"
+        # Its own short temp dir (AF_UNIX paths are limited to ~107 bytes): heads never share
+        # /tmp/ray's session files, so stopping one cannot disturb another.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="syncbn-ray-"))
         self.dashboard_url = f"http://127.0.0.1:{ports['--dashboard-port']}"
 
     def command(self) -> list[str]:
         ray = str(Path(sys.executable).parent / "ray")
         args = [ray, "start", "--head", "--block", "--include-dashboard=true"]
         args += ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
-        args += ["--disable-usage-stats"]
+        args += ["--disable-usage-stats", f"--temp-dir={self.temp_dir}"]
         args += [f"{flag}={port}" for flag, port in self.ports.items()]
         if self.num_cpus is not None:
             args.append(f"--num-cpus={self.num_cpus}")
@@ -119,14 +125,14 @@ class RayHead:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the ``--block`` process (it stops every Ray process it started)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> RayHead:
         return self.start()
