@@ -1,0 +1,288 @@
+"""The web dashboard (``service/static``) in real headless Chromium, against the real service.
+
+Playwright drives Debian's Chromium (``/usr/bin/chromium``; ``scripts/install-chromium.sh``
+installs it, Playwright cannot download its own browser here) and the page talks to the
+``service`` fixture of ``conftest.py``: a real uvicorn subprocess with a real local Ray
+cluster, with the API token on. Nothing is mocked: the jobs below really train.
+
+- a small ``synthetic`` job submitted through the form appears in the list; its page fills
+  the per-worker table with both ranks from the live event stream, draws the test-accuracy
+  curve, the BN view and the timeline, and shows the accuracy the API reports;
+- a longer job (submitted over the API) is cancelled from its page;
+- server-side validation errors appear next to the right field (submitted with the keyboard);
+- the token dialog rejects a wrong token and remembers the right one; the page fits a
+  narrow window.
+
+On a failure the page's screenshot and HTML go to the test's ``tmp_path`` (the path is printed,
+with the tail of the service's log).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM = Path(os.environ.get("SYNCBN_CHROMIUM", "/usr/bin/chromium"))
+UI_TIMEOUT_MS = 15_000
+JOB_TIMEOUT_MS = 240_000  # a 2-worker job on a 2-CPU CI machine, queued behind others
+SMALL_JOB = {"workers": "2", "batch_size_per_worker": "8", "epochs": "2"}
+LONG_JOB = {
+    "dataset": "synthetic",
+    "workers": 2,
+    "batch_size_per_worker": 8,
+    "epochs": 200,
+    "report_every_steps": 8,
+}
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():  # make test installs it; a missing browser is a failure
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-chromium.sh")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Page]:
+    """A fresh browser context (empty storage) at 1280x800; screenshot on failure."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    js_errors: list[str] = []
+    page.on("pageerror", lambda exc: js_errors.append(str(exc)))
+    failed_before = request.session.testsfailed
+    try:
+        yield page
+    finally:
+        # The call phase's report is logged before teardown: a new failure counts already.
+        if request.session.testsfailed > failed_before or js_errors:
+            try:
+                page.screenshot(path=tmp_path / "failure.png", full_page=True)
+                (tmp_path / "failure.html").write_text(page.content(), encoding="utf-8")
+                print(f"screenshot of the page: {tmp_path / 'failure.png'}")
+            except Exception as exc:
+                print(f"no screenshot: {exc}")
+            service = request.node.funcargs.get("service")
+            if hasattr(service, "log_tail"):
+                print(f"service log:\n{service.log_tail()}")
+        context.close()
+    assert not js_errors, f"uncaught JavaScript errors on the page: {js_errors}"
+
+
+def base_url(service: Any) -> str:
+    return str(service.url).rstrip("/")
+
+
+def open_dashboard(page: Page, service: Any, route: str = "") -> None:
+    """Load the page (``route`` is a hash route such as ``#/jobs/j-1``) and give the token."""
+    page.goto(f"{base_url(service)}/{route}")
+    if service.token:
+        dialog = page.get_by_test_id("token-dialog")
+        expect(dialog).to_be_visible()
+        page.get_by_label("Token", exact=True).fill(service.token)
+        page.get_by_role("button", name="Save").click()
+        expect(dialog).to_be_hidden()
+
+
+def field(page: Page, label: str):
+    return page.get_by_label(label, exact=True)
+
+
+def percent(text: str) -> float:
+    """``"96.88 %"`` -> 96.88."""
+    return float(text.replace("%", "").strip())
+
+
+def job_reason(service: Any, job_id: str) -> str:
+    """The end of a job's ``reason`` (for a failed job: Ray's log tail)."""
+    return str(service.client.get(f"/v1/jobs/{job_id}").json().get("reason"))[-3000:]
+
+
+def server_errors(service: Any, spec: dict[str, Any]) -> dict[str, str]:
+    """What the API itself answers to ``spec``: {field: message}."""
+    response = service.client.post("/v1/jobs", json=spec)
+    assert response.status_code == 422, response.text
+    return {str(e["loc"][-1]): e["msg"] for e in response.json()["detail"]}
+
+
+def test_submit_a_job_and_watch_it_train(page: Page, service: Any) -> None:
+    open_dashboard(page, service)
+    expect(page.get_by_test_id("jobs-table")).to_be_visible()
+
+    field(page, "Dataset").select_option("synthetic")
+    for name, value in (
+        ("Workers", SMALL_JOB["workers"]),
+        ("Batch per worker", SMALL_JOB["batch_size_per_worker"]),
+        ("Epochs", SMALL_JOB["epochs"]),
+    ):
+        field(page, name).fill(value)
+    page.get_by_text("Optimizer, reporting and resources").click()
+    field(page, "Report every k steps").fill("2")
+    page.get_by_test_id("submit-job").click()
+
+    submitted = page.get_by_test_id("submitted-link")
+    expect(submitted).to_be_visible()
+    job_id = submitted.get_attribute("data-job-id")
+    assert job_id and job_id.startswith("j-")
+    spec = service.client.get(f"/v1/jobs/{job_id}").json()["spec"]
+    assert (spec["dataset"], spec["workers"], spec["batch_size_per_worker"]) == ("synthetic", 2, 8)
+    assert (spec["epochs"], spec["report_every_steps"], spec["norm"]) == (2, 2, "sync")
+
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("synthetic")
+    expect(row).to_contain_text("2 \u00d7 8")  # workers x batch
+    row.get_by_role("link").click()
+    expect(page).to_have_url(re.compile(rf"#/jobs/{job_id}$"))
+    expect(page.get_by_test_id("job-title")).to_contain_text(job_id)
+
+    # Both ranks, from the event stream while the job trains.
+    workers = page.get_by_test_id("workers-table")
+    state = page.get_by_test_id("job-state")
+    failed = page.locator('[data-testid="job-state"][data-state="failed"]')
+    expect(workers.locator('tr[data-rank="1"]').or_(failed)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    assert not failed.is_visible(), f"the job failed: {job_reason(service, job_id)}"
+    expect(workers.locator('tr[data-rank="0"]')).to_be_visible()
+    report = page.get_by_test_id("workers-report")
+    first_report = report.inner_text()
+    if state.get_attribute("data-state") not in FINAL and "step report" in first_report:
+        # A later report (at least the end of the epoch) replaces it, without a reload.
+        expect(report).not_to_have_text(first_report, timeout=JOB_TIMEOUT_MS)
+    rank0 = workers.locator('tr[data-rank="0"]')
+    expect(rank0.locator("td").nth(1)).to_have_text("8")  # local batch size
+    expect(rank0).to_contain_text("%")  # sync time share
+
+    expect(state).to_have_text(re.compile("|".join(FINAL)), timeout=JOB_TIMEOUT_MS)
+    assert state.inner_text() == "succeeded", f"the job failed: {job_reason(service, job_id)}"
+    job = service.client.get(f"/v1/jobs/{job_id}").json()
+    accuracy = job["result"]["test_accuracy"]
+    shown = page.get_by_test_id("result-accuracy")
+    expect(shown).to_have_text(re.compile(r"^\d+\.\d\d %$"))
+    assert float(shown.get_attribute("data-value") or "nan") == accuracy
+    assert percent(shown.inner_text()) == pytest.approx(accuracy * 100, abs=0.0051)
+
+    # The test-accuracy curve: one point per epoch, drawn as a path with markers.
+    curve = page.locator('[data-testid="acc-chart"] path.series[data-series="test"]')
+    expect(curve).to_have_attribute("data-points", "2")
+    assert re.fullmatch(r"M[\d.]+,[\d.]+L[\d.]+,[\d.]+", curve.get_attribute("d") or "")
+    expect(page.locator('[data-testid="acc-chart"] circle[data-series="test"]')).to_have_count(2)
+    for rank in (0, 1):
+        loss = page.locator(f'[data-testid="loss-chart"] path.series[data-series="rank-{rank}"]')
+        assert int(loss.get_attribute("data-points") or 0) >= 2
+
+    # Per BN layer x rank: how far each worker's batch statistics are from the global ones.
+    heat = page.get_by_test_id("bn-heatmap")
+    expect(heat.locator("tbody tr").first).to_be_visible()
+    for rank in (0, 1):
+        value = heat.locator(f'td[data-rank="{rank}"]').first.get_attribute("data-value")
+        assert value is not None and float(value) >= 0
+
+    timeline = page.get_by_test_id("timeline")
+    for name in ("queued", "running", "succeeded"):
+        expect(timeline.locator(f'li[data-state="{name}"]')).to_have_count(1)
+    expect(page.get_by_test_id("logs")).not_to_be_empty()
+
+    page.get_by_role("link", name="← Jobs").click()
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    expect(row.get_by_test_id("job-state")).to_have_text("succeeded")
+    cell = row.get_by_test_id("job-accuracy")
+    expect(cell).to_have_text(re.compile(r"^\d+\.\d %$"))
+    assert percent(cell.inner_text()) == pytest.approx(accuracy * 100, abs=0.051)
+
+
+def test_cancel_a_running_job_from_its_page(page: Page, service: Any) -> None:
+    response = service.client.post("/v1/jobs", json=LONG_JOB)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    try:
+        open_dashboard(page, service, f"#/jobs/{job_id}")
+        state = page.get_by_test_id("job-state")
+        started = re.compile("|".join(("running", *FINAL)))
+        expect(state).to_have_text(started, timeout=JOB_TIMEOUT_MS)
+        assert state.inner_text() == "running", f"not running: {job_reason(service, job_id)}"
+
+        page.get_by_test_id("cancel-button").click()
+        page.get_by_test_id("cancel-confirm").click()
+        expect(state).to_have_text("cancelled", timeout=60_000)
+        expect(page.get_by_test_id("cancel-button")).to_be_hidden()
+        timeline = page.get_by_test_id("timeline")
+        expect(timeline.locator('li[data-state="cancelled"]')).to_be_visible()
+        assert service.client.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+
+        page.get_by_role("link", name="← Jobs").click()
+        page.get_by_label("State", exact=True).select_option("cancelled")
+        row = page.locator(f'tr[data-job-id="{job_id}"]')
+        expect(row.get_by_test_id("job-state")).to_have_text("cancelled")
+        others = page.locator('[data-testid="job-row"] [data-state]:not([data-state="cancelled"])')
+        expect(others).to_have_count(0)
+    finally:
+        service.client.post(f"/v1/jobs/{job_id}/cancel")  # never leave it hogging the cluster
+
+
+def test_server_validation_errors_appear_next_to_their_field(page: Page, service: Any) -> None:
+    total = service.client.get("/v1/jobs").json()["total"]
+    open_dashboard(page, service)
+    expect(page.get_by_test_id("jobs-table")).to_be_visible()
+    field(page, "Dataset").select_option("synthetic")
+
+    workers = field(page, "Workers")
+    workers.fill("0")
+    workers.press("Enter")  # submitted with the keyboard
+    expected = server_errors(service, {"dataset": "synthetic", "workers": 0})["workers"]
+    expect(page.get_by_test_id("error-workers")).to_have_text(expected)
+    expect(workers).to_have_attribute("aria-invalid", "true")
+    expect(workers).to_be_focused()
+    expect(page.get_by_test_id("form-error")).to_be_visible()
+
+    workers.fill("2")
+    group = field(page, "Sync group size")
+    group.fill("3")
+    group.press("Enter")
+    spec = {"dataset": "synthetic", "workers": 2, "sync_group_size": 3}
+    expected = server_errors(service, spec)["sync_group_size"]
+    expect(page.get_by_test_id("error-sync_group_size")).to_have_text(expected)
+    expect(page.get_by_test_id("error-workers")).to_be_empty()
+    expect(workers).not_to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_test_id("submit-status")).to_be_empty()
+    assert service.client.get("/v1/jobs").json()["total"] == total  # nothing was submitted
+
+
+def test_token_is_asked_once_and_the_page_fits_a_narrow_window(page: Page, service: Any) -> None:
+    assert service.token, "the service fixture runs with an API token"
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{base_url(service)}/")
+    dialog = page.get_by_test_id("token-dialog")
+    expect(dialog).to_be_visible()
+    token = field(page, "Token")
+    expect(token).to_be_focused()
+    token.fill(f"{service.token}-wrong")
+    token.press("Enter")
+    expect(page.get_by_test_id("token-message")).to_contain_text("rejected")
+    token.fill(service.token)
+    token.press("Enter")
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_test_id("jobs-table")).to_be_visible()
+    expect(page.get_by_test_id("jobs-error")).to_be_hidden()
+
+    page.reload()  # the token is kept in the browser's storage
+    expect(page.get_by_test_id("jobs-count")).not_to_be_empty()
+    expect(dialog).to_be_hidden()
+
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px at 390px"
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_focused()
