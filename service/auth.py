@@ -3,7 +3,8 @@
 With ``SYNCBN_API_TOKEN`` set, every route that reads or changes data needs
 ``Authorization: Bearer <token>`` (401 otherwise). Open: ``/healthz``, the page shell (``/``,
 ``/static``) and the API description (``/docs``, ``/openapi.json``), none of which carries data.
-The event stream also takes ``?token=`` because browsers' ``EventSource`` cannot send headers.
+Tokens travel only in the header, never in URLs (which end up in logs): the dashboard reads the
+event stream with ``fetch``, which can send it.
 
 The ingest endpoint takes a per-job token instead: HMAC(secret, job id), handed to the job's
 Ray Job in its environment, so a job can only write its own statistics.
@@ -45,10 +46,7 @@ def require_api_token(request: Request, credentials: Credentials) -> None:
     """Dependency: the API token, when the service has one."""
     expected = request.app.state.settings.api_token
     if expected:
-        given = credentials.credentials if credentials else None
-        if given is None and request.url.path.endswith("/events"):
-            given = request.query_params.get("token")
-        _check(expected, given)
+        _check(expected, credentials.credentials if credentials else None)
 
 
 def require_ingest_token(job_id: str, request: Request, credentials: Credentials) -> None:

@@ -268,7 +268,7 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
         console.print(f"{out['total']} job(s)")
     elif args.command == "logs":
         print(out["logs"])
-    elif args.command in ("upload",):
+    elif args.command == "upload":
         console.print(
             f"dataset [bold]{out['id']}[/bold]: {out['n_train']} train / "
             f"{out['n_test']} test samples, shape {out['input_shape']}"

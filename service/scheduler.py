@@ -72,9 +72,14 @@ def check_feasible(spec: JobSpec, capacity: Capacity) -> None:
             )
 
 
-def _demand(job: Job) -> dict[str, float]:
-    spec = JobSpec.model_validate(job.spec)
+def _demand(spec: JobSpec) -> dict[str, float]:
+    """Resources the whole job asks for."""
     return {k: v * spec.workers for k, v in spec.resources_per_worker().items()}
+
+
+def _add(used: dict[str, float], demand: dict[str, float]) -> None:
+    for resource, amount in demand.items():
+        used[resource] = used.get(resource, 0.0) + amount
 
 
 class Scheduler:
@@ -142,7 +147,8 @@ class Scheduler:
                     job.wall_time_s = outcome.result.get("wall_time_s")
                 store.transition(session, job, "succeeded")
             elif status == "STOPPED":
-                store.transition(session, job, "cancelled", "stopped in Ray")
+                reason = "cancelled by user" if job.cancel_requested else "stopped in Ray"
+                store.transition(session, job, "cancelled", reason)
             else:
                 outcome = parse_outcome(logs)
                 reason = (outcome.error if outcome else None) or self.ray.info_message(job_id)
@@ -159,7 +165,10 @@ class Scheduler:
             job = store.get_job(session, job_id)
             if job is None:
                 return 0
+            stored = store.report_keys(session, job_id)
             for raw in events:
+                if (raw.get("kind"), raw.get("epoch"), raw.get("step")) in stored:
+                    continue
                 try:
                     if store.add_event(session, job, IngestEvent.model_validate(raw)):
                         added += 1
@@ -181,8 +190,7 @@ class Scheduler:
             capacity = self.ray.capacity()
             used: dict[str, float] = {}
             for job in holding:
-                for resource, amount in _demand(job).items():
-                    used[resource] = used.get(resource, 0.0) + amount
+                _add(used, _demand(JobSpec.model_validate(job.spec)))
             running = len(holding)
             blocked_by: str | None = None
             for position, job in enumerate(queued):
@@ -201,15 +209,13 @@ class Scheduler:
                 except InfeasibleError as exc:  # the cluster shrank since submission
                     store.transition(session, job, "failed", f"infeasible: {exc}")
                     continue
-                short = {
-                    r: a
-                    for r, a in _demand(job).items()
-                    if used.get(r, 0.0) + a > capacity.total.get(r, 0.0) + EPS
-                }
+                demand = _demand(spec)
+                total = capacity.total
+                free = {r: total.get(r, 0.0) - used.get(r, 0.0) for r in demand}
+                short = {r: a for r, a in demand.items() if a > free[r] + EPS}
                 if short:
                     blocked_by = ", ".join(
-                        f"needs {a:g} {r}, {capacity.total.get(r, 0.0) - used.get(r, 0.0):g} "
-                        f"of {capacity.total.get(r, 0.0):g} free"
+                        f"needs {a:g} {r}, {free[r]:g} of {total.get(r, 0.0):g} free"
                         for r, a in short.items()
                     )
                     store.set_queue_reason(session, job, f"waiting for resources: {blocked_by}")
@@ -217,8 +223,7 @@ class Scheduler:
                     continue
                 self._submit(session, job, spec)
                 running += 1
-                for resource, amount in _demand(job).items():
-                    used[resource] = used.get(resource, 0.0) + amount
+                _add(used, demand)
 
     def _submit(self, session: Session, job: Job, spec: JobSpec) -> None:
         """Hand ``job`` to Ray (its own Ray Job) and mark it pending."""

@@ -185,6 +185,12 @@ def latest_report(session: Session, job_id: str) -> Report | None:
     return session.scalars(query.order_by(Report.step.desc(), Report.id.desc()).limit(1)).first()
 
 
+def report_keys(session: Session, job_id: str) -> set[tuple[str, int, int]]:
+    """``(kind, epoch, step)`` of every stored report of the job (what makes one unique)."""
+    query = select(Report.kind, Report.epoch, Report.step).where(Report.job_id == job_id)
+    return {(kind, epoch, step) for kind, epoch, step in session.execute(query)}
+
+
 def reports(session: Session, job_id: str) -> list[Report]:
     query = select(Report).where(Report.job_id == job_id)
     return list(session.scalars(query.order_by(Report.step, Report.kind.desc())).all())

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
@@ -53,13 +52,6 @@ def _job_or_404(session: Session, job_id: str) -> Job:
     return job
 
 
-@lru_cache(maxsize=8)
-def _builtin_train_size(name: str) -> int:
-    from workers.data import load_dataset
-
-    return len(load_dataset(name).x_train)
-
-
 def _steps_per_epoch(services: Services, spec: JobSpec) -> int:
     """Validate the dataset and model for ``spec`` (422 naming the field); steps per epoch."""
     from workers.data import DatasetError, steps_per_epoch
@@ -73,8 +65,7 @@ def _steps_per_epoch(services: Services, spec: JobSpec) -> int:
         data = prepare_data(spec, services.settings.datasets_dir)
     except DatasetError as exc:
         raise field_error(exc.field, str(exc)) from exc
-    n = _builtin_train_size(spec.dataset) if spec.is_builtin_dataset else len(data.x_train)
-    return steps_per_epoch(n, spec.workers, spec.batch_size_per_worker)
+    return steps_per_epoch(len(data.x_train), spec.workers, spec.batch_size_per_worker)
 
 
 @router.post(
@@ -96,7 +87,7 @@ def submit_job(spec: JobSpec, services: ServicesDep) -> JobOut:
     except RayUnavailable:
         logger.warning("Ray unreachable: job accepted without the feasibility check")
     with services.db.session() as session:
-        if len(store.jobs_in(session, frozenset({"queued"}))) >= services.settings.max_queued_jobs:
+        if store.count_by_state(session).get("queued", 0) >= services.settings.max_queued_jobs:
             raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "the job queue is full")
         job = store.create_job(session, spec, steps)
         out = store.job_out(job)
