@@ -1,7 +1,9 @@
 """``python -m service``: the service on ``http://$SYNCBN_HOST:$PORT`` (uvicorn).
 
-With ``RAY_ADDRESS`` unset it first starts an embedded local Ray head (stopped on exit, also
-on Ctrl-C); with it set, it uses that cluster (the Ray dashboard/Jobs URL).
+With ``RAY_ADDRESS`` unset it uses the embedded local Ray head of ``$SYNCBN_HOME``: the one an
+earlier run left running (after a crash), else a new one with a token of its own; it is
+stopped on exit, also on Ctrl-C. With ``RAY_ADDRESS`` set it uses that cluster (the Ray
+dashboard/Jobs URL) with the user's own Ray token settings.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import signal
 import sys
 from contextlib import ExitStack
 
-from service.embedded_ray import RayHead
+from service.embedded_ray import EmbeddedRay
 from service.observability import log_config
 from service.settings import Settings
 
@@ -36,23 +38,21 @@ def banner(settings: Settings) -> str:
 def main() -> int:
     settings = Settings()
     logging.config.dictConfig(log_config(os.environ.get("SYNCBN_LOG_LEVEL", "INFO")))
-    if not settings.ray_address:
-        # Read by Ray when it is first imported (below, with the app): the embedded head has
-        # token auth (Ray's default), and clients only send the token in this mode.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import uvicorn
-
-    from service.app import create_app
-
     with ExitStack() as stack:
         if not settings.ray_address:
-            print(f"starting an embedded Ray head in {settings.home.resolve()} ...", flush=True)
-            head = stack.enter_context(
-                RayHead(settings.home.resolve() / "ray", settings.embedded_ray_cpus)
-            )
+            print(f"embedded Ray head of {settings.home.resolve()} ...", flush=True)
+            embedded = EmbeddedRay(settings.home.resolve() / "ray", settings.embedded_ray_cpus)
+            head = stack.enter_context(embedded)
+            how = "re-attached to the running" if embedded.attached else "started a new"
+            print(f"{how} Ray head (pid {head.pid}) at {head.dashboard_url}", flush=True)
             settings.ray_address = head.dashboard_url
             if "SYNCBN_WORKER_PYTHON" not in os.environ:
                 settings.worker_python = sys.executable
+        # Imported only now: Ray reads its auth mode and token when first imported.
+        import uvicorn
+
+        from service.app import create_app
+
         app = create_app(settings)
         print(banner(settings), flush=True)
         # uvicorn handles SIGTERM/SIGINT itself, then re-raises the signal once it has shut

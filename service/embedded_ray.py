@@ -1,19 +1,30 @@
-"""A local Ray head in its own process tree (``ray start --head --block``), for ``make run``
-and the tests: it outlives a crashed service (as a real cluster would) and stops on exit.
+"""The local Ray head of ``make run`` and of the tests, owned by one ``SYNCBN_HOME``.
 
-Every port is picked free, so several heads (a test run beside ``make run``) can coexist.
+- ``RayHead``: ``ray start --head --block`` in its own process session, so it outlives a
+  crashed service (as a real cluster would). Every port is picked free, it has its own short
+  temp dir, and token auth with a token of its own: given to ``ray start`` and to every client
+  as ``RAY_AUTH_TOKEN``, so nothing is read from or written to ``~/.ray``.
+- ``EmbeddedRay``: the head of one home. It records the head (pid, addresses, token) in
+  ``$SYNCBN_HOME/ray/head.json`` (mode 0600); when the service starts again after a crash it
+  re-attaches to that head if it is still alive, so there is never a second one.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psutil
 
 from service.ray_jobs import RayJobs
 
@@ -28,12 +39,12 @@ PORT_FLAGS = (
     "--node-manager-port",
     "--object-manager-port",
 )
+RECORD_FILE = "head.json"
+INHERITED_RAY_VARS = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 
 
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1."""
-    import socket
-
     sockets, ports = [], []
     for _ in range(n):
         sock = socket.socket()
@@ -45,19 +56,86 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def ray_env() -> dict[str, str]:
-    """Environment for Ray processes and clients: token auth (Ray's default for new clusters,
-    but clients only send the token when ``RAY_AUTH_MODE=token``) and fast Train reports."""
+def new_token() -> str:
+    """A fresh Ray auth token (Ray's own tokens are 32 hex digits; longer is fine)."""
+    return secrets.token_hex(32)
+
+
+def ray_env(token: str | None = None) -> dict[str, str]:
+    """Environment for Ray processes and clients: with ``token``, token auth with that token and
+    no Ray address, token or token path inherited from this process; and fast Train reports."""
     env = dict(os.environ)
-    env.setdefault("RAY_AUTH_MODE", "token")
+    if token is not None:
+        for name in INHERITED_RAY_VARS:
+            env.pop(name, None)
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")  # stop at once (no 30 s drain)
     return env
 
 
+def use_token(token: str) -> None:
+    """Make this process a client of a head with ``token`` (before Ray first reads it)."""
+    for name in INHERITED_RAY_VARS:
+        os.environ.pop(name, None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+
+
+@dataclass(frozen=True)
+class HeadRecord:
+    """What it takes to find, use and stop a running head again."""
+
+    pid: int
+    create_time: float
+    gcs_address: str
+    dashboard_url: str
+    token: str
+    temp_dir: str
+
+    def save(self, path: Path) -> None:
+        """Write atomically, readable by the owner only (it holds the token)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(self), handle)
+        os.replace(partial, path)
+
+    @classmethod
+    def load(cls, path: Path) -> HeadRecord | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def process(self) -> psutil.Process | None:
+        """The head's ``ray start`` process if it still runs (not a reused pid)."""
+        try:
+            process = psutil.Process(self.pid)
+            if abs(process.create_time() - self.create_time) > 1.0:
+                return None
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        return process
+
+
+def kill_session(pid: int) -> None:
+    """SIGKILL every process of the session that ``pid`` leads (a head and all it started)."""
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == pid:
+                process.kill()
+        except (OSError, psutil.Error):
+            continue
+
+
 class RayHead:
-    """``with RayHead(cwd, cpus) as head:`` -> ``head.dashboard_url``, ``head.gcs_address``."""
+    """``with RayHead(cwd, cpus) as head:`` -> ``head.dashboard_url``, ``head.gcs_address``,
+    ``head.token``; ``head.env()`` is the environment its clients need."""
 
     def __init__(
         self,
@@ -65,19 +143,35 @@ class RayHead:
         num_cpus: int | None = None,
         extra_args: list[str] | None = None,
         startup_timeout_s: float = 120.0,
+        token: str | None = None,
     ) -> None:
         self.cwd = Path(cwd)
         self.num_cpus = num_cpus
         self.extra_args = extra_args or []
         self.startup_timeout_s = startup_timeout_s
-        self.process: subprocess.Popen[bytes] | None = None
+        self.token = token or new_token()
+        self.pid: int | None = None
         ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
         self.ports = ports
         self.gcs_address = f"127.0.0.1:{ports['--port']}"
+        self.dashboard_url = f"http://127.0.0.1:{ports['--dashboard-port']}"
         # Its own short temp dir (AF_UNIX paths are limited to ~107 bytes): heads never share
         # /tmp/ray's session files, so stopping one cannot disturb another.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="syncbn-ray-"))
-        self.dashboard_url = f"http://127.0.0.1:{ports['--dashboard-port']}"
+
+    @classmethod
+    def attach(cls, record: HeadRecord, cwd: str | os.PathLike) -> RayHead:
+        """The head described by ``record`` (already running)."""
+        head = cls.__new__(cls)
+        head.cwd, head.num_cpus, head.extra_args = Path(cwd), None, []
+        head.startup_timeout_s, head.token, head.pid, head.ports = 60.0, record.token, None, {}
+        head.gcs_address, head.dashboard_url = record.gcs_address, record.dashboard_url
+        head.temp_dir = Path(record.temp_dir)
+        head.pid = record.pid
+        return head
+
+    def env(self) -> dict[str, str]:
+        return ray_env(self.token)
 
     def command(self) -> list[str]:
         ray = str(Path(sys.executable).parent / "ray")
@@ -89,31 +183,53 @@ class RayHead:
             args.append(f"--num-cpus={self.num_cpus}")
         return args + self.extra_args
 
+    def record(self) -> HeadRecord:
+        assert self.pid is not None, "the head is not running"
+        return HeadRecord(
+            pid=self.pid,
+            create_time=psutil.Process(self.pid).create_time(),
+            gcs_address=self.gcs_address,
+            dashboard_url=self.dashboard_url,
+            token=self.token,
+            temp_dir=str(self.temp_dir),
+        )
+
     def start(self) -> RayHead:
         self.cwd.mkdir(parents=True, exist_ok=True)
-        log = open(self.cwd / "ray-head.log", "ab")  # noqa: SIM115 - lives as long as the head
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=self.cwd,  # not /tmp: a /tmp/ray directory would shadow the ray package
-            env=ray_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.cwd / "ray-head.log", "ab") as log:
+            process = subprocess.Popen(
+                self.command(),
+                cwd=self.cwd,  # not /tmp: a /tmp/ray directory would shadow the ray package
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid = process.pid
         self.wait_ready()
         return self
 
+    def alive(self) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
     def wait_ready(self) -> None:
-        """Block until the Jobs API answers and a node is alive (or raise)."""
+        """Block until the Jobs API answers and a node is alive (or raise).
+
+        The answer is read with this process's Ray client, which must already use
+        ``self.token`` (``use_token``) when the head has token auth.
+        """
         deadline = time.monotonic() + self.startup_timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
-                    f"ray start exited with {self.process.returncode}; see "
-                    f"{self.cwd / 'ray-head.log'}"
-                )
+            if not self.alive():
+                self.stop()
+                raise RuntimeError(f"ray start exited; see {self.cwd / 'ray-head.log'}")
             try:
                 if RayJobs(self.dashboard_url).capacity().nodes:
                     return
@@ -124,18 +240,68 @@ class RayHead:
         raise TimeoutError(f"Ray head not ready after {self.startup_timeout_s:.0f} s: {last}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM the ``--block`` process (it stops every Ray process it started)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        """SIGTERM the ``--block`` process (it stops every Ray process it started); SIGKILL
+        its whole session if it does not end in ``timeout_s``."""
+        if self.pid is not None:
             try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+                process = psutil.Process(self.pid)
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout_s)
+            except psutil.TimeoutExpired:
+                kill_session(self.pid)
+            except psutil.Error:
+                pass
+            kill_session(self.pid)  # anything the head left behind in its session
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL the head and everything it started (as a machine restart would)."""
+        if self.pid is not None:
+            kill_session(self.pid)
 
     def __enter__(self) -> RayHead:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EmbeddedRay:
+    """``with EmbeddedRay(home / "ray", cpus) as head:`` -> a ``RayHead``, re-attached when
+    the record in ``directory`` names a live head, else started (and recorded). Sets this
+    process's Ray token; stopping it stops the head and removes the record."""
+
+    def __init__(self, directory: Path, num_cpus: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.record_path = self.directory / RECORD_FILE
+        self.num_cpus = num_cpus
+        self.head: RayHead | None = None
+        self.attached = False
+
+    def __enter__(self) -> RayHead:
+        record = HeadRecord.load(self.record_path)
+        # One token per home: Ray's client caches the first token it reads in a process.
+        token = record.token if record is not None else new_token()
+        use_token(token)
+        if record is not None and record.process() is not None:
+            head = RayHead.attach(record, self.directory)
+            try:
+                head.wait_ready()
+            except (RuntimeError, TimeoutError):
+                head.kill()
+            else:
+                self.head, self.attached = head, True
+                return head
+        if record is not None:  # a head that is gone (or never answered): forget it
+            shutil.rmtree(record.temp_dir, ignore_errors=True)
+            self.record_path.unlink(missing_ok=True)
+        head = RayHead(self.directory, self.num_cpus, token=token)
+        head.start()
+        head.record().save(self.record_path)
+        self.head = head
+        return head
+
+    def __exit__(self, *exc: object) -> None:
+        if self.head is not None:
+            self.head.stop()
+            self.record_path.unlink(missing_ok=True)

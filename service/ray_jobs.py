@@ -120,8 +120,16 @@ class RayJobs:
         return Capacity(total, largest, alive)
 
 
-def entrypoint(python: str, spec_json: str, job_id: str, runs_dir: str, datasets_dir: str) -> str:
-    """The Ray Job's shell command: the workers CLI with the spec inline."""
+def entrypoint(
+    python: str,
+    spec_json: str,
+    job_id: str,
+    runs_dir: str,
+    datasets_dir: str,
+    resume: bool = False,
+) -> str:
+    """The Ray Job's shell command: the workers CLI with the spec inline (``resume``: continue
+    the run from its last checkpoint)."""
     return shlex.join(
         [
             python,
@@ -136,6 +144,7 @@ def entrypoint(python: str, spec_json: str, job_id: str, runs_dir: str, datasets
             "--name",
             job_id,
             "--json",
+            *(["--resume"] if resume else []),
         ]
     )
 

@@ -18,6 +18,7 @@ at submission, a job that no cluster state could ever run.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,9 @@ from workers.spec import JobSpec
 
 logger = logging.getLogger("service.scheduler")
 EPS = 1e-9
+MAX_RESUBMISSIONS = 3
+"""How often a job the Ray cluster lost (a restarted head) is resubmitted before it fails."""
+RESUBMITTED = "resubmitted: the Ray cluster has no record of this job (it was restarted)"
 
 
 class InfeasibleError(ValueError):
@@ -61,7 +65,8 @@ def check_feasible(spec: JobSpec, capacity: Capacity) -> None:
             raise InfeasibleError(
                 field,
                 f"{spec.workers} workers x {amount:g} {resource} = {need:g} {resource}, but the "
-                f"Ray cluster has {have:g} {resource} in total ({capacity.nodes} nodes)",
+                f"Ray cluster has {have:g} {resource} in total ({capacity.nodes} nodes)"
+                + _how_to_fit(spec, resource, amount, have),
             )
         largest = capacity.largest_node.get(resource, 0.0)
         if amount > largest + EPS:
@@ -70,6 +75,17 @@ def check_feasible(spec: JobSpec, capacity: Capacity) -> None:
                 f"one worker asks for {amount:g} {resource}, but no Ray node has more than "
                 f"{largest:g} {resource}",
             )
+
+
+def _how_to_fit(spec: JobSpec, resource: str, amount: float, have: float) -> str:
+    """A hint for a job that asks for more ``resource`` than the cluster has."""
+    fits = int(have // amount + EPS)
+    hints = [f"use at most {fits} workers"] if fits >= 1 else []
+    if resource == "CPU":
+        share = math.floor(100 * have / spec.workers) / 100  # two decimals, rounded down
+        if share > 0:
+            hints.append(f"set cpus_per_worker to {share:g} to run {spec.workers} workers")
+    return f": {' or '.join(hints)}" if hints else ""
 
 
 def _demand(spec: JobSpec) -> dict[str, float]:
@@ -140,6 +156,10 @@ class Scheduler:
             if job.state not in store.ACTIVE_STATES:
                 return  # e.g. cancelled: only the Ray status needed updating
             if status is None:
+                if store.count_transitions(job, RESUBMITTED) < MAX_RESUBMISSIONS:
+                    spec = JobSpec.model_validate(job.spec)
+                    self._submit(session, job, spec, reason=RESUBMITTED, resume=True)
+                    return
                 store.transition(session, job, "failed", "Ray has no record of this job")
             elif status == "SUCCEEDED":
                 outcome = parse_outcome(logs)
@@ -225,8 +245,16 @@ class Scheduler:
                 running += 1
                 _add(used, demand)
 
-    def _submit(self, session: Session, job: Job, spec: JobSpec) -> None:
-        """Hand ``job`` to Ray (its own Ray Job) and mark it pending."""
+    def _submit(
+        self,
+        session: Session,
+        job: Job,
+        spec: JobSpec,
+        reason: str = "submitted to Ray",
+        resume: bool = False,
+    ) -> None:
+        """Hand ``job`` to Ray (its own Ray Job) and mark it pending; ``resume`` continues its
+        run from the last checkpoint in the run storage."""
         settings = self.settings
         command = entrypoint(
             settings.worker_python,
@@ -234,6 +262,7 @@ class Scheduler:
             job.id,
             str(settings.runs_dir),
             str(settings.datasets_dir),
+            resume=resume,
         )
         env = {
             INGEST_URL_ENV: f"{settings.ingest_base_url}/v1/internal/jobs/{job.id}/events",
@@ -241,5 +270,10 @@ class Scheduler:
         }
         self.ray.submit(job.id, command, env)
         job.ray_status = "PENDING"
-        store.transition(session, job, "pending", "submitted to Ray")
-        logger.info("submitted job %s to Ray", job.id)
+        store.transition(
+            session,
+            job,
+            "pending",
+            f"{reason}; resuming from the last checkpoint" if resume else reason,
+        )
+        logger.info("submitted job %s to Ray%s", job.id, " (resume)" if resume else "")

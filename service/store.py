@@ -26,10 +26,11 @@ from workers.spec import JobSpec
 
 ALLOWED: dict[str, frozenset[str]] = {
     "queued": frozenset({"pending", "failed", "cancelled"}),
-    "pending": frozenset({"running", "succeeded", "failed", "cancelled"}),
-    "running": frozenset({"succeeded", "failed", "cancelled"}),
+    "pending": frozenset({"pending", "running", "succeeded", "failed", "cancelled"}),
+    "running": frozenset({"pending", "succeeded", "failed", "cancelled"}),
 }
-"""State machine: queued -> pending -> running -> succeeded | failed | cancelled."""
+"""State machine: queued -> pending -> running -> succeeded | failed | cancelled; a job the
+Ray cluster lost goes back to pending when it is resubmitted."""
 WORKER_COLUMNS = ("loss", "samples_per_s", "step_time_s", "sync_time_s")
 
 
@@ -76,6 +77,11 @@ def transition(session: Session, job: Job, state: str, reason: str | None = None
         job.finished_at = now
     _record(session, job, state, reason)
     return True
+
+
+def count_transitions(job: Job, reason_prefix: str) -> int:
+    """How many of ``job``'s transitions have a reason starting with ``reason_prefix``."""
+    return sum(1 for t in job.transitions if (t.reason or "").startswith(reason_prefix))
 
 
 def set_queue_reason(session: Session, job: Job, reason: str) -> None:
@@ -170,7 +176,8 @@ def jobs_in(session: Session, states: frozenset[str]) -> list[Job]:
 def jobs_holding_ray(session: Session) -> list[Job]:
     """Jobs submitted to Ray whose Ray Job is not known to be over (they hold resources)."""
     query = select(Job).where(
-        Job.ray_status.is_not(None), Job.ray_status.not_in(("SUCCEEDED", "FAILED", "STOPPED"))
+        Job.ray_status.is_not(None),
+        Job.ray_status.not_in(("SUCCEEDED", "FAILED", "STOPPED", "LOST")),
     )
     return list(session.scalars(query.order_by(Job.created_at, Job.id)).all())
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 
-# Read by Ray when first imported: clients send the cluster's auth token only in this mode
-# (Ray >= 2.59 turns token auth on for new clusters).
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+from service.embedded_ray import RayHead, new_token, use_token
+
+# The test cluster's own token, set before Ray is first imported (Ray reads the auth mode and
+# token then): nothing comes from ~/.ray or from RAY_* variables of the calling shell.
+TEST_RAY_TOKEN = new_token()
+use_token(TEST_RAY_TOKEN)
 # Poll the Train workers every 0.5 s (Ray's 2 s default makes each report wait up to 2 s).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
-import pytest
-from servicekit import ServiceProcess, wait_ray_idle
-
-from service.embedded_ray import RayHead
+import pytest  # noqa: E402
+from servicekit import ServiceProcess, wait_ray_idle  # noqa: E402
 
 RAY_TEST_CPUS = 2
 UPLOAD_LIMIT = 256 * 1024
@@ -30,7 +31,8 @@ UPLOAD_LIMIT = 256 * 1024
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
     """A local Ray head with ``RAY_TEST_CPUS`` CPUs in its own process tree."""
-    with RayHead(tmp_path_factory.mktemp("ray-head"), num_cpus=RAY_TEST_CPUS) as head:
+    directory = tmp_path_factory.mktemp("ray-head")
+    with RayHead(directory, num_cpus=RAY_TEST_CPUS, token=TEST_RAY_TOKEN) as head:
         yield head
 
 

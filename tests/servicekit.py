@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 class ServiceProcess:
     """``python -m service`` on a free port with its own ``SYNCBN_HOME``, against ``ray_address``.
 
+    With ``ray_address=None`` it runs exactly as ``make run`` does, as a new user would: the
+    embedded Ray head of its home, ``HOME`` an empty directory and no ``RAY_*`` variables.
     ``.url``, ``.token``, ``.client`` (an ``httpx.Client`` sending the token); ``kill()`` is
     SIGKILL (a crash), ``start()`` again restarts it on the same port and data directory.
     """
@@ -26,7 +29,7 @@ class ServiceProcess:
     def __init__(
         self,
         home: Path,
-        ray_address: str,
+        ray_address: str | None,
         token: str | None = "test-token",
         env: dict[str, str] | None = None,
     ) -> None:
@@ -39,16 +42,25 @@ class ServiceProcess:
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
     @property
+    def user_home(self) -> Path:
+        """``HOME`` of an embedded-head service: empty when first started."""
+        return self.home.parent / f"{self.home.name}-user-home"
+
+    @property
     def log_path(self) -> Path:
         return self.home / "service.log"
 
     def start(self, timeout_s: float = 90.0) -> ServiceProcess:
-        env = ray_env()
+        if self.ray_address is None:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SYNCBN_"))}
+            env["HOME"] = str(self.user_home)
+            self.user_home.mkdir(parents=True, exist_ok=True)
+        else:
+            env = ray_env()
+            env.update(RAY_ADDRESS=self.ray_address, SYNCBN_WORKER_PYTHON=sys.executable)
         env.update(
             SYNCBN_HOME=str(self.home),
             PORT=str(self.port),
-            RAY_ADDRESS=self.ray_address,
-            SYNCBN_WORKER_PYTHON=sys.executable,
             SYNCBN_POLL_INTERVAL_S="0.5",
             **self.extra_env,
         )

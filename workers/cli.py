@@ -1,6 +1,6 @@
 """Command line: run one job from a JSON spec on the current Ray cluster.
 
-    python -m workers run SPEC.json [--storage DIR] [--address ADDR] [--name NAME]
+    python -m workers run SPEC.json [--storage DIR] [--address ADDR] [--name NAME] [--resume]
                                     [--datasets-dir DIR] [--json] [--verbose]
 
 Without ``--address`` (or ``RAY_ADDRESS``) a local Ray instance is started. Shows a progress
@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     run.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     run.add_argument("--name", default=None, help="unique run name (default: generated)")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run --name from its last checkpoint if it exists (else start it)",
+    )
     run.add_argument("--datasets-dir", default=None, help="where uploaded datasets live")
     run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     run.add_argument("--verbose", action="store_true", help="show Ray worker logs")
@@ -218,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
                 args.storage,
                 args.name,
                 datasets_dir=args.datasets_dir,
+                resume=args.resume,
                 sink=HttpSink.from_env(),
                 on_start=on_start,
             )
