@@ -44,9 +44,9 @@ def heads_of(service: ServiceProcess) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline", "cwd"]):
         cmdline = process.info["cmdline"] or []
-        if "start" in cmdline and "--head" in cmdline and any("ray" in a for a in cmdline[:2]):
-            if process.info["cwd"] == str(service.home / "ray"):
-                found.append(process)
+        is_head = "start" in cmdline and "--head" in cmdline and any("ray" in a for a in cmdline[:2])
+        if is_head and process.info["cwd"] == str(service.home / "ray"):
+            found.append(process)
     return found
 
 

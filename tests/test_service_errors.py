@@ -212,3 +212,16 @@ def test_cli_submit_list_show_cancel_and_errors(idle_service, tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert unreachable.returncode == 3 and "cannot reach" in unreachable.stdout
+
+
+def test_too_many_workers_says_how_to_fit_and_the_hint_is_accepted(idle_service):
+    laptop = {**GOOD, "workers": 4, "batch_size_per_worker": 2}  # the test cluster has 2 CPUs
+    response = idle_service.client.post("/v1/jobs", json=laptop)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"][-1] == "workers"
+    assert "4 workers x 1 CPU = 4 CPU, but the Ray cluster has 2 CPU" in error["msg"]
+    assert "use at most 2 workers or set cpus_per_worker to 0.5" in error["msg"]
+    job = idle_service.submit(**{**laptop, "cpus_per_worker": 0.5})
+    assert job["state"] == "queued"
+    idle_service.client.post(f"/v1/jobs/{job['id']}/cancel")
