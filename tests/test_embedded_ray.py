@@ -44,7 +44,8 @@ def heads_of(service: ServiceProcess) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline", "cwd"]):
         cmdline = process.info["cmdline"] or []
-        is_head = "start" in cmdline and "--head" in cmdline and any("ray" in a for a in cmdline[:2])
+        is_ray = any("ray" in arg for arg in cmdline[:2])
+        is_head = is_ray and "start" in cmdline and "--head" in cmdline
         if is_head and process.info["cwd"] == str(service.home / "ray"):
             found.append(process)
     return found
