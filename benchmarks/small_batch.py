@@ -31,7 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.driver import run_job
-from workers.reporting import epoch_reports, read_events
+from workers.protocol import read_events
+from workers.reporting import epoch_reports
 from workers.spec import JobSpec
 
 CONFIGS = (

@@ -69,7 +69,9 @@ def all_reduce(tensor: torch.Tensor, group: Any, recorder: StatsRecorder | None)
         recorder.timed_all_reduce(tensor, group)
 
 
-def _moments_to_mean_var(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def moments_to_mean_var(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, biased variance (both (C,)) and count (a 0-d tensor) from a packed
+    ``local_moments`` vector, local or all-reduced."""
     channels = (packed.numel() - 1) // 2
     count = packed[-1]
     safe = count.clamp_min(1)
@@ -98,10 +100,10 @@ class SyncBatchNormFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         local = local_moments(input)
         # This rank's own statistics, only when recording (the all_reduce below is in place).
-        local_stats = _moments_to_mean_var(local)[:2] if recorder is not None else None
+        local_stats = moments_to_mean_var(local)[:2] if recorder is not None else None
         if world_size > 1:
             all_reduce(local, process_group, recorder)
-        mean64, var64, count = _moments_to_mean_var(local)
+        mean64, var64, count = moments_to_mean_var(local)
 
         local_count = input.numel() // input.size(1)
         # The global count is only read on the host when this rank alone cannot tell it is > 1.

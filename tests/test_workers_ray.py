@@ -16,13 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from workers.capacity import InfeasibleJobError
 from workers.data import DatasetError, load_dataset, steps_per_epoch
-from workers.driver import InfeasibleJobError, run_job
-from workers.loop import EPOCH_FIELDS, STAT_FIELDS
-from workers.reporting import epoch_reports, read_events
+from workers.driver import run_job
+from workers.protocol import EpochEval, WorkerReport, read_events
+from workers.reporting import epoch_reports
 from workers.spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
+# What every report sets on every rank (the EpochEval fields only in epoch reports).
+REPORT_FIELDS = set(WorkerReport.model_fields) - set(EpochEval.model_fields)
 BN_SUMMARY_FIELDS = {"local_count", "global_count", "mean_shift", "var_ratio"}
 
 
@@ -55,7 +58,9 @@ def test_two_worker_job_reports_every_rank_with_all_fields(sync_job):
     for event in reports:
         assert [w["rank"] for w in event["workers"]] == [0, 1]
         for worker in event["workers"]:
-            assert set(STAT_FIELDS) <= set(worker), set(STAT_FIELDS) - set(worker)
+            WorkerReport.model_validate(worker)
+            assert {k for k in REPORT_FIELDS if worker.get(k) is None} == set()
+            assert worker["kind"] == event["kind"]
             assert worker["batch_size"] == 32 and worker["samples_per_s"] > 0
             assert worker["step_time_s"] > 0 and worker["sync_time_s"] > 0
             assert worker["sync_time_s"] < worker["step_time_s"]
@@ -68,7 +73,7 @@ def test_two_worker_job_reports_every_rank_with_all_fields(sync_job):
     assert final[0]["samples"] == final[1]["samples"] == 2 * 512
     for event in epochs:
         for worker in event["workers"]:
-            assert set(EPOCH_FIELDS) <= set(worker)
+            assert {k for k in EpochEval.model_fields if worker.get(k) in (None, {})} == set()
         accs = {w["test_accuracy"] for w in event["workers"]}
         losses = {w["test_loss"] for w in event["workers"]}
         assert len(accs) == 1 and len(losses) == 1  # identical on every rank

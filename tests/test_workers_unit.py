@@ -235,12 +235,33 @@ def test_bn_probe_single_process(norm):
     assert set(summaries) == {"net.2", "net.5"}
     for s in summaries.values():
         # One process: the "global" batch is the local one.
-        assert s["local_count"] == s["global_count"] == 8
-        assert s["mean_shift"] == pytest.approx(0.0, abs=1e-6)
-        assert s["var_ratio"] == pytest.approx(1.0, rel=1e-5)
+        assert s.local_count == s.global_count == 8
+        assert s.mean_shift == pytest.approx(0.0, abs=1e-6)
+        assert s.var_ratio == pytest.approx(1.0, rel=1e-5)
     assert probe.take_sync_time() == 0.0
     digest = running_stats_digest(model)
-    assert set(digest) == {"net.2", "net.5"} and len(digest["net.2"]["sha256"]) == 16
+    assert set(digest) == {"net.2", "net.5"} and len(digest["net.2"].sha256) == 16
+
+
+@pytest.mark.parametrize("norm", ["sync", "local"])
+def test_bn_probe_moments_match_float64(norm):
+    """The probe's batch moments (syncbn's shifted sums) equal a float64 reference, also for
+    channels with |mean| >> std, where naive float32 sums of squares cancel."""
+    from workers.bnstats import BNProbe
+
+    model = apply_norm(torch.nn.Sequential(torch.nn.BatchNorm1d(3)), norm)
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(1)) * 0.5
+    x = x + torch.tensor([1e3, -20.0, 0.0])
+    probe = BNProbe(model)
+    with probe.step(detailed=True):
+        model(x).sum().backward()
+    summary = probe.layer_summaries()["0"]
+    reference = x.double()
+    assert summary.local_mean == pytest.approx(reference.mean(0).mean().item(), rel=1e-6)
+    assert summary.local_var == pytest.approx(
+        reference.var(0, unbiased=False).mean().item(), rel=1e-4
+    )
+    assert summary.global_mean == summary.local_mean and summary.global_var == summary.local_var
 
 
 # ---------------------------------------------------------------- stats callback
@@ -249,7 +270,8 @@ def test_bn_probe_single_process(norm):
 def test_stats_callback_writes_jsonl_and_survives_a_failing_sink(tmp_path):
     import pickle
 
-    from workers.reporting import StatsCallback, epoch_reports, read_events
+    from workers.protocol import read_events
+    from workers.reporting import StatsCallback, epoch_reports
 
     seen = []
 
@@ -273,3 +295,22 @@ def test_stats_callback_writes_jsonl_and_survives_a_failing_sink(tmp_path):
         handle.write('{"torn": ')
     assert len(read_events(tmp_path / "s.jsonl")) == 2
     json.dumps(events)
+
+
+def test_stats_callback_validates_reports_against_the_protocol(tmp_path):
+    from workers.protocol import ReportEvent, WorkerReport, read_events
+    from workers.reporting import StatsCallback
+
+    callback = StatsCallback(tmp_path / "s.jsonl", job="j1")
+    good = [
+        WorkerReport(kind="step", rank=r, epoch=1, step=3).model_dump(mode="json") for r in (0, 1)
+    ]
+    callback.after_report(None, good, None)
+    (event,) = read_events(tmp_path / "s.jsonl")
+    assert ReportEvent.model_validate(event).key == ("step", 1, 3)
+    assert event["job"] == "j1" and event["run_id"] is None and event["time"] > 0
+    assert event["workers"] == good
+    for bad in ([{"kind": "epoch", "epoch": 1, "step": 3}], [{**good[0], "step": -1}]):
+        with pytest.raises(ValidationError):
+            callback.after_report(None, bad, None)
+    assert len(read_events(tmp_path / "s.jsonl")) == 1  # nothing malformed was written

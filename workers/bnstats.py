@@ -5,9 +5,10 @@ global (all ranks) ones, and the time spent inside syncbn collectives:
 
 - synchronized models: ``syncbn.record_stats`` sees every ``syncbn.SyncBatchNorm`` (global
   = the layer's sync group) and times its all_reduces;
-- local models: forward pre-hooks on torch's BatchNorm layers capture the local sums on the
-  steps that are reported, and one packed all_reduce over the world at report time gives the
-  global statistics for comparison. Training never uses them, and ``sync_time_s`` is 0.
+- local models: forward pre-hooks on torch's BatchNorm layers capture the local sums (syncbn's
+  ``local_moments``) on the steps that are reported, and one packed all_reduce over the world
+  at report time gives the global statistics for comparison. Training never uses them, and
+  ``sync_time_s`` is 0.
 """
 
 from __future__ import annotations
@@ -24,19 +25,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import syncbn
 from syncbn import LayerStats
+from syncbn._functions import local_moments, moments_to_mean_var
+from workers.protocol import LayerSummary, RunningDigest
 
 
-def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel sum, sum of squares (fp64) and count over all dims but dim 1."""
-    x = x.detach().to(torch.float64).transpose(0, 1).reshape(x.shape[1], -1)
-    return x.sum(1), (x * x).sum(1), x.shape[1]
-
-
-def _moments(vec: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Mean, biased variance and count from a packed [sum (C), sum of squares (C), n]."""
-    s1, s2, n = vec[:channels], vec[channels : 2 * channels], vec[-1]
-    mean = s1 / n.clamp_min(1)
-    return mean, (s2 / n.clamp_min(1) - mean * mean).clamp_min(0), int(n)
+def _layer_stats(local: torch.Tensor, synced: torch.Tensor) -> LayerStats:
+    """``LayerStats`` from this rank's packed moments and the all-reduced ones."""
+    local_mean, local_var, local_count = moments_to_mean_var(local)
+    global_mean, global_var, global_count = moments_to_mean_var(synced)
+    return LayerStats(
+        local_mean, local_var, int(local_count), global_mean, global_var, int(global_count)
+    )
 
 
 class BNProbe:
@@ -52,7 +51,7 @@ class BNProbe:
         }
         self.sync_time_s = 0.0
         self._layers: dict[str, LayerStats] = {}
-        self._captured: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._captured: dict[str, torch.Tensor] = {}
 
     @contextmanager
     def step(self, detailed: bool) -> Iterator[None]:
@@ -67,13 +66,13 @@ class BNProbe:
         if not detailed:
             yield
             return
-        captured: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        captured: dict[str, torch.Tensor] = {}
         handles = []
         for name, layer in self._local_layers.items():
 
             def hook(module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
                 if module.training:
-                    captured[name] = _channel_stats(args[0])
+                    captured[name] = local_moments(args[0].detach())
 
             handles.append(layer.register_forward_pre_hook(hook))
         try:
@@ -88,7 +87,7 @@ class BNProbe:
         spent, self.sync_time_s = self.sync_time_s, 0.0
         return spent
 
-    def layer_summaries(self) -> dict[str, dict[str, float | int | None]]:
+    def layer_summaries(self) -> dict[str, LayerSummary]:
         """Per BN layer, the last detailed step: local vs global mean/var.
 
         For a local model this runs ONE all_reduce over the world: every rank must call it
@@ -96,53 +95,45 @@ class BNProbe:
         """
         if not self.synchronized and self._local_layers:
             self._layers = self._globalize(self._captured)
-        out: dict[str, dict[str, float | int | None]] = {}
-        for name, stats in self._layers.items():
-            summary = dict(stats.summary())
-            summary["local_mean"] = float(stats.local_mean.float().mean())
-            summary["global_mean"] = float(stats.global_mean.float().mean())
-            summary["local_var"] = float(stats.local_var.float().mean())
-            summary["global_var"] = float(stats.global_var.float().mean())
-            out[name] = summary
-        return out
+        return {
+            name: LayerSummary(
+                **stats.summary(),
+                local_mean=float(stats.local_mean.float().mean()),
+                global_mean=float(stats.global_mean.float().mean()),
+                local_var=float(stats.local_var.float().mean()),
+                global_var=float(stats.global_var.float().mean()),
+            )
+            for name, stats in self._layers.items()
+        }
 
-    def _globalize(
-        self, captured: dict[str, tuple[torch.Tensor, torch.Tensor, int]]
-    ) -> dict[str, LayerStats]:
+    def _globalize(self, captured: dict[str, torch.Tensor]) -> dict[str, LayerStats]:
+        """Each captured layer's local moments against the world's: one packed all_reduce."""
         names = [n for n in self._local_layers if n in captured]
         if not names:
             return {}
-        packed = torch.cat(
-            [torch.cat([s1, s2, s1.new_tensor([n])]) for s1, s2, n in (captured[k] for k in names)]
-        )
-        local = packed.clone()
+        local = [captured[name] for name in names]
+        packed = torch.cat(local)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(packed)
-        out, offset = {}, 0
-        for name in names:
-            channels = captured[name][0].numel()
-            width = 2 * channels + 1
-            lm, lv, ln = _moments(local[offset : offset + width], channels)
-            gm, gv, gn = _moments(packed[offset : offset + width], channels)
-            out[name] = LayerStats(lm, lv, ln, gm, gv, gn)
-            offset += width
-        return out
+        synced = packed.split([vec.numel() for vec in local])
+        return {
+            name: _layer_stats(mine, world)
+            for name, mine, world in zip(names, local, synced, strict=True)
+        }
 
 
-def running_stats_digest(model: nn.Module) -> dict[str, dict[str, float | str]]:
+def running_stats_digest(model: nn.Module) -> dict[str, RunningDigest]:
     """Per BN layer: a hash of the running mean/var bytes and two plain summaries.
 
     Equal hashes on two ranks mean bit-identical running statistics.
     """
-    out: dict[str, dict[str, float | str]] = {}
+    out: dict[str, RunningDigest] = {}
     for name, layer in model.named_modules():
         if isinstance(layer, _BatchNorm) and layer.running_mean is not None:
             mean = layer.running_mean.detach().float().cpu().contiguous()
             var = layer.running_var.detach().float().cpu().contiguous()
             digest = hashlib.sha256(mean.numpy().tobytes() + var.numpy().tobytes()).hexdigest()
-            out[name] = {
-                "sha256": digest[:16],
-                "mean_abs": float(mean.abs().mean()),
-                "var_mean": float(var.mean()),
-            }
+            out[name] = RunningDigest(
+                sha256=digest[:16], mean_abs=float(mean.abs().mean()), var_mean=float(var.mean())
+            )
     return out

@@ -167,14 +167,9 @@ def worker_table(workers: list[dict[str, Any]]) -> Any:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from workers.capacity import InfeasibleJobError
     from workers.data import DatasetError, steps_per_epoch
-    from workers.driver import (
-        InfeasibleJobError,
-        JobError,
-        JobFailedError,
-        prepare_data,
-        run_job,
-    )
+    from workers.driver import JobError, JobFailedError, prepare_data, run_job
     from workers.reporting import HttpSink, follow_events
 
     console = Console(stderr=args.json)

@@ -13,6 +13,7 @@ splits the test set so that every sample is seen exactly once over all ranks.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import zipfile
@@ -45,6 +46,22 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True)
+class DatasetInfo:
+    """What a job needs to know of a dataset without loading it."""
+
+    name: str
+    n_train: int
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.name}: {self.n_train} train samples of shape {self.input_shape}, "
+            f"{self.num_classes} classes"
+        )
+
+
+@dataclass(frozen=True)
 class ArrayDataset:
     """Standardized float32 inputs and int64 labels, split into train and test."""
 
@@ -59,6 +76,10 @@ class ArrayDataset:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample (without the batch dimension)."""
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(self.name, len(self.x_train), self.input_shape, self.num_classes)
 
     def describe(self) -> str:
         return (
@@ -79,6 +100,14 @@ def dataset_path(dataset_id: str, directory: str | os.PathLike | None = None) ->
     if not DATASET_ID_RE.match(dataset_id):
         raise DatasetError(f"invalid dataset id {dataset_id!r}")
     return datasets_dir(directory) / f"{dataset_id}.npz"
+
+
+@functools.cache
+def builtin_info(name: str) -> DatasetInfo:
+    """``DatasetInfo`` of a built-in dataset (built once per process)."""
+    if name not in BUILTIN_DATASETS:
+        raise DatasetError(f"{name!r} is not a built-in dataset")
+    return load_dataset(name).info
 
 
 def load_dataset(name: str, directory: str | os.PathLike | None = None) -> ArrayDataset:

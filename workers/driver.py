@@ -4,8 +4,8 @@ Order of checks, each failing at once with a message saying why:
 
 1. the dataset is loaded and validated in the driver (``DatasetError``) and the model checked
    against its input shape, before any worker exists;
-2. the request is checked against the cluster (``ray.cluster_resources()`` and the largest
-   node): more workers/CPUs/GPUs than there are is an ``InfeasibleJobError`` (Ray Train would
+2. the request is checked against the cluster's alive nodes (``workers.capacity``): more
+   workers/CPUs/GPUs than there are is an ``InfeasibleJobError`` (Ray Train would
    otherwise keep retrying to schedule it);
 3. the run name is new under the storage path (reusing one silently resumes the old run).
 
@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.data import ArrayDataset, DatasetError, load_dataset
-from workers.models import check_compatible, infer_kind
-from workers.reporting import STATS_FILE, StatsCallback, StatsSink, epoch_reports, read_events
+from workers.capacity import Capacity, check_feasible
+from workers.data import ArrayDataset, load_dataset
+from workers.models import check_data
+from workers.protocol import STATS_FILE, read_events
+from workers.reporting import StatsCallback, StatsSink, epoch_reports
 from workers.spec import JobSpec
 
 CONTROLLER_FAILURE_LIMIT = 2
@@ -39,10 +41,6 @@ Ray's 2 s default makes every ``ray.train.report`` after the first block for up 
 
 class JobError(RuntimeError):
     """A job that could not run or did not finish; the message says why."""
-
-
-class InfeasibleJobError(JobError):
-    """The cluster can never provide the resources the job asks for."""
 
 
 class JobFailedError(JobError):
@@ -76,46 +74,15 @@ def new_job_name() -> str:
 def prepare_data(spec: JobSpec, datasets_dir: str | Path | None = None) -> ArrayDataset:
     """Load and validate the job's dataset and check the model can take it (driver side)."""
     data = load_dataset(spec.dataset, datasets_dir)
-    kind = infer_kind(data.input_shape) if spec.model == "auto" else spec.model
-    try:
-        check_compatible(kind, data.input_shape)
-    except ValueError as exc:
-        raise DatasetError(f"{data.describe()}: {exc}", field="model") from exc
-    group = spec.sync_group_size or spec.workers
-    if kind == "mlp" and spec.batch_size_per_worker == 1 and (spec.norm == "local" or group == 1):
-        raise DatasetError(
-            "batch_size_per_worker=1 leaves an MLP's BatchNorm1d one value per channel when "
-            'statistics are not shared: use norm="sync" with several workers or a larger batch',
-            field="batch_size_per_worker",
-        )
+    check_data(spec, data.info)
     return data
 
 
-def check_resources(spec: JobSpec) -> None:
-    """Raise ``InfeasibleJobError`` if the connected Ray cluster can never run ``spec``."""
+def cluster_capacity() -> Capacity:
+    """The connected Ray cluster's alive nodes."""
     import ray
 
-    per_worker = spec.resources_per_worker()
-    total = ray.cluster_resources()
-    for resource, amount in per_worker.items():
-        need = amount * spec.workers
-        have = float(total.get(resource, 0.0))
-        if need > have + 1e-9:
-            raise InfeasibleJobError(
-                f"infeasible: the job asks for {spec.workers} workers x {amount:g} {resource} "
-                f"= {need:g} {resource}, but the Ray cluster has only {have:g} {resource} in total"
-            )
-    largest: dict[str, float] = {}
-    for node in ray.nodes():
-        if node.get("Alive"):
-            for resource, amount in node.get("Resources", {}).items():
-                largest[resource] = max(largest.get(resource, 0.0), float(amount))
-    for resource, amount in per_worker.items():
-        if largest and amount > largest.get(resource, 0.0) + 1e-9:
-            raise InfeasibleJobError(
-                f"infeasible: one worker asks for {amount:g} {resource}, but no Ray node has "
-                f"more than {largest.get(resource, 0.0):g} {resource}"
-            )
+    return Capacity.of(node.get("Resources", {}) for node in ray.nodes() if node.get("Alive"))
 
 
 def build_trainer(
@@ -184,7 +151,7 @@ def run_job(
     data = prepare_data(spec, datasets_dir)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
-    check_resources(spec)
+    check_feasible(spec, cluster_capacity())
 
     name = name or new_job_name()
     run_dir = Path(storage_path).resolve() / name

@@ -6,8 +6,9 @@ rank's part of the whole test set and all-reduce the counts (so ``test_accuracy`
 ``ray.train.report`` the same number of times: once every ``report_every_steps`` optimizer
 steps (within an epoch) and once per epoch; every rank has the same number of steps.
 
-Reports carry the per-worker statistics (see ``STAT_FIELDS``); epoch reports add
-``test_accuracy``, ``test_loss`` and ``bn_running`` (a digest of the BN running statistics).
+Each report is one ``workers.protocol.WorkerReport`` per rank, dumped to a dict; epoch reports
+add the ``EpochEval`` fields (``test_accuracy``, ``test_loss``, ``test_samples`` and
+``bn_running``, a digest of the BN running statistics).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,25 +30,12 @@ from torch import nn
 from workers.bnstats import BNProbe, running_stats_digest
 from workers.data import ArrayDataset, batches, eval_indices, shard_indices
 from workers.models import apply_norm, build_model
+from workers.protocol import EpochEval, ReportKind, WorkerReport
 from workers.spec import JobSpec
 
-STAT_FIELDS = (
-    "rank",
-    "epoch",
-    "step",
-    "batch_size",
-    "samples",
-    "loss",
-    "train_accuracy",
-    "samples_per_s",
-    "step_time_s",
-    "sync_time_s",
-    "bn",
-)
-"""Fields of every per-worker report (plus ``kind``, ``world_size``, ``node_id`` (the Ray
-node the worker runs on), ``lr``, ``time``)."""
-EPOCH_FIELDS = ("test_accuracy", "test_loss", "test_samples", "bn_running")
-"""Extra fields of the per-epoch reports."""
+if TYPE_CHECKING:
+    import ray.train
+
 STATE_FILE = "state.pt"
 EVAL_BATCH = 512
 
@@ -168,137 +156,197 @@ def _load_dataset(ref: Any) -> ArrayDataset:
     return ray.get(ref)
 
 
+def _device(spec: JobSpec) -> torch.device:
+    """This worker's device: Ray Train's GPU for ``use_gpu``, else the CPU."""
+    if not spec.use_gpu:
+        return torch.device("cpu")
+    import ray.train.torch
+
+    return ray.train.torch.get_device()
+
+
+def _restore(
+    checkpoint: ray.train.Checkpoint | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rank: int,
+    device: torch.device,
+) -> tuple[int, int, int]:
+    """Load ``checkpoint`` (if any) into model and optimizer; (epochs done, step, samples)."""
+    if checkpoint is None:
+        return 0, 0, 0
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / STATE_FILE, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        own = Path(directory) / _bn_buffers_file(rank)
+        if own.exists():  # norm="local": this rank's own running statistics
+            model.load_state_dict(torch.load(own, map_location=device), strict=False)
+    samples = state["samples"][rank] if rank < len(state["samples"]) else 0
+    return state["epoch"], state["step"], samples
+
+
+def _distributed(model: nn.Module) -> nn.Module:
+    """``model`` in DDP when torch.distributed is initialized (else ``model`` itself)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # broadcast_buffers=False: with norm="local" every rank keeps its own running
+    # statistics, also right after a resume (torch 2.13 deprecates the flag, but its
+    # replacement forward_sync_buffers=False still syncs buffers at construction).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers", category=FutureWarning)
+        return DistributedDataParallel(model, broadcast_buffers=False)
+
+
+class _RankTrainer:
+    """One rank's training run: model, optimizer, BN probe, and where training stands."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import ray
+        import ray.train
+
+        spec = self.spec = JobSpec.model_validate(config["spec"])
+        self.data = _load_dataset(config["data"])
+        self.fault: dict[str, Any] | None = config.get("fault")
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.node_id = ray.get_runtime_context().get_node_id()
+        torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
+        self.device = _device(spec)
+
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model, self.data.input_shape, self.data.num_classes)
+        self.model = apply_norm(model, spec.norm, spec.sync_group_size, self.world).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=spec.lr,
+            momentum=spec.momentum,
+            weight_decay=spec.weight_decay,
+        )
+        self.start_epoch, self.step, self.samples = _restore(
+            ray.train.get_checkpoint(), self.model, self.optimizer, self.rank, self.device
+        )
+        self.net = _distributed(self.model)
+        self.probe = BNProbe(self.model)
+        self.x_train = _tensor(self.data.x_train)
+        self.y_train = _tensor(self.data.y_train)
+
+    def run(self) -> None:
+        """Train the remaining epochs: each trained, evaluated, checkpointed and reported."""
+        for epoch in range(self.start_epoch, self.spec.epochs):
+            window = self.train_epoch(epoch)
+            self.checkpoint_and_report(epoch, window, self.evaluate())
+
+    def train_epoch(self, epoch: int) -> _Window:
+        """One epoch on this rank's shard, with a step report every ``report_every_steps``
+        steps (never on the last); the closed window of the steps after the last report."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = epoch_lr(self.spec, epoch)
+        order = shard_indices(len(self.x_train), self.rank, self.world, epoch, self.spec.seed)
+        plan = batches(order, self.spec.batch_size_per_worker)
+        k = self.spec.report_every_steps
+        window = _Window()
+        for b, idx in enumerate(plan):
+            _maybe_inject_fault(self.fault, self.rank, epoch + 1, b)
+            last = b + 1 == len(plan)
+            step_report = bool(k) and (self.step + 1) % k == 0 and not last
+            self.train_step(idx, window, detailed=step_report or last)
+            if step_report:
+                window.close()
+                self.report("step", epoch, window)
+                window = _Window()
+        window.close()
+        return window
+
+    def train_step(self, idx: np.ndarray, window: _Window, detailed: bool) -> None:
+        """One optimizer step on the samples ``idx``, added to ``window``."""
+        started = time.perf_counter()
+        xb = self.x_train[idx].to(self.device, non_blocking=True)
+        yb = self.y_train[idx].to(self.device, non_blocking=True)
+        with self.probe.step(detailed=detailed):
+            out = self.net(xb)
+            loss = F.cross_entropy(out, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
+        correct = int((out.detach().argmax(1) == yb).sum())
+        loss_value = float(loss.detach())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.step += 1
+        self.samples += len(idx)
+        window.add(len(idx), loss_value, correct, time.perf_counter() - started)
+
+    def evaluate(self) -> EpochEval:
+        """The test-set evaluation (identical on all ranks) and the BN running-stats digest."""
+        test = evaluate(self.model, self.data, self.rank, self.world, self.device)
+        return EpochEval(**test, bn_running=running_stats_digest(self.model))
+
+    def checkpoint_and_report(self, epoch: int, window: _Window, test: EpochEval) -> None:
+        """Write this rank's part of the epoch checkpoint and report it with the epoch stats.
+
+        Rank 0 writes ``STATE_FILE`` (model, optimizer, position, every rank's samples); with
+        ``norm="local"`` every rank also writes its own BN buffers.
+        """
+        import ray.train
+
+        all_samples = torch.zeros(self.world, dtype=torch.float64)
+        all_samples[self.rank] = self.samples
+        all_samples = _all_reduce_sum(all_samples, self.device)
+        local = self.spec.norm == "local"
+        with tempfile.TemporaryDirectory(prefix="syncbn-ckpt-") as directory:
+            if self.rank == 0:
+                state = {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": self.step,
+                    "samples": [int(s) for s in all_samples.tolist()],
+                    "spec": self.spec.model_dump(),
+                }
+                torch.save(state, Path(directory) / STATE_FILE)
+            if local:
+                buffers = Path(directory) / _bn_buffers_file(self.rank)
+                torch.save(_bn_buffers(self.model), buffers)
+            write = self.rank == 0 or local
+            checkpoint = ray.train.Checkpoint.from_directory(directory) if write else None
+            self.report("epoch", epoch, window, test, checkpoint)
+
+    def report(
+        self,
+        kind: ReportKind,
+        epoch: int,
+        window: _Window,
+        test: EpochEval | None = None,
+        checkpoint: ray.train.Checkpoint | None = None,
+    ) -> None:
+        """``ray.train.report`` this rank's ``WorkerReport`` (as a dict) for ``window``.
+
+        For a local-norm model this runs the probe's all_reduce: every rank reports together.
+        """
+        import ray.train
+
+        report = WorkerReport(
+            kind=kind,
+            rank=self.rank,
+            world_size=self.world,
+            node_id=self.node_id,
+            epoch=epoch + 1,
+            step=self.step,
+            batch_size=self.spec.batch_size_per_worker,
+            samples=self.samples,
+            **window.stats(self.probe.take_sync_time()),
+            bn=self.probe.layer_summaries(),
+            lr=self.optimizer.param_groups[0]["lr"],
+            time=time.time(),
+            **(test.model_dump() if test is not None else {}),
+        )
+        ray.train.report(report.model_dump(mode="json"), checkpoint=checkpoint)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry: ``config = {"spec": JobSpec dict, "data": ObjectRef | ArrayDataset,
     "fault": optional test hook}``."""
-    import ray
-    import ray.train
-    from torch.nn.parallel import DistributedDataParallel
-
-    spec = JobSpec.model_validate(config["spec"])
-    data = _load_dataset(config["data"])
-    fault = config.get("fault")
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    node_id = ray.get_runtime_context().get_node_id()
-    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
-    if spec.use_gpu:
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
-    else:
-        device = torch.device("cpu")
-
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model, data.input_shape, data.num_classes)
-    model = apply_norm(model, spec.norm, spec.sync_group_size, world).to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-    )
-
-    start_epoch, step, samples = 0, 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, map_location=device)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            own = Path(directory) / _bn_buffers_file(rank)
-            if own.exists():  # norm="local": this rank's own running statistics
-                model.load_state_dict(torch.load(own, map_location=device), strict=False)
-            start_epoch, step = state["epoch"], state["step"]
-            samples = state["samples"][rank] if rank < len(state["samples"]) else 0
-
-    distributed = dist.is_available() and dist.is_initialized()
-    net: nn.Module = model
-    if distributed:
-        # broadcast_buffers=False: with norm="local" every rank keeps its own running
-        # statistics, also right after a resume (torch 2.13 deprecates the flag, but its
-        # replacement forward_sync_buffers=False still syncs buffers at construction).
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*broadcast_buffers", category=FutureWarning)
-            net = DistributedDataParallel(model, broadcast_buffers=False)
-    probe = BNProbe(model)
-    x_train = _tensor(data.x_train)
-    y_train = _tensor(data.y_train)
-
-    def report(
-        kind: str,
-        epoch: int,
-        window: _Window,
-        extra: dict[str, Any] | None = None,
-        checkpoint: ray.train.Checkpoint | None = None,
-    ) -> None:
-        metrics: dict[str, Any] = {
-            "kind": kind,
-            "rank": rank,
-            "world_size": world,
-            "node_id": node_id,
-            "epoch": epoch + 1,
-            "step": step,
-            "batch_size": spec.batch_size_per_worker,
-            "samples": samples,
-            **window.stats(probe.take_sync_time()),
-            "bn": probe.layer_summaries(),
-            "lr": optimizer.param_groups[0]["lr"],
-            "time": time.time(),
-            **(extra or {}),
-        }
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-    for epoch in range(start_epoch, spec.epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = epoch_lr(spec, epoch)
-        order = shard_indices(len(x_train), rank, world, epoch, spec.seed)
-        plan = batches(order, spec.batch_size_per_worker)
-        k = spec.report_every_steps
-        window = _Window()
-        for b, idx in enumerate(plan):
-            _maybe_inject_fault(fault, rank, epoch + 1, b)
-            last = b + 1 == len(plan)
-            step_report = bool(k) and (step + 1) % k == 0 and not last
-            started = time.perf_counter()
-            xb = x_train[idx].to(device, non_blocking=True)
-            yb = y_train[idx].to(device, non_blocking=True)
-            with probe.step(detailed=step_report or last):
-                out = net(xb)
-                loss = F.cross_entropy(out, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            optimizer.step()
-            correct = int((out.detach().argmax(1) == yb).sum())
-            loss_value = float(loss.detach())
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step += 1
-            samples += len(idx)
-            window.add(len(idx), loss_value, correct, time.perf_counter() - started)
-            if step_report:
-                window.close()
-                report("step", epoch, window)
-                window = _Window()
-
-        window.close()
-        test = evaluate(model, data, rank, world, device)
-        epoch_metrics = {**test, "bn_running": running_stats_digest(model)}
-        all_samples = torch.zeros(world, dtype=torch.float64)
-        all_samples[rank] = samples
-        all_samples = _all_reduce_sum(all_samples, device)
-        with tempfile.TemporaryDirectory(prefix="syncbn-ckpt-") as directory:
-            write = rank == 0 or spec.norm == "local"
-            if rank == 0:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "samples": [int(s) for s in all_samples.tolist()],
-                        "spec": spec.model_dump(),
-                    },
-                    Path(directory) / STATE_FILE,
-                )
-            if spec.norm == "local":
-                torch.save(_bn_buffers(model), Path(directory) / _bn_buffers_file(rank))
-            ckpt = ray.train.Checkpoint.from_directory(directory) if write else None
-            report("epoch", epoch, window, epoch_metrics, ckpt)
+    _RankTrainer(config).run()

@@ -16,6 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from workers.data import DatasetError, DatasetInfo
+from workers.spec import JobSpec
+
 SEQUENCE_MIN_LENGTH = 128
 
 
@@ -36,6 +39,24 @@ def check_compatible(kind: str, input_shape: tuple[int, ...]) -> None:
     allowed = {"mlp": (1, 2, 3), "cnn1d": (1, 2), "resnet": (2, 3)}[kind]
     if len(input_shape) not in allowed:
         raise ValueError(f"model {kind!r} cannot take samples of shape {input_shape}")
+
+
+def check_data(spec: JobSpec, info: DatasetInfo) -> None:
+    """Raise ``DatasetError`` (naming the JobSpec field) if ``spec`` cannot train on the data
+    ``info`` describes: the model must take its samples, and an MLP's BatchNorm1d must not be
+    left one value per channel."""
+    kind = infer_kind(info.input_shape) if spec.model == "auto" else spec.model
+    try:
+        check_compatible(kind, info.input_shape)
+    except ValueError as exc:
+        raise DatasetError(f"{info.describe()}: {exc}", field="model") from exc
+    group = spec.sync_group_size or spec.workers
+    if kind == "mlp" and spec.batch_size_per_worker == 1 and (spec.norm == "local" or group == 1):
+        raise DatasetError(
+            "batch_size_per_worker=1 leaves an MLP's BatchNorm1d one value per channel when "
+            'statistics are not shared: use norm="sync" with several workers or a larger batch',
+            field="batch_size_per_worker",
+        )
 
 
 class MLP(nn.Module):

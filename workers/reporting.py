@@ -2,15 +2,18 @@
 
 ``StatsCallback`` is a ``ray.train.UserCallback``: Ray Train calls ``after_report`` in the
 controller actor once all workers have called ``ray.train.report``, with ``metrics[i]`` the
-dict of rank i. Each call becomes one event::
+dict of rank i (a dumped ``workers.protocol.WorkerReport``). Each call becomes one
+``ReportEvent``::
 
     {"type": "report", "job": ..., "run_id": ..., "time": ..., "kind": "step" | "epoch",
      "epoch": ..., "step": ..., "checkpoint": path | None, "workers": [rank 0 dict, ...]}
 
-and worker failures (``after_exception``) become ``{"type": "exception", "errors": {rank:
-message}}``. Every event is appended to ``<job dir>/stats.jsonl`` first (so nothing is lost)
-and then handed to the optional sink (the service plugs its own in; it must be picklable,
-because the callback travels to the controller actor). A failing sink is logged, never fatal.
+and worker failures (``after_exception``) become an ``ExceptionEvent``, ``{"type":
+"exception", "errors": {rank: message}}``. Both are validated against ``workers.protocol``
+(a malformed report raises), appended to ``<job dir>/stats.jsonl`` (``STATS_FILE``) first
+(so nothing is lost), then handed to the optional sink (the service plugs its own in; it must
+be picklable, because the callback travels to the controller actor). A failing sink is
+logged, never fatal.
 """
 
 from __future__ import annotations
@@ -27,10 +30,9 @@ from typing import Any, Protocol
 
 from ray.train import UserCallback
 
+from workers.protocol import INGEST_TOKEN_ENV, INGEST_URL_ENV, ExceptionEvent, ReportEvent
+
 logger = logging.getLogger(__name__)
-STATS_FILE = "stats.jsonl"
-INGEST_URL_ENV = "SYNCBN_INGEST_URL"
-INGEST_TOKEN_ENV = "SYNCBN_INGEST_TOKEN"
 
 
 class StatsSink(Protocol):
@@ -89,11 +91,11 @@ class StatsCallback(UserCallback):
                 logger.exception("stats sink failed for job %s", self.job)
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
+        """One ``ReportEvent`` of every rank's metrics (``ValidationError`` if malformed)."""
         first = metrics[0] if metrics else {}
-        self.emit(
+        event = ReportEvent.model_validate(
             {
-                "type": "report",
-                "run_id": getattr(run_context, "run_id", None),
+                "time": time.time(),
                 "kind": first.get("kind"),
                 "epoch": first.get("epoch"),
                 "step": first.get("step"),
@@ -101,17 +103,17 @@ class StatsCallback(UserCallback):
                 "workers": list(metrics),
             }
         )
+        self._emit_event(run_context, event)
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]):
-        self.emit(
-            {
-                "type": "exception",
-                "run_id": getattr(run_context, "run_id", None),
-                "errors": {
-                    str(rank): f"{type(e).__name__}: {e}" for rank, e in worker_exceptions.items()
-                },
-            }
-        )
+        """One ``ExceptionEvent``: each failed rank's error message."""
+        errors = {str(rank): f"{type(e).__name__}: {e}" for rank, e in worker_exceptions.items()}
+        self._emit_event(run_context, ExceptionEvent(time=time.time(), errors=errors))
+
+    def _emit_event(self, run_context: Any, event: ReportEvent | ExceptionEvent) -> None:
+        """Emit a validated protocol event with this run's id."""
+        run_id = getattr(run_context, "run_id", None)
+        self.emit({**event.model_dump(mode="json"), "run_id": run_id})
 
 
 class HttpSink:
@@ -142,21 +144,6 @@ class HttpSink:
         """The sink named by ``SYNCBN_INGEST_URL``/``SYNCBN_INGEST_TOKEN`` (set by the service)."""
         url, token = os.environ.get(INGEST_URL_ENV), os.environ.get(INGEST_TOKEN_ENV)
         return cls(url, token) if url and token else None
-
-
-def read_events(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All events in a stats file (a torn last line, from a crash mid-write, is skipped)."""
-    events = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    except FileNotFoundError:
-        return []
-    return events
 
 
 def follow_events(

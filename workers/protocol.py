@@ -1,0 +1,141 @@
+"""The worker-report protocol: what a training job tells the service, in one typed contract.
+
+Every Ray Train report becomes one ``ReportEvent`` (one ``WorkerReport`` per rank), every
+worker failure one ``ExceptionEvent``. The Train callback appends each event as a JSON line
+to ``<run dir>/stats.jsonl`` (``STATS_FILE``) and posts it to the service's ingest endpoint;
+the service validates both with these models, stores them, and documents them in OpenAPI.
+
+Imports nothing heavy (no torch, no ray): the service uses it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STATS_FILE = "stats.jsonl"
+"""The JSON-lines file of a run's events, in its run directory."""
+INGEST_URL_ENV = "SYNCBN_INGEST_URL"
+INGEST_TOKEN_ENV = "SYNCBN_INGEST_TOKEN"
+"""Where (and with which per-job token) the Train callback posts events; set by the service."""
+
+ReportKind = Literal["step", "epoch"]
+
+
+class LayerSummary(BaseModel):
+    """One BatchNorm layer on one rank, at the last report step: this rank's batch statistics
+    against the global (synchronized) ones, averaged over channels."""
+
+    model_config = ConfigDict(extra="allow")
+
+    local_count: int = Field(description="values per channel in this rank's batch")
+    global_count: int = Field(description="values per channel in the synchronized batch")
+    mean_shift: float | None = Field(
+        None, description="mean over channels of |mu_local - mu_global| / sigma_global"
+    )
+    var_ratio: float | None = Field(None, description="mean over channels of var_local/var_global")
+    local_mean: float | None = None
+    global_mean: float | None = None
+    local_var: float | None = None
+    global_var: float | None = None
+
+
+class RunningDigest(BaseModel):
+    """One BatchNorm layer's running statistics: equal hashes on two ranks mean identical."""
+
+    sha256: str = Field(description="first 16 hex digits of sha256(running_mean, running_var)")
+    mean_abs: float
+    var_mean: float
+
+
+class EpochEval(BaseModel):
+    """What every rank adds to an epoch report (identical on all ranks: all-reduced)."""
+
+    test_accuracy: float | None = Field(None, description="over the whole test set")
+    test_loss: float | None = None
+    test_samples: int | None = None
+    bn_running: dict[str, RunningDigest] = Field(
+        default_factory=dict, description="per BN layer, a digest of its running statistics"
+    )
+
+
+class WorkerReport(EpochEval):
+    """One rank's statistics in one report (epoch reports also carry ``EpochEval``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: ReportKind = "epoch"
+    rank: int = Field(ge=0)
+    world_size: int = Field(1, ge=1)
+    node_id: str | None = Field(None, description="the Ray node this rank runs on")
+    epoch: int = Field(ge=0, description="1-based epoch of the report")
+    step: int = Field(ge=0, description="optimizer steps done by this rank")
+    batch_size: int = Field(0, ge=0, description="samples per step on this rank")
+    samples: int = Field(0, ge=0, description="training samples seen by this rank")
+    loss: float | None = Field(None, description="mean training loss since the last report")
+    train_accuracy: float | None = None
+    samples_per_s: float | None = Field(None, description="training throughput of this rank")
+    step_time_s: float | None = Field(None, description="mean wall time of one training step")
+    sync_time_s: float | None = Field(
+        None, description="mean time per step inside syncbn's collectives"
+    )
+    lr: float | None = None
+    time: float | None = Field(None, description="UNIX time of the report on this rank")
+    bn: dict[str, LayerSummary] = Field(
+        default_factory=dict, description="per BN layer: local vs global batch statistics"
+    )
+
+
+WORKER_COLUMNS = ("loss", "samples_per_s", "step_time_s", "sync_time_s")
+"""The per-worker numbers the service keeps in columns (the rest stays in JSON)."""
+
+
+class ReportEvent(BaseModel):
+    """One Ray Train report: every rank's ``WorkerReport``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["report"] = "report"
+    kind: ReportKind
+    epoch: int = Field(ge=0)
+    step: int = Field(ge=0)
+    time: float | None = None
+    checkpoint: str | None = None
+    workers: list[WorkerReport] = Field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """What makes a report unique within a job."""
+        return (self.kind, self.epoch, self.step)
+
+
+class ExceptionEvent(BaseModel):
+    """Worker failures: the error message of each failed rank."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["exception"] = "exception"
+    time: float | None = None
+    errors: dict[str, str] = Field(default_factory=dict)
+
+
+Event = Annotated[ReportEvent | ExceptionEvent, Field(discriminator="type")]
+
+
+def read_events(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All events in a stats file as dicts (a torn last line, from a crash mid-write, is
+    skipped; a missing file has none)."""
+    events = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        return []
+    return events
