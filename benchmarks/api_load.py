@@ -29,6 +29,7 @@ from servicekit import ServiceProcess
 from service import store
 from service.db import Database
 from service.embedded_ray import RayHead
+from service.states import JobState
 from workers.spec import JobSpec
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -58,13 +59,15 @@ def seed(db_path: Path, n: int) -> list[str]:
                 batch_size_per_worker=rng.choice([2, 8, 32]),
                 norm=rng.choice(["sync", "local"]),
             )
-            job = store.create_job(session, spec, steps_per_epoch=64)
-            store.transition(session, job, "pending", "submitted to Ray")
-            store.transition(session, job, "running")
+            job = store.create_job(session, spec, 64, JobState.QUEUED)
+            store.transition(session, job, JobState.PENDING, "submitted to Ray")
+            store.transition(session, job, JobState.RUNNING)
             final = FINAL[i % 10 // 7] if i % 10 < 9 else "cancelled"
             if final == "succeeded":
                 job.epoch, job.step, job.test_accuracy, job.test_loss = 3, 192, 0.97, 0.1
-            store.transition(session, job, final, None if final == "succeeded" else "seeded")
+            store.transition(
+                session, job, JobState(final), None if final == "succeeded" else "seeded"
+            )
             ids.append(job.id)
     db.close()
     return ids

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from service import store
 from service.db import Database
 from service.deps import Services
+from service.lifecycle import Lifecycle
 from service.observability import BodyLimitMiddleware, ServiceMetrics, TimingMiddleware
 from service.ray_jobs import RayJobs, RayUnavailable
 from service.routers import datasets, health, ingest, jobs
@@ -26,9 +27,13 @@ logger = logging.getLogger("service")
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def build_services(settings: Settings) -> Services:
-    if not settings.ray_address:
-        raise ValueError("RAY_ADDRESS is not set (python -m service starts an embedded Ray)")
+def build_services(settings: Settings, ray: RayJobs | None = None) -> Services:
+    """The service's parts; ``ray``: the Ray Jobs client (default: one for
+    ``settings.ray_address``; tests of the service alone pass a fake)."""
+    if ray is None:
+        if not settings.ray_address:
+            raise ValueError("RAY_ADDRESS is not set (python -m service starts an embedded Ray)")
+        ray = RayJobs(settings.ray_address)
     db = Database(settings.db_url)
 
     def count_jobs() -> dict[str, int]:
@@ -36,9 +41,9 @@ def build_services(settings: Settings) -> Services:
             return store.count_by_state(session)
 
     metrics = ServiceMetrics(count_jobs)
-    ray = RayJobs(settings.ray_address)
-    scheduler = Scheduler(settings, db, ray, on_report=metrics.report_stored)
-    return Services(settings, db, ray, scheduler, metrics)
+    lifecycle = Lifecycle(settings, db, ray, on_report=metrics.report_stored)
+    scheduler = Scheduler(settings, db, ray, lifecycle)
+    return Services(settings, db, ray, lifecycle, scheduler, metrics)
 
 
 async def scheduler_loop(services: Services) -> None:
@@ -59,10 +64,11 @@ async def scheduler_loop(services: Services) -> None:
         await asyncio.sleep(interval)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service; ``settings`` default to the environment."""
+def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> FastAPI:
+    """The service; ``settings`` default to the environment, ``ray`` to a Ray Jobs client of
+    ``settings.ray_address``."""
     settings = settings or Settings()
-    services = build_services(settings)
+    services = build_services(settings, ray)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -20,42 +20,50 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import httpx
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from service.states import JobState
 from workers.cli import ProgressView, worker_table
 from workers.spec import JobSpec
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_REJECTED, EXIT_UNAVAILABLE = 0, 1, 2, 3
 STATE_STYLE = {
-    "queued": "yellow",
-    "pending": "cyan",
-    "running": "blue",
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "magenta",
+    JobState.QUEUED: "yellow",
+    JobState.PENDING: "cyan",
+    JobState.RUNNING: "blue",
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "red",
+    JobState.CANCELLED: "magenta",
 }
-SPEC_FLAGS = {
-    "dataset": str,
-    "model": str,
-    "workers": int,
-    "batch_size_per_worker": int,
-    "epochs": int,
-    "lr": float,
-    "momentum": float,
-    "weight_decay": float,
-    "norm": str,
-    "sync_group_size": int,
-    "seed": int,
-    "report_every_steps": int,
-    "max_failures": int,
-    "cpus_per_worker": float,
-}
-"""JobSpec fields settable as ``--flag`` (``--batch-size`` is ``batch_size_per_worker``)."""
+FLAG_NAMES = {"batch_size_per_worker": "--batch-size"}
+"""Shorter flags for a few JobSpec fields (every other field ``f`` is ``--f`` with dashes)."""
+
+
+def spec_flags() -> dict[str, dict[str, Any]]:
+    """``argparse`` arguments for every ``JobSpec`` field, derived from the model: a field
+    added to ``JobSpec`` is a ``submit`` flag without editing this file."""
+    flags: dict[str, dict[str, Any]] = {}
+    for name, field in JobSpec.model_fields.items():
+        kinds = [a for a in get_args(field.annotation) if a is not type(None)]
+        annotation = kinds[0] if get_origin(field.annotation) in (Union, UnionType) else None
+        annotation = annotation or field.annotation
+        options: dict[str, Any] = {"dest": name, "default": None}
+        if annotation is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif get_origin(annotation) is Literal:
+            options["choices"] = list(get_args(annotation))
+        else:
+            options["type"] = annotation
+        default = "" if field.is_required() else f" (default: {field.default})"
+        options["help"] = f"{field.description or name}{default}".replace("%", "%%")
+        flags[FLAG_NAMES.get(name, "--" + name.replace("_", "-"))] = options
+    return flags
 
 
 class ApiError(Exception):
@@ -186,17 +194,15 @@ def watch(client: Client, console: Console, job_id: str) -> int:
                 state = data["state"]
     job = client.request("GET", f"/v1/jobs/{job_id}")
     show_job(console, job)
-    return EXIT_OK if job["state"] == "succeeded" else EXIT_JOB_FAILED
+    return EXIT_OK if job["state"] == JobState.SUCCEEDED else EXIT_JOB_FAILED
 
 
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = json.loads(Path(args.file).read_text()) if args.file else {}
-    for field in SPEC_FLAGS:
+    for field in JobSpec.model_fields:
         value = getattr(args, field, None)
         if value is not None:
             spec[field] = value
-    if args.use_gpu:
-        spec["use_gpu"] = True
     return spec
 
 
@@ -209,12 +215,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     submit = sub.add_parser("submit", help="submit a job (flags override --file)")
     submit.add_argument("--file", help="JobSpec JSON file")
-    for field, kind in SPEC_FLAGS.items():
-        flag = (
-            "--batch-size" if field == "batch_size_per_worker" else f"--{field.replace('_', '-')}"
-        )
-        submit.add_argument(flag, dest=field, type=kind, default=None)
-    submit.add_argument("--use-gpu", action="store_true")
+    for flag, options in spec_flags().items():
+        submit.add_argument(flag, **options)
     submit.add_argument("--watch", action="store_true", help="then watch it")
 
     listing = sub.add_parser("list", help="list jobs")

@@ -9,6 +9,7 @@ from fastapi import HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 
 from service.db import Database
+from service.lifecycle import Lifecycle
 from service.observability import ServiceMetrics
 from service.ray_jobs import RayJobs
 from service.scheduler import Scheduler
@@ -17,9 +18,12 @@ from service.settings import Settings
 
 @dataclass
 class Services:
+    """Everything a request may need, built once by ``create_app``."""
+
     settings: Settings
     db: Database
     ray: RayJobs
+    lifecycle: Lifecycle
     scheduler: Scheduler
     metrics: ServiceMetrics
 

@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.schemas import JobState
+from service.states import JobState
 
-JOB_STATES: tuple[str, ...] = JobState.__args__  # type: ignore[attr-defined]
+JOB_STATES: tuple[str, ...] = tuple(JobState)
 
 
 class ServiceMetrics:

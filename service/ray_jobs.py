@@ -6,26 +6,21 @@ Every call is blocking HTTP; the service runs them in worker threads.
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-TERMINAL_RAY_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+from workers.capacity import Capacity
+
+T = TypeVar("T")
 
 
 class RayUnavailable(RuntimeError):
     """The Ray cluster (its dashboard / Jobs API) cannot be reached."""
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """Resources of the alive nodes: totals and the largest single node."""
-
-    total: dict[str, float]
-    largest_node: dict[str, float]
-    nodes: int
 
 
 @dataclass(frozen=True)
@@ -37,8 +32,35 @@ class RayOutcome:
     result: dict[str, Any] | None
 
 
+def is_terminal(status: str | None) -> bool:
+    """Whether a Ray Job status (its name) is final (Ray's own ``JobStatus.is_terminal``)."""
+    return status in terminal_statuses()
+
+
+@functools.cache
+def terminal_statuses() -> frozenset[str]:
+    """The names of Ray's final Ray Job statuses."""
+    from ray.job_submission import JobStatus
+
+    return frozenset(status.value for status in JobStatus if status.is_terminal())
+
+
+def _unless_missing(call: Callable[[], T], missing: T) -> T:
+    """``call()``, or ``missing`` when Ray says the job does not exist."""
+    try:
+        return call()
+    except RuntimeError as exc:
+        if "does not exist" in str(exc):
+            return missing
+        raise
+
+
 class RayJobs:
-    """Submit, poll, stop and read the logs of Ray Jobs whose ``submission_id`` is our job id."""
+    """Submit, poll, stop and read the logs of Ray Jobs whose ``submission_id`` is our job id.
+
+    The narrow seam between the service and Ray: tests of the service alone pass a fake with
+    the same methods to ``create_app``.
+    """
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -72,12 +94,7 @@ class RayJobs:
 
     def status(self, job_id: str) -> str | None:
         """Ray's status name (PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED); None if unknown."""
-        try:
-            return str(self.client.get_job_status(job_id).value)
-        except RuntimeError as exc:
-            if "does not exist" in str(exc):
-                return None
-            raise
+        return _unless_missing(lambda: str(self.client.get_job_status(job_id).value), None)
 
     def info_message(self, job_id: str) -> str | None:
         try:
@@ -86,19 +103,10 @@ class RayJobs:
             return None
 
     def stop(self, job_id: str) -> None:
-        try:
-            self.client.stop_job(job_id)
-        except RuntimeError as exc:
-            if "does not exist" not in str(exc):
-                raise
+        _unless_missing(lambda: self.client.stop_job(job_id), None)
 
     def logs(self, job_id: str) -> str:
-        try:
-            return str(self.client.get_job_logs(job_id))
-        except RuntimeError as exc:
-            if "does not exist" in str(exc):
-                return ""
-            raise
+        return _unless_missing(lambda: str(self.client.get_job_logs(job_id)), "")
 
     def capacity(self) -> Capacity:
         from ray.util.state import list_nodes
@@ -107,17 +115,7 @@ class RayJobs:
             nodes = list_nodes(address=self.address, detail=True, raise_on_missing_output=False)
         except Exception as exc:
             raise RayUnavailable(f"Ray at {self.address} unreachable: {exc}") from exc
-        total: dict[str, float] = {}
-        largest: dict[str, float] = {}
-        alive = 0
-        for node in nodes:
-            if node.state != "ALIVE":
-                continue
-            alive += 1
-            for name, amount in (node.resources_total or {}).items():
-                total[name] = total.get(name, 0.0) + float(amount)
-                largest[name] = max(largest.get(name, 0.0), float(amount))
-        return Capacity(total, largest, alive)
+        return Capacity.of(n.resources_total or {} for n in nodes if n.state == "ALIVE")
 
 
 def entrypoint(

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.states import JobState
+from workers.protocol import WorkerReport
 from workers.spec import JobSpec
-
-JobState = Literal["queued", "pending", "running", "succeeded", "failed", "cancelled"]
-FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE_STATES: frozenset[str] = frozenset({"pending", "running"})
 
 
 class TransitionOut(BaseModel):
@@ -62,10 +60,7 @@ class WorkersOut(BaseModel):
     job_id: str
     epoch: int | None = None
     step: int | None = None
-    workers: list[dict[str, Any]] = Field(
-        description="latest statistics of every rank (rank, loss, samples_per_s, step_time_s, "
-        "sync_time_s, batch_size, bn: per-layer local vs global statistics, ...)"
-    )
+    workers: list[WorkerReport] = Field(description="the latest report of every rank")
 
 
 class ReportOut(BaseModel):
@@ -73,7 +68,7 @@ class ReportOut(BaseModel):
     epoch: int
     step: int
     time: float
-    workers: list[dict[str, Any]]
+    workers: list[WorkerReport]
 
 
 class EvaluationOut(BaseModel):
@@ -111,20 +106,6 @@ class DatasetOut(BaseModel):
 
 class DatasetList(BaseModel):
     datasets: list[DatasetOut]
-
-
-class IngestEvent(BaseModel):
-    """What the Train callback posts (``workers.reporting.StatsCallback`` events)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: Literal["report", "exception"]
-    kind: Literal["step", "epoch"] | None = None
-    epoch: int | None = None
-    step: int | None = None
-    time: float | None = None
-    workers: list[dict[str, Any]] = []
-    errors: dict[str, str] = {}
 
 
 class IngestAck(BaseModel):

@@ -7,49 +7,35 @@ the event stream and the tables never disagree.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.models import Dataset, Evaluation, Event, Job, Report, Transition, WorkerStats, utcnow
-from service.schemas import (
-    ACTIVE_STATES,
-    FINAL_STATES,
-    IngestEvent,
-    JobOut,
-    Progress,
-    Result,
-    TransitionOut,
-)
+from service.schemas import JobOut, Progress, Result, TransitionOut
+from service.states import ACTIVE_STATES, FINAL_STATES, JobState
+from workers.protocol import WORKER_COLUMNS, ExceptionEvent, ReportEvent
 from workers.spec import JobSpec
-
-ALLOWED: dict[str, frozenset[str]] = {
-    "queued": frozenset({"pending", "failed", "cancelled"}),
-    "pending": frozenset({"pending", "running", "succeeded", "failed", "cancelled"}),
-    "running": frozenset({"pending", "succeeded", "failed", "cancelled"}),
-}
-"""State machine: queued -> pending -> running -> succeeded | failed | cancelled; a job the
-Ray cluster lost goes back to pending when it is resubmitted."""
-WORKER_COLUMNS = ("loss", "samples_per_s", "step_time_s", "sync_time_s")
 
 
 def new_job_id() -> str:
     return f"j-{secrets.token_hex(6)}"
 
 
-def create_job(session: Session, spec: JobSpec, steps_per_epoch: int) -> Job:
-    """Insert a queued job."""
+def create_job(session: Session, spec: JobSpec, steps_per_epoch: int, state: JobState) -> Job:
+    """Insert a job in ``state`` (with its first transition)."""
     job = Job(
         id=new_job_id(),
-        state="queued",
+        state=state,
         reason="waiting for the scheduler",
         spec=spec.model_dump(mode="json"),
         steps_per_epoch=steps_per_epoch,
     )
     session.add(job)
     session.flush()
-    _record(session, job, "queued", job.reason)
+    _record(session, job, state, job.reason)
     return job
 
 
@@ -65,10 +51,9 @@ def _record(session: Session, job: Job, state: str, reason: str | None) -> None:
     )
 
 
-def transition(session: Session, job: Job, state: str, reason: str | None = None) -> bool:
-    """Move ``job`` to ``state`` if the state machine allows it; False if it does not."""
-    if state not in ALLOWED.get(job.state, frozenset()):
-        return False
+def transition(session: Session, job: Job, state: JobState, reason: str | None = None) -> None:
+    """Write ``job``'s new ``state`` with its transition and event (``service.lifecycle``
+    decides whether the state machine allows it)."""
     job.state, job.reason = state, reason
     now = utcnow()
     if state in ACTIVE_STATES and job.started_at is None:
@@ -76,7 +61,6 @@ def transition(session: Session, job: Job, state: str, reason: str | None = None
     if state in FINAL_STATES:
         job.finished_at = now
     _record(session, job, state, reason)
-    return True
 
 
 def count_transitions(job: Job, reason_prefix: str) -> int:
@@ -84,19 +68,19 @@ def count_transitions(job: Job, reason_prefix: str) -> int:
     return sum(1 for t in job.transitions if (t.reason or "").startswith(reason_prefix))
 
 
-def set_queue_reason(session: Session, job: Job, reason: str) -> None:
-    """Update why a queued job waits (not a transition: no event)."""
+def set_reason(job: Job, reason: str) -> None:
+    """Update why a job waits (not a transition: no event)."""
     if job.reason != reason:
         job.reason = reason
 
 
-def add_event(session: Session, job: Job, event: IngestEvent) -> bool:
-    """Store a report (once per (kind, epoch, step)) or a worker failure; False if a duplicate."""
-    if event.type == "exception":
-        session.add(Event(job_id=job.id, type="exception", data={"errors": event.errors}))
-        return True
-    if event.kind is None or event.epoch is None or event.step is None:
-        raise ValueError("a report needs kind, epoch and step")
+def add_exception(session: Session, job: Job, event: ExceptionEvent) -> None:
+    """Store the worker failures of a job (an event only)."""
+    session.add(Event(job_id=job.id, type="exception", data={"errors": event.errors}))
+
+
+def add_report(session: Session, job: Job, event: ReportEvent) -> bool:
+    """Store a report, once per (kind, epoch, step); False if it is a duplicate."""
     duplicate = session.scalar(
         select(Report.id).where(
             Report.job_id == job.id,
@@ -109,13 +93,14 @@ def add_event(session: Session, job: Job, event: IngestEvent) -> bool:
         return False
     time = event.time or utcnow().timestamp()
     report = Report(job_id=job.id, kind=event.kind, epoch=event.epoch, step=event.step, time=time)
-    for stats in event.workers:
-        columns = {k: _number(stats.get(k)) for k in WORKER_COLUMNS}
-        report.workers.append(WorkerStats(rank=int(stats.get("rank", 0)), data=stats, **columns))
+    workers = [w.model_dump(mode="json") for w in event.workers]
+    for worker, data in zip(event.workers, workers, strict=True):
+        columns = {k: _number(getattr(worker, k)) for k in WORKER_COLUMNS}
+        report.workers.append(WorkerStats(rank=worker.rank, data=data, **columns))
     session.add(report)
-    first = event.workers[0] if event.workers else {}
-    if event.kind == "epoch":
-        accuracy, loss = _number(first.get("test_accuracy")), _number(first.get("test_loss"))
+    first = event.workers[0] if event.workers else None
+    if event.kind == "epoch" and first is not None:
+        accuracy, loss = _number(first.test_accuracy), _number(first.test_loss)
         session.add(
             Evaluation(
                 job_id=job.id,
@@ -138,7 +123,7 @@ def add_event(session: Session, job: Job, event: IngestEvent) -> bool:
                 "epoch": event.epoch,
                 "step": event.step,
                 "time": time,
-                "workers": event.workers,
+                "workers": workers,
             },
         )
     )
@@ -154,7 +139,7 @@ def get_job(session: Session, job_id: str) -> Job | None:
 
 
 def list_jobs(
-    session: Session, state: str | None, limit: int, offset: int
+    session: Session, state: JobState | None, limit: int, offset: int
 ) -> tuple[list[Job], int]:
     """Newest first."""
     query = select(Job)
@@ -167,18 +152,16 @@ def list_jobs(
     return list(jobs), int(session.scalar(count) or 0)
 
 
-def jobs_in(session: Session, states: frozenset[str]) -> list[Job]:
+def jobs_in(session: Session, states: Collection[JobState]) -> list[Job]:
     """Jobs in ``states``, oldest first (FIFO)."""
     query = select(Job).where(Job.state.in_(states)).order_by(Job.created_at, Job.id)
     return list(session.scalars(query).all())
 
 
-def jobs_holding_ray(session: Session) -> list[Job]:
-    """Jobs submitted to Ray whose Ray Job is not known to be over (they hold resources)."""
-    query = select(Job).where(
-        Job.ray_status.is_not(None),
-        Job.ray_status.not_in(("SUCCEEDED", "FAILED", "STOPPED", "LOST")),
-    )
+def jobs_holding_ray(session: Session, over: Collection[str]) -> list[Job]:
+    """Jobs submitted to Ray whose Ray Job may still hold resources: its last known status is
+    not one of ``over`` (Ray's terminal statuses, and lost)."""
+    query = select(Job).where(Job.ray_status.is_not(None), Job.ray_status.not_in(list(over)))
     return list(session.scalars(query.order_by(Job.created_at, Job.id)).all())
 
 
@@ -230,7 +213,7 @@ def job_out(job: Job, with_transitions: bool = True) -> JobOut:
     """The API view of a job."""
     spec = JobSpec.model_validate(job.spec)
     total = max(1, spec.epochs * job.steps_per_epoch)
-    done = job.state == "succeeded"
+    done = job.state == JobState.SUCCEEDED
     result = None
     if done:
         result = Result(
@@ -241,7 +224,7 @@ def job_out(job: Job, with_transitions: bool = True) -> JobOut:
         )
     return JobOut(
         id=job.id,
-        state=job.state,  # type: ignore[arg-type]
+        state=JobState(job.state),
         reason=job.reason,
         spec=spec,
         created_at=job.created_at,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from servicekit import ServiceProcess, wait_ray_idle
 
-from workers.loop import STAT_FIELDS
+from workers.protocol import WorkerReport
 
 SMALL_JOB = {
     "dataset": "synthetic",
@@ -77,7 +77,7 @@ def test_job_runs_end_to_end_with_per_worker_stats_events_and_cli_watch(service)
     workers = service.client.get(f"/v1/jobs/{job['id']}/workers").json()["workers"]
     assert [w["rank"] for w in workers] == [0, 1]
     for worker in workers:
-        assert set(STAT_FIELDS) <= set(worker), worker
+        assert set(WorkerReport.model_fields) <= set(worker), worker
         assert worker["batch_size"] == 8 and worker["bn"], worker
         layer = next(iter(worker["bn"].values()))
         assert layer["global_count"] == 2 * layer["local_count"]  # sync: the global batch

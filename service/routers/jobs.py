@@ -16,21 +16,22 @@ from starlette.concurrency import run_in_threadpool
 from service import store
 from service.auth import require_api_token
 from service.deps import Services, field_error, get_services, not_found
+from service.lifecycle import JobNotFound
 from service.models import Job
 from service.ray_jobs import RayUnavailable
-from service.scheduler import InfeasibleError, check_feasible
 from service.schemas import (
-    FINAL_STATES,
     ErrorOut,
     EvaluationOut,
     JobList,
     JobOut,
-    JobState,
     LogsOut,
     MetricsOut,
     ReportOut,
     WorkersOut,
 )
+from service.states import FINAL_STATES, JobState
+from workers.capacity import InfeasibleJobError, check_feasible
+from workers.data import DatasetError, DatasetInfo, builtin_info, steps_per_epoch
 from workers.spec import JobSpec
 
 logger = logging.getLogger("service.jobs")
@@ -53,19 +54,23 @@ def _job_or_404(session: Session, job_id: str) -> Job:
 
 
 def _steps_per_epoch(services: Services, spec: JobSpec) -> int:
-    """Validate the dataset and model for ``spec`` (422 naming the field); steps per epoch."""
-    from workers.data import DatasetError, steps_per_epoch
-    from workers.driver import prepare_data
+    """Check the dataset and model for ``spec`` from the dataset's metadata (422 naming the
+    field, nothing is loaded); the steps per epoch."""
+    from workers.models import check_data  # torch, imported on the first submission
 
-    if not spec.is_builtin_dataset:
+    if spec.is_builtin_dataset:
+        info = builtin_info(spec.dataset)
+    else:
         with services.db.session() as session:
-            if store.get_dataset(session, spec.dataset) is None:
+            row = store.get_dataset(session, spec.dataset)
+            if row is None:
                 raise field_error("dataset", f"unknown dataset {spec.dataset!r}: upload it first")
+            info = DatasetInfo(row.id, row.n_train, tuple(row.input_shape), row.num_classes)
     try:
-        data = prepare_data(spec, services.settings.datasets_dir)
+        check_data(spec, info)
     except DatasetError as exc:
         raise field_error(exc.field, str(exc)) from exc
-    return steps_per_epoch(len(data.x_train), spec.workers, spec.batch_size_per_worker)
+    return steps_per_epoch(info.n_train, spec.workers, spec.batch_size_per_worker)
 
 
 @router.post(
@@ -82,14 +87,17 @@ def submit_job(spec: JobSpec, services: ServicesDep) -> JobOut:
     steps = _steps_per_epoch(services, spec)
     try:
         check_feasible(spec, services.ray.capacity())
-    except InfeasibleError as exc:
-        raise field_error(exc.field, f"infeasible: {exc}") from exc
+    except InfeasibleJobError as exc:
+        raise field_error(exc.field, str(exc)) from exc
     except RayUnavailable:
         logger.warning("Ray unreachable: job accepted without the feasibility check")
     with services.db.session() as session:
-        if store.count_by_state(session).get("queued", 0) >= services.settings.max_queued_jobs:
+        if (
+            store.count_by_state(session).get(JobState.QUEUED, 0)
+            >= services.settings.max_queued_jobs
+        ):
             raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "the job queue is full")
-        job = store.create_job(session, spec, steps)
+        job = services.lifecycle.create(session, spec, steps)
         out = store.job_out(job)
     logger.info("job submitted", extra={"job_id": out.id, "spec": spec.model_dump()})
     return out
@@ -124,25 +132,16 @@ def get_job(job_id: str, services: ServicesDep) -> JobOut:
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)
 def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
     """Cancel a job (idempotent): a queued job never starts, a running one's Ray Job stops."""
+    try:
+        job = services.lifecycle.cancel(job_id)
+    except JobNotFound:
+        raise not_found("job", job_id) from None
+    except Exception as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"could not stop the Ray job: {exc}"
+        ) from exc
     with services.db.session() as session:
-        job = _job_or_404(session, job_id)
-        if job.state in FINAL_STATES:
-            return store.job_out(job)
-        submitted = job.ray_status is not None
-        job.cancel_requested = True
-    if submitted:
-        try:
-            services.ray.stop(job_id)
-        except Exception as exc:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, f"could not stop the Ray job: {exc}"
-            ) from exc
-    with services.db.session() as session:
-        job = store.get_job(session, job_id)
-        assert job is not None
-        store.transition(session, job, "cancelled", "cancelled by user")
-        logger.info("job cancelled", extra={"job_id": job_id})
-        return store.job_out(job)
+        return store.job_out(_job_or_404(session, job.id))
 
 
 @router.get("/{job_id}/workers", response_model=WorkersOut, responses=NOT_FOUND)
@@ -238,7 +237,7 @@ async def _event_stream(services: Services, job_id: str, cursor: int) -> AsyncIt
         with services.db.session() as session:
             job = store.get_job(session, job_id)
             events = store.events_after(session, job_id, after)
-            return [(e.id, e.type, e.data) for e in events], job.state if job else "failed"
+            return [(e.id, e.type, e.data) for e in events], job.state if job else JobState.FAILED
 
     while True:
         events, state = await run_in_threadpool(fetch, cursor)

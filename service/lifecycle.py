@@ -1,0 +1,206 @@
+"""The job lifecycle, in one place: every change of a job's state happens here.
+
+``create`` queues a job, ``start`` hands it to Ray (``pending``), ``record`` stores a worker
+report (the first one makes it ``running``), ``follow`` moves it as Ray's status says
+(resubmitting a job that a restarted cluster lost), ``reject`` and ``cancel`` end it. Each
+state change goes through ``_move``, the only caller of ``store.transition``, and is checked
+against the state machine of ``service.states``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from service import store
+from service.auth import ingest_token
+from service.db import Database
+from service.models import Job
+from service.ray_jobs import RayJobs, entrypoint, is_terminal, parse_outcome
+from service.settings import Settings
+from service.states import JobState
+from workers.protocol import (
+    INGEST_TOKEN_ENV,
+    INGEST_URL_ENV,
+    STATS_FILE,
+    ExceptionEvent,
+    ReportEvent,
+    read_events,
+)
+from workers.spec import JobSpec
+
+logger = logging.getLogger("service.lifecycle")
+SUBMITTED = "submitted to Ray"
+RESUBMITTED = "resubmitted: the Ray cluster has no record of this job (it was restarted)"
+MAX_RESUBMISSIONS = 3
+"""How often a job the Ray cluster lost is resubmitted before it fails."""
+LOST = "LOST"
+"""``Job.ray_status`` of a job Ray has no record of."""
+
+
+class JobNotFound(LookupError):
+    """No job with this id."""
+
+
+class Lifecycle:
+    """Moves jobs through their states; ``on_report(source)`` counts each stored report."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        ray: RayJobs,
+        on_report: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings, self.db, self.ray = settings, db, ray
+        self.on_report = on_report or (lambda source: None)
+
+    # -- from the API ----------------------------------------------------------------------
+    def create(self, session: Session, spec: JobSpec, steps_per_epoch: int) -> Job:
+        """A new ``queued`` job."""
+        return store.create_job(session, spec, steps_per_epoch, JobState.QUEUED)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel (idempotent): a queued job never starts, a submitted one's Ray Job stops.
+        Raises ``JobNotFound``, or the Ray client's error if Ray cannot stop it."""
+        with self.db.session() as session:
+            job = self._get(session, job_id)
+            if JobState(job.state).is_final:
+                return job
+            submitted = job.ray_status is not None
+            job.cancel_requested = True
+        if submitted:
+            self.ray.stop(job_id)
+        with self.db.session() as session:
+            job = self._get(session, job_id)
+            self._move(session, job, JobState.CANCELLED, "cancelled by user")
+            logger.info("job cancelled", extra={"job_id": job_id})
+            return job
+
+    def record(self, job_id: str, event: ReportEvent | ExceptionEvent, source: str) -> bool:
+        """Store a report or worker failure (a report once); False for a duplicate."""
+        with self.db.session() as session:
+            job = self._get(session, job_id)
+            if isinstance(event, ExceptionEvent):
+                store.add_exception(session, job, event)
+                return True
+            stored = store.add_report(session, job, event)
+            if stored and job.state == JobState.PENDING:
+                self._move(session, job, JobState.RUNNING)
+        if stored:
+            self.on_report(source)
+        return stored
+
+    # -- from the scheduler ----------------------------------------------------------------
+    def start(self, session: Session, job: Job, resume: bool = False) -> None:
+        """Hand ``job`` to Ray as its own Ray Job and mark it pending; ``resume`` continues
+        its run from the last checkpoint in the run storage."""
+        settings = self.settings
+        spec = JobSpec.model_validate(job.spec)
+        command = entrypoint(
+            settings.worker_python,
+            spec.model_dump_json(),
+            job.id,
+            str(settings.runs_dir),
+            str(settings.datasets_dir),
+            resume=resume,
+        )
+        env = {
+            INGEST_URL_ENV: f"{settings.ingest_base_url}/v1/internal/jobs/{job.id}/events",
+            INGEST_TOKEN_ENV: ingest_token(settings.secret(), job.id),
+        }
+        self.ray.submit(job.id, command, env)
+        job.ray_status = "PENDING"
+        reason = f"{RESUBMITTED}; resuming from the last checkpoint" if resume else SUBMITTED
+        self._move(session, job, JobState.PENDING, reason)
+        logger.info("submitted job %s to Ray%s", job.id, " (resume)" if resume else "")
+
+    def wait(self, session: Session, job: Job, reason: str) -> None:
+        """Say why a queued job waits (not a state change)."""
+        store.set_reason(job, reason)
+
+    def reject(self, session: Session, job: Job, reason: str) -> None:
+        """Fail a queued job that can never run."""
+        self._move(session, job, JobState.FAILED, reason)
+
+    def follow(self, job_id: str, status: str | None) -> None:
+        """Move the job as Ray's ``status`` of its Ray Job says (None: Ray has no record)."""
+        finished = status is None or is_terminal(status)
+        if finished:
+            self.backfill(job_id)
+        logs = self.ray.logs(job_id) if finished and status is not None else ""
+        with self.db.session() as session:
+            job = store.get_job(session, job_id)
+            if job is None:
+                return
+            job.ray_status = status if status is not None else LOST
+            if status == "PENDING":
+                return
+            if status == "RUNNING":
+                self._move(session, job, JobState.RUNNING)
+                return
+            if not JobState(job.state).on_ray:
+                return  # e.g. cancelled: only the Ray status needed updating
+            if status is None:
+                if store.count_transitions(job, RESUBMITTED) < MAX_RESUBMISSIONS:
+                    self.start(session, job, resume=True)
+                else:
+                    self._move(session, job, JobState.FAILED, "Ray has no record of this job")
+            elif status == "SUCCEEDED":
+                outcome = parse_outcome(logs)
+                if outcome and outcome.result:
+                    job.wall_time_s = outcome.result.get("wall_time_s")
+                self._move(session, job, JobState.SUCCEEDED)
+            elif status == "STOPPED":
+                reason = "cancelled by user" if job.cancel_requested else "stopped in Ray"
+                self._move(session, job, JobState.CANCELLED, reason)
+            else:
+                outcome = parse_outcome(logs)
+                reason = (outcome.error if outcome else None) or self.ray.info_message(job_id)
+                self._move(session, job, JobState.FAILED, (reason or "failed in Ray")[-2000:])
+
+    def backfill(self, job_id: str) -> int:
+        """Store the reports of ``<runs>/<job>/stats.jsonl`` the database lacks; how many."""
+        path = Path(self.settings.runs_dir) / job_id / STATS_FILE
+        raw = [e for e in read_events(path) if e.get("type") == "report"]
+        if not raw:
+            return 0
+        added = 0
+        with self.db.session() as session:
+            job = store.get_job(session, job_id)
+            if job is None:
+                return 0
+            stored = store.report_keys(session, job_id)
+            for line in raw:
+                if (line.get("kind"), line.get("epoch"), line.get("step")) in stored:
+                    continue
+                try:
+                    event = ReportEvent.model_validate(line)
+                except ValueError:
+                    logger.warning("skipping a malformed line in %s", path)
+                    continue
+                if store.add_report(session, job, event):
+                    stored.add(event.key)
+                    added += 1
+        for _ in range(added):
+            self.on_report("backfill")
+        if added:
+            logger.info("backfilled %d reports of job %s from %s", added, job_id, path)
+        return added
+
+    # -- the one place a state changes -----------------------------------------------------
+    def _move(self, session: Session, job: Job, state: JobState, reason: str | None = None) -> bool:
+        if not JobState(job.state).can_move_to(state):
+            return False
+        store.transition(session, job, state, reason)
+        return True
+
+    @staticmethod
+    def _get(session: Session, job_id: str) -> Job:
+        job = store.get_job(session, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job

@@ -1,0 +1,72 @@
+"""A stand-in for ``service.ray_jobs.RayJobs`` for the in-process test tier.
+
+It keeps Ray Jobs in a dict; a test moves them (``set_status``) as Ray would. Only the tests
+of the service alone use it; the end-to-end tests run against a real Ray cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from service.ray_jobs import RayUnavailable
+from workers.capacity import Capacity
+
+
+@dataclass
+class FakeRayJob:
+    entrypoint: str
+    env: dict[str, str]
+    status: str = "PENDING"
+    logs: str = ""
+    message: str | None = None
+
+
+@dataclass
+class FakeRay:
+    """``RayJobs``' methods over a dict; ``cpus`` per node, ``nodes`` alive."""
+
+    cpus: float = 2.0
+    nodes: int = 1
+    jobs: dict[str, FakeRayJob] = field(default_factory=dict)
+    reachable: bool = True
+    stopped: list[str] = field(default_factory=list)
+
+    def _check(self) -> None:
+        if not self.reachable:
+            raise RayUnavailable("fake Ray is down")
+
+    def submit(self, job_id: str, entrypoint: str, env: dict[str, str]) -> None:
+        self._check()
+        self.jobs.setdefault(job_id, FakeRayJob(entrypoint, env))
+
+    def status(self, job_id: str) -> str | None:
+        self._check()
+        job = self.jobs.get(job_id)
+        return job.status if job else None
+
+    def info_message(self, job_id: str) -> str | None:
+        job = self.jobs.get(job_id)
+        return job.message if job else None
+
+    def stop(self, job_id: str) -> None:
+        self._check()
+        if job_id in self.jobs:
+            self.jobs[job_id].status = "STOPPED"
+            self.stopped.append(job_id)
+
+    def logs(self, job_id: str) -> str:
+        job = self.jobs.get(job_id)
+        return job.logs if job else ""
+
+    def capacity(self) -> Capacity:
+        self._check()
+        return Capacity.of({"CPU": self.cpus} for _ in range(self.nodes))
+
+    # -- test controls ---------------------------------------------------------------------
+    def set_status(self, job_id: str, status: str, logs: str = "") -> None:
+        self.jobs[job_id].status = status
+        self.jobs[job_id].logs = logs
+
+    def restart(self) -> None:
+        """A restarted cluster: it has no record of any job."""
+        self.jobs.clear()
