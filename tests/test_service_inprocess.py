@@ -172,9 +172,7 @@ def test_a_job_the_restarted_cluster_lost_is_resubmitted_to_resume_then_fails(cl
     assert states(client, job["id"]).count("pending") == 1 + MAX_RESUBMISSIONS
 
 
-def test_queue_waits_behind_the_running_jobs_limit_and_rejects_what_can_never_fit(
-    client, app, ray
-):
+def test_queue_waits_for_the_running_limit_and_rejects_what_never_fits(client, app, ray):
     app.state.services.settings.max_running_jobs = 0
     job = client.post("/v1/jobs", json=GOOD).json()
     tick(app)
