@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -286,3 +287,46 @@ def test_token_is_asked_once_and_the_page_fits_a_narrow_window(page: Page, servi
     expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_focused()
+
+
+def test_the_form_is_built_from_the_jobspec_schema(page: Page, service: Any) -> None:
+    """Every JobSpec property of /openapi.json has a labelled control with its default and range."""
+    response = httpx.get(f"{base_url(service)}/openapi.json", timeout=30)  # open: no token
+    assert response.status_code == 200, response.text
+    properties = response.json()["components"]["schemas"]["JobSpec"]["properties"]
+    open_dashboard(page, service)
+    form = page.get_by_test_id("job-form")
+    expect(form.locator("[data-field]")).to_have_count(len(properties))  # nothing hard-coded
+    for name, prop in properties.items():
+        control = form.locator(f'[name="{name}"]')
+        expect(control).to_have_count(1)
+        expect(form.locator(f'label[for="{control.get_attribute("id")}"]')).to_have_count(1)
+        # Optional[X] is anyOf [X, null]: ranges and choices are on X.
+        inner = next((b for b in prop.get("anyOf", []) if b.get("type") != "null"), prop)
+        kind = inner.get("type")
+        choices = inner.get("enum") or [b["const"] for b in prop.get("anyOf", []) if "const" in b]
+        if choices:
+            values = control.locator("option").evaluate_all("els => els.map((o) => o.value)")
+            assert {str(c) for c in choices} <= set(values), (name, values)
+        if "default" in prop:
+            default = prop["default"]
+            if kind == "boolean":
+                assert control.is_checked() is default, name
+            elif kind in ("integer", "number") and default is not None:
+                assert float(control.input_value()) == default, name
+            else:
+                assert control.input_value() == ("" if default is None else str(default)), name
+        if kind in ("integer", "number"):
+            assert control.get_attribute("type") == "number", name
+            assert control.get_attribute("step") == ("1" if kind == "integer" else "any"), name
+            for attr, keys in (
+                ("min", ("minimum", "exclusiveMinimum")),
+                ("max", ("maximum", "exclusiveMaximum")),
+            ):
+                bound = next((inner[k] for k in keys if k in inner), None)
+                shown = control.get_attribute(attr)
+                assert (None if shown is None else float(shown)) == bound, (name, attr, shown)
+    dataset = field(page, "Dataset")  # a string in the schema, a select of datasets in the page
+    assert {"digits", "synthetic"} <= set(
+        dataset.locator("option").evaluate_all("els => els.map((o) => o.value)")
+    )

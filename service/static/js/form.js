@@ -1,0 +1,228 @@
+// The submit form (built from JobSpec's schema in /openapi.json) and the dataset upload form.
+
+import { api, ApiError, openApi } from "./api.js";
+import { $, $$, h, setHidden } from "./dom.js";
+import { jobFields } from "./schema.js";
+import { AuthCancelled } from "./token.js";
+
+/** Number as an attribute value (null when absent). */
+const num = (x) => (typeof x === "number" ? String(x) : null);
+
+/** The DOM of one field: <div class="field" data-field=name> label, control, hint, error. */
+function fieldEl(f) {
+  const id = `f-${f.name}`;
+  const described = [f.hint ? `h-${f.name}` : null, `e-${f.name}`].filter(Boolean).join(" ");
+  // The schema's description as a tooltip where the visible hint says something else.
+  const title = f.description && f.description !== f.hint ? f.description : null;
+  const common = { id, name: f.name, "aria-describedby": described, title,
+    "aria-required": f.required ? "true" : null };
+  let control;
+  if (f.kind === "select" || f.kind === "dataset") {
+    control = h("select", common, f.options.map(([value, text, raw]) =>
+      h("option", { value, selected: raw === f.value }, text)));
+  } else if (f.kind === "bool") {
+    control = h("input", { ...common, type: "checkbox", checked: f.value === true });
+  } else if (f.kind === "int" || f.kind === "float") {
+    control = h("input", { ...common, type: "number", value: num(f.value),
+      step: f.kind === "int" ? 1 : "any", min: num(f.min), max: num(f.max),
+      "data-exclusive-min": f.exclusiveMin || null, "data-exclusive-max": f.exclusiveMax || null,
+      inputmode: f.kind === "int" ? "numeric" : "decimal", placeholder: f.placeholder });
+  } else if (f.kind === "text") {
+    control = h("input", { ...common, type: "text", value: f.value ?? null,
+      minlength: num(f.minLength), maxlength: num(f.maxLength), placeholder: f.placeholder,
+      spellcheck: "false", autocomplete: "off" });
+  } else {  // anything the form has no widget for: JSON text
+    control = h("textarea", { ...common, rows: 2, spellcheck: "false", "data-json": true,
+      placeholder: f.placeholder }, f.value === undefined ? "" : JSON.stringify(f.value));
+  }
+  return h("div", { class: `field${f.kind === "bool" ? " check" : ""}`, "data-field": f.name,
+    "data-kind": f.kind },
+  h("label", { for: id }, f.label),
+  control,
+  f.hint ? h("small", { class: "hint", id: `h-${f.name}` }, f.hint) : null,
+  h("p", { class: "field-error", id: `e-${f.name}`, "data-testid": `error-${f.name}` }));
+}
+
+/** Read the form into a JobSpec; client-side only checks that numbers (and JSON) parse. */
+function readSpec(form, fields) {
+  const spec = {};
+  const problems = {};
+  for (const f of fields) {
+    const el = form.elements[f.name];
+    if (f.kind === "bool") { spec[f.name] = el.checked; continue; }
+    if (f.kind === "select") {
+      const option = f.options.find(([value]) => value === el.value);
+      spec[f.name] = option ? option[2] : el.value;
+      continue;
+    }
+    if (f.kind === "dataset") { spec[f.name] = el.value; continue; }
+    if (el.validity.badInput) { problems[f.name] = "Enter a number."; continue; }
+    const text = f.kind === "text" ? el.value : el.value.trim();
+    if (text.trim() === "") {
+      if (f.nullable) spec[f.name] = null;
+      continue;  // the server's default (or its "field required")
+    }
+    if (f.kind === "text") spec[f.name] = text;
+    else if (f.kind === "json") {
+      try { spec[f.name] = JSON.parse(text); } catch { problems[f.name] = "Enter JSON."; }
+    } else spec[f.name] = Number(text);
+  }
+  return { spec, problems };
+}
+
+function clearErrors(form) {
+  for (const el of $$(".field-error", form)) el.textContent = "";
+  for (const el of $$("[aria-invalid]", form)) el.removeAttribute("aria-invalid");
+  setHidden($("#form-error", form), true);
+}
+
+/** Put every error next to its field (the last element of `loc`); the rest above the button. */
+function showErrors(form, names, errors, general) {
+  const byField = {};
+  const other = general ? [general] : [];
+  for (const { field, msg } of errors) {
+    if (field && names.has(field)) (byField[field] ||= []).push(msg);
+    else other.push(field ? `${field}: ${msg}` : msg);
+  }
+  let first = null;
+  for (const [name, msgs] of Object.entries(byField)) {
+    $(`#e-${name}`, form).textContent = msgs.join("; ");
+    const control = form.elements[name];
+    control.setAttribute("aria-invalid", "true");
+    first ||= control;
+    if (control.closest("details")) control.closest("details").open = true;
+  }
+  const box = $("#form-error", form);
+  const count = Object.keys(byField).length;
+  const summary = count ? [`${count === 1 ? "One field needs" : `${count} fields need`} attention.`] : [];
+  box.textContent = [...summary, ...other].join(" ");
+  setHidden(box, !box.textContent);
+  first?.focus();
+}
+
+function errorsFromDetail(detail) {
+  if (!Array.isArray(detail)) return [];
+  return detail.map((d) => {
+    const loc = Array.isArray(d.loc) ? d.loc : [];
+    const field = loc.length >= 2 && loc[0] === "body" ? String(loc[loc.length - 1]) : null;
+    return { field, msg: d.msg || JSON.stringify(d) };
+  });
+}
+
+/**
+ * Wire the submit form under `root` (the jobs page); `onSubmitted(job)` runs after a submit.
+ * Returns {load()}: builds the fields from the schema (once; retried after a failure) and
+ * fills the dataset list.
+ */
+export function setupJobForm(root, { onSubmitted }) {
+  const form = $("#job-form", root);
+  const button = $("#submit-job", root);
+  const status = $("#submit-status", root);
+  let fields = null;
+  let names = new Set();
+  let loading = null;
+
+  async function build() {
+    button.disabled = true;
+    status.textContent = "Loading the form…";
+    try {
+      const doc = await openApi();
+      fields = jobFields(doc);
+      names = new Set(fields.map((f) => f.name));
+      $("#job-fields", root).replaceChildren(...fields.filter((f) => !f.advanced).map(fieldEl));
+      $("#job-fields-advanced", root).replaceChildren(...fields.filter((f) => f.advanced).map(fieldEl));
+      clearErrors(form);
+      status.textContent = "";
+      button.disabled = false;
+      await loadDatasets();
+    } catch (err) {
+      status.textContent = "";
+      showErrors(form, names, [], `Could not load the job form: ${err.message}`);
+      throw err;
+    }
+  }
+
+  /** Add the uploaded datasets to the dataset select (the built-in ones are always there). */
+  async function loadDatasets() {
+    const select = form.elements.dataset;
+    if (!(select instanceof HTMLSelectElement)) return;
+    try {
+      const { datasets } = await api("datasets");
+      const have = new Set([...select.options].map((o) => o.value));
+      for (const d of datasets) {
+        if (have.has(d.id)) continue;
+        const shape = Array.isArray(d.input_shape) ? d.input_shape.join("×") : "";
+        select.append(h("option", { value: d.id },
+          `${d.name || d.id} (${d.id}) — ${d.n_train} train, ${shape}, ${d.num_classes} classes`));
+      }
+    } catch (err) {
+      if (!(err instanceof AuthCancelled)) console.warn("datasets:", err);
+    }
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!fields) return;
+    clearErrors(form);
+    status.textContent = "";
+    const { spec, problems } = readSpec(form, fields);
+    if (Object.keys(problems).length) {
+      showErrors(form, names, Object.entries(problems).map(([field, msg]) => ({ field, msg })));
+      return;
+    }
+    button.disabled = true;
+    status.textContent = "Submitting…";
+    try {
+      const job = await api("jobs", { method: "POST", json: spec });
+      status.replaceChildren("Submitted ",
+        h("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, "data-testid": "submitted-link",
+          "data-job-id": job.id }, h("code", {}, job.id)),
+        ` (${job.state}${job.reason ? `: ${job.reason}` : ""}).`);
+      await onSubmitted(job);
+    } catch (err) {
+      status.textContent = "";
+      if (err instanceof ApiError && Array.isArray(err.detail)) {
+        showErrors(form, names, errorsFromDetail(err.detail));
+      } else {
+        showErrors(form, names, [], `Not submitted: ${err.message}`);
+      }
+    } finally {
+      button.disabled = false;
+    }
+  });
+  form.addEventListener("reset", () => {
+    clearErrors(form);
+    status.textContent = "";
+  });
+
+  const upload = $("#upload-form", root);
+  upload.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = $("#upload-file", root);
+    const uploadStatus = $("#upload-status", root);
+    if (!input.files.length) { uploadStatus.textContent = "Choose an .npz file first."; return; }
+    const data = new FormData();
+    data.append("file", input.files[0]);
+    uploadStatus.textContent = "Uploading…";
+    try {
+      const dataset = await api("datasets", { method: "POST", form: data });
+      uploadStatus.textContent = `Uploaded as ${dataset.id}.`;
+      await loadDatasets();
+      if (form.elements.dataset) form.elements.dataset.value = dataset.id;
+    } catch (err) {
+      uploadStatus.textContent = `Upload failed: ${err.message}`;
+    }
+  });
+
+  return {
+    /** Build the form from the schema unless done (or under way); a failure is retried next time. */
+    load() {
+      if (fields) return Promise.resolve();
+      loading ||= build().catch((err) => {
+        loading = null;
+        if (!(err instanceof AuthCancelled)) console.warn("job form:", err);
+      });
+      return loading;
+    },
+  };
+}

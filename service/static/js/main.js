@@ -1,0 +1,60 @@
+// syncbn service dashboard: native ES modules, no build step, no third-party code.
+//
+// Routes (hash): "#/" jobs list + submit form, "#/jobs/<id>" one job.
+// Talks to the REST API under "v1/" (relative to the page), sends the API token from
+// localStorage as "Authorization: Bearer", and asks for it when a call answers 401.
+// The job page follows "v1/jobs/<id>/events" with fetch() and a streaming body reader
+// (EventSource cannot send headers) and falls back to polling while the stream is down.
+//
+// Modules: config.js (constants), dom.js (h(), svg, formatting), token.js (token storage and
+// dialog), api.js (fetch wrapper, errors, OpenAPI, event stream), chart.js (SVG line chart),
+// schema.js + form.js (the submit form, built from JobSpec in /openapi.json),
+// views/jobs.js (the jobs page), views/job/*.js (one job's page).
+
+import { $, $$ } from "./dom.js";
+import { AuthCancelled, initTokenDialog } from "./token.js";
+import { jobView } from "./views/job/index.js";
+import { jobsView } from "./views/jobs.js";
+
+let jobs = null;      // the jobs view is kept (its form and list survive a visit to a job)
+let current = null;
+let started = false;
+
+/** Show the view of the current hash route (leaving the previous one). */
+function router() {
+  const hash = location.hash || "#/";
+  if (!hash.startsWith("#/")) return;  // in-page anchors
+  const match = hash.match(/^#\/jobs\/([^/?#]+)/);
+  current?.leave();
+  let view;
+  if (match) {
+    view = jobView(decodeURIComponent(match[1]));
+  } else {
+    jobs ||= jobsView();
+    view = jobs;
+    document.title = "Jobs · syncbn";
+  }
+  current = view;
+  $("#main").replaceChildren(view.root);
+  $$("nav a").forEach((a) => a.setAttribute("aria-current", match ? "false" : "page"));
+  view.enter();
+  const heading = $("h1", view.root);
+  if (started && heading && !$("#token-dialog").open) heading.focus({ preventScroll: false });
+  started = true;
+}
+
+function init() {
+  initTokenDialog(router);
+  $("[data-skip]").addEventListener("click", (event) => {
+    event.preventDefault();
+    const target = $("#main h1") || $("#main");
+    target.focus();
+  });
+  window.addEventListener("hashchange", router);
+  window.addEventListener("unhandledrejection", (event) => {
+    if (event.reason instanceof AuthCancelled || event.reason?.name === "AbortError") event.preventDefault();
+  });
+  router();
+}
+
+init();

@@ -1,0 +1,100 @@
+// The API token: kept in localStorage, asked for with the token dialog when a call gets 401.
+
+import { TOKEN_KEY } from "./config.js";
+import { $ } from "./dom.js";
+
+const memoryStore = {};
+
+/** The stored token ("" when none). */
+export function getToken() {
+  try { return localStorage.getItem(TOKEN_KEY) || ""; } catch { return memoryStore.token || ""; }
+}
+
+/** Store the token ("" forgets it). */
+export function setToken(token) {
+  try {
+    if (token) localStorage.setItem(TOKEN_KEY, token); else localStorage.removeItem(TOKEN_KEY);
+  } catch { memoryStore.token = token; }
+}
+
+/** Raised when the user closes the token dialog without a token. */
+export class AuthCancelled extends Error {
+  constructor() { super("An API token is needed: use the “API token” button."); }
+}
+
+let tokenRequest = null;   // one open dialog serves every concurrent 401
+let authBlocked = false;   // the user declined: pollers wait until a token is saved
+let tokenDone = null;      // callback of the open dialog
+let onUnblocked = () => {};
+
+/** True while the user declined to give a token (pollers then stay quiet). */
+export function isAuthBlocked() { return authBlocked; }
+
+/** Show the token dialog; resolves when a token is saved, rejects on cancel. */
+export function requestToken(message) {
+  if (authBlocked) return Promise.reject(new AuthCancelled());
+  if (tokenRequest) return tokenRequest;
+  tokenRequest = new Promise((resolve, reject) => {
+    openTokenDialog(message, (saved) => {
+      tokenRequest = null;
+      if (saved) resolve(); else { authBlocked = true; reject(new AuthCancelled()); }
+    });
+  });
+  return tokenRequest;
+}
+
+function openTokenDialog(message, done) {
+  const dialog = $("#token-dialog");
+  tokenDone = done;
+  $("#token-message").textContent = message
+    || "This service needs an API token (the value of SYNCBN_API_TOKEN). "
+    + "It is kept in this browser's storage.";
+  $("#token-error").textContent = "";
+  const input = $("#token-input");
+  input.value = getToken();
+  input.removeAttribute("aria-invalid");
+  if (!dialog.open) dialog.showModal();
+  input.focus();
+  input.select();
+}
+
+function closeTokenDialog(saved) {
+  const dialog = $("#token-dialog");
+  if (dialog.open) dialog.close();
+  const done = tokenDone;
+  tokenDone = null;
+  if (done) done(saved);
+  if (saved && authBlocked) {
+    authBlocked = false;
+    onUnblocked();  // the views stopped while no token was given: reload the current one
+  }
+}
+
+/** Wire the dialog and the "API token" button; `unblocked` runs when a token ends a refusal. */
+export function initTokenDialog(unblocked) {
+  onUnblocked = unblocked;
+  const dialog = $("#token-dialog");
+  $("#token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = $("#token-input").value.trim();
+    if (!token) {
+      $("#token-error").textContent = "Enter the token.";
+      $("#token-input").setAttribute("aria-invalid", "true");
+      $("#token-input").focus();
+      return;
+    }
+    setToken(token);
+    closeTokenDialog(true);
+  });
+  $("#token-cancel").addEventListener("click", () => closeTokenDialog(false));
+  $("#token-forget").addEventListener("click", () => {
+    setToken("");
+    $("#token-input").value = "";
+    $("#token-error").textContent = "Token removed from this browser.";
+    $("#token-input").focus();
+  });
+  dialog.addEventListener("cancel", (event) => { event.preventDefault(); closeTokenDialog(false); });
+  $("#token-button").addEventListener("click", () => {
+    if (!dialog.open) openTokenDialog(null, () => {});
+  });
+}

@@ -1,0 +1,81 @@
+// The job page's header (state, reason, progress), its summary and its timeline.
+
+import { FINAL } from "../../config.js";
+import { $, badge, dash, duration, fixed, h, isNum, parseTime, pct, splitReason, timeEl } from "../../dom.js";
+import { syncCancel } from "./cancel.js";
+
+function renderState(ctx, job) {
+  document.title = `${job.id} · ${job.state} · syncbn`;
+  const stateEl = ctx.bind("state");
+  stateEl.textContent = job.state;
+  stateEl.className = `badge state-${job.state}`;
+  stateEl.dataset.state = job.state;
+  const reason = ctx.bind("reason");
+  const { head, rest } = splitReason(job.reason);
+  reason.replaceChildren(head, rest ? h("details", { class: "reason-more" },
+    h("summary", {}, "full message"), h("pre", { tabindex: 0 }, rest)) : null);
+  reason.className = `banner${job.state === "failed" ? " error" : ""}`;
+  reason.hidden = !job.reason;
+}
+
+function renderProgress(ctx, job) {
+  const { v } = ctx;
+  // The job's progress follows the reports; the stream may be a report ahead of it.
+  const p = { ...(job.progress || {}) };
+  if (v.latest && !FINAL.has(job.state) && v.latest.step > (p.step ?? 0)) {
+    const total = (p.steps_per_epoch || 0) * (p.epochs || job.spec.epochs);
+    p.step = v.latest.step;
+    p.epoch = v.latest.kind === "epoch" ? v.latest.epoch : Math.max(0, v.latest.epoch - 1);
+    if (total) p.fraction = Math.min(1, p.step / total);
+  }
+  const progress = $('[data-testid="job-progress"]', ctx.root);
+  progress.value = isNum(p.fraction) ? p.fraction : 0;
+  ctx.bind("progress-text").textContent = `${Math.round((p.fraction || 0) * 100)} % · epoch ${p.epoch ?? 0}/${
+    p.epochs ?? job.spec.epochs} · step ${p.step ?? 0}${p.steps_per_epoch ? ` (${p.steps_per_epoch}/epoch)` : ""}`;
+}
+
+function renderSummary(ctx, job) {
+  const spec = job.spec;
+  const rows = [
+    ["Dataset", spec.dataset], ["Model", spec.model],
+    ["Workers × batch", `${spec.workers} × ${spec.batch_size_per_worker} = ${spec.workers * spec.batch_size_per_worker} per step`],
+    ["Normalization", spec.norm + (spec.sync_group_size ? `, groups of ${spec.sync_group_size}` : "")],
+    ["Epochs", spec.epochs],
+    ["Optimizer", `SGD lr ${spec.lr}, momentum ${spec.momentum}, weight decay ${spec.weight_decay}`],
+    ["Seed", spec.seed],
+    ["Resources", `${spec.cpus_per_worker} CPU${spec.use_gpu ? " + 1 GPU" : ""} per worker, ${spec.max_failures} failure(s) tolerated`],
+    ["Test accuracy", h("strong", { "data-testid": "result-accuracy",
+      "data-value": job.result?.test_accuracy ?? null }, pct(job.result?.test_accuracy, 2))],
+    ["Test loss", fixed(job.result?.test_loss, 4)],
+    ["Created", timeEl(job.created_at)], ["Started", timeEl(job.started_at)],
+    ["Finished", timeEl(job.finished_at)],
+  ];
+  if (job.result?.wall_time_s) rows.push(["Wall time", duration(job.result.wall_time_s)]);
+  ctx.bind("summary").replaceChildren(...rows.flatMap(([k, val]) =>
+    [h("dt", {}, k), h("dd", {}, val instanceof Node ? val : String(val ?? dash))]));
+}
+
+function renderTimeline(ctx, job) {
+  const transitions = job.transitions?.length ? job.transitions
+    : [{ state: job.state, reason: job.reason, at: job.updated_at }];
+  ctx.bind("timeline").replaceChildren(...transitions.map((t, i) => {
+    const at = parseTime(t.at);
+    const next = parseTime(transitions[i + 1]?.at) || (FINAL.has(t.state) ? null : new Date());
+    const took = at && next && i < transitions.length - 1 ? duration((next - at) / 1000) : "";
+    return h("li", { "data-state": t.state },
+      badge(t.state), " ", timeEl(t.at),
+      took ? h("small", { class: "muted" }, ` · ${took}`) : null,
+      t.reason ? h("div", { class: "reason" }, splitReason(t.reason).head) : null);
+  }));
+}
+
+/** Redraw everything that comes from the job record itself (not from its reports). */
+export function renderJob(ctx) {
+  const job = ctx.v.job;
+  if (!job) return;
+  renderState(ctx, job);
+  syncCancel(ctx);
+  renderProgress(ctx, job);
+  renderSummary(ctx, job);
+  renderTimeline(ctx, job);
+}
