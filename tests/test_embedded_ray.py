@@ -92,34 +92,13 @@ def embedded(tmp_path):
         kill_session(record.pid)
 
 
-def test_fresh_home_runs_a_job_and_ctrl_c_stops_the_embedded_head(embedded):
-    service = embedded.start(timeout_s=180)
+def test_fresh_home_crash_mid_job_reattaches_and_ctrl_c_stops_the_head(embedded):
+    service = embedded.start(timeout_s=180)  # an empty HOME, no RAY_* variables, no token
     assert service.client.get("/readyz").json()["checks"]["ray"] == "ok"
-    job = service.submit(**{**JOB, "epochs": 1})
-    done = service.wait_final(job["id"])
-    assert done["state"] == "succeeded", f"{done}\n{service.log_tail()}"
-    assert 0.0 < done["result"]["test_accuracy"] <= 1.0
-
-    record = record_of(service)
-    assert len(record.token) >= 32
-    assert [p.pid for p in heads_of(service)] == [record.pid]
-    assert not (service.user_home / ".ray").exists(), "Ray used the home directory"
-
-    service.stop()  # SIGINT, as Ctrl-C in `make run`
-    assert service.process is not None and service.process.returncode == 0, service.log_tail()
-    deadline = time.monotonic() + 30
-    while session_alive(record.pid):
-        assert time.monotonic() < deadline, f"Ray processes left: {session_alive(record.pid)}"
-        time.sleep(0.5)
-    assert not (service.home / "ray" / RECORD_FILE).exists()
-    assert not Path(record.temp_dir).exists()
-
-
-def test_service_killed_mid_job_reattaches_to_its_running_head(embedded):
-    service = embedded.start(timeout_s=180)
     job = service.submit(**JOB)
     service.wait_for(job["id"], lambda j: j["progress"]["step"] > 0, what="the first report")
     first = record_of(service)
+    assert len(first.token) >= 32
     service.kill()  # SIGKILL: no shutdown code runs; the head and the job keep going
     time.sleep(3)
     assert [p.pid for p in heads_of(service)] == [first.pid]
@@ -131,7 +110,18 @@ def test_service_killed_mid_job_reattaches_to_its_running_head(embedded):
     assert [t["state"] for t in done["transitions"]] == [
         "queued", "pending", "running", "succeeded"
     ]  # fmt: skip
+    assert 0.0 < done["result"]["test_accuracy"] <= 1.0
     assert [p.pid for p in heads_of(service)] == [first.pid], "exactly one head"
+    assert not (service.user_home / ".ray").exists(), "Ray used the home directory"
+
+    service.stop()  # SIGINT, as Ctrl-C in `make run`
+    assert service.process is not None and service.process.returncode == 0, service.log_tail()
+    deadline = time.monotonic() + 30
+    while session_alive(first.pid):
+        assert time.monotonic() < deadline, f"Ray processes left: {session_alive(first.pid)}"
+        time.sleep(0.5)
+    assert not (service.home / "ray" / RECORD_FILE).exists()
+    assert not Path(first.temp_dir).exists()
 
 
 def test_head_killed_too_job_is_resubmitted_and_resumes_from_its_checkpoint(embedded):
