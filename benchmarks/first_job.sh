@@ -21,9 +21,12 @@ cd "$work/clone"
 start="$(now)"
 make run >"$work/make-run.log" 2>&1 &
 runner=$!
-cleanup() {
-    kill -INT "$runner" 2>/dev/null || true
-    pkill -INT -f "$work/clone/.venv/bin/python -m service" 2>/dev/null || true
+cleanup() {  # SIGTERM to this clone's service (it stops its Ray head too), as Ctrl-C would
+    for pid in $(pgrep -f '\.venv/bin/python -m service' || true); do
+        if [ "$(readlink "/proc/$pid/cwd")" = "$work/clone" ]; then
+            kill -TERM "$pid"
+        fi
+    done
     wait "$runner" 2>/dev/null || true
 }
 trap cleanup EXIT
