@@ -262,3 +262,20 @@ print(sorted(m for m in sys.modules if m.startswith(("ray.train", "workers.repor
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_cli_submit_has_a_flag_for_every_jobspec_field():
+    from service.cli import parse_args, spec_from_args
+    from workers.spec import JobSpec
+
+    args = parse_args(
+        ["submit", "--dataset", "digits", "--batch-size", "2", "--cpus-per-worker", "0.5",
+         "--norm", "local", "--use-gpu", "--sync-group-size", "2"]
+    )  # fmt: skip
+    assert spec_from_args(args) == {
+        "dataset": "digits", "batch_size_per_worker": 2, "cpus_per_worker": 0.5,
+        "norm": "local", "use_gpu": True, "sync_group_size": 2,
+    }  # fmt: skip
+    assert set(JobSpec.model_fields) <= set(vars(args))
+    with pytest.raises(SystemExit):
+        parse_args(["submit", "--norm", "group"])  # choices come from the Literal
