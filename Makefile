@@ -8,16 +8,22 @@ export PORT ?= 8000
 .PHONY: run test lint bench clean
 
 # torch is installed first and pinned: an unpinned torch pulls GBs of CUDA wheels.
-$(VENV)/.installed: pyproject.toml
+define make_venv
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
+endef
+
+$(VENV)/.installed: pyproject.toml
+	$(make_venv)
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+# The dev extras in one resolver pass (they include everything `make run` needs).
+$(VENV)/.installed-dev: pyproject.toml
+	$(make_venv)
 	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $@
+	touch $(VENV)/.installed $@
 
 # The service with an embedded Ray head and SQLite under $(SYNCBN_HOME); Ctrl-C stops both.
 run: $(VENV)/.installed

@@ -130,7 +130,7 @@ def test_submit_a_job_and_watch_it_train(page: Page, service: Any) -> None:
     ):
         field(page, name).fill(value)
     page.get_by_text("Optimizer, reporting and resources").click()
-    field(page, "Report every k steps").fill("2")
+    field(page, "Report every k steps").fill("8")
     page.get_by_test_id("submit-job").click()
 
     submitted = page.get_by_test_id("submitted-link")
@@ -139,7 +139,7 @@ def test_submit_a_job_and_watch_it_train(page: Page, service: Any) -> None:
     assert job_id and job_id.startswith("j-")
     spec = service.client.get(f"/v1/jobs/{job_id}").json()["spec"]
     assert (spec["dataset"], spec["workers"], spec["batch_size_per_worker"]) == ("synthetic", 2, 8)
-    assert (spec["epochs"], spec["report_every_steps"], spec["norm"]) == (2, 2, "sync")
+    assert (spec["epochs"], spec["report_every_steps"], spec["norm"]) == (2, 8, "sync")
 
     row = page.locator(f'tr[data-job-id="{job_id}"]')
     expect(row).to_be_visible()
