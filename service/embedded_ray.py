@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,9 +67,7 @@ def ray_env(token: str | None = None) -> dict[str, str]:
     no Ray address, token or token path inherited from this process; and fast Train reports."""
     env = dict(os.environ)
     if token is not None:
-        for name in INHERITED_RAY_VARS:
-            env.pop(name, None)
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+        _set_token(env, token)
     env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")  # stop at once (no 30 s drain)
@@ -77,9 +76,26 @@ def ray_env(token: str | None = None) -> dict[str, str]:
 
 def use_token(token: str) -> None:
     """Make this process a client of a head with ``token`` (before Ray first reads it)."""
+    _set_token(os.environ, token)
+
+
+def _set_token(env: MutableMapping[str, str], token: str) -> None:
+    """Token auth with ``token`` in ``env``, and no inherited Ray address, token or path."""
     for name in INHERITED_RAY_VARS:
-        os.environ.pop(name, None)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+        env.pop(name, None)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+
+
+def _running(pid: int, create_time: float | None = None) -> bool:
+    """Whether ``pid`` runs (not a zombie) and, given ``create_time``, is that very process
+    (not a reused pid)."""
+    try:
+        process = psutil.Process(pid)
+        if create_time is not None and abs(process.create_time() - create_time) > 1.0:
+            return False
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @dataclass(frozen=True)
@@ -110,17 +126,9 @@ class HeadRecord:
         except (OSError, ValueError, TypeError):
             return None
 
-    def process(self) -> psutil.Process | None:
-        """The head's ``ray start`` process if it still runs (not a reused pid)."""
-        try:
-            process = psutil.Process(self.pid)
-            if abs(process.create_time() - self.create_time) > 1.0:
-                return None
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return None
-        except psutil.Error:
-            return None
-        return process
+    def alive(self) -> bool:
+        """Whether the head's ``ray start`` process still runs."""
+        return _running(self.pid, self.create_time)
 
 
 def kill_session(pid: int) -> None:
@@ -155,19 +163,15 @@ class RayHead:
         self.ports = ports
         self.gcs_address = f"127.0.0.1:{ports['--port']}"
         self.dashboard_url = f"http://127.0.0.1:{ports['--dashboard-port']}"
-        # Its own short temp dir (AF_UNIX paths are limited to ~107 bytes): heads never share
-        # /tmp/ray's session files, so stopping one cannot disturb another.
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="syncbn-ray-"))
+        self.temp_dir: Path | None = None  # made by start()
 
     @classmethod
     def attach(cls, record: HeadRecord, cwd: str | os.PathLike) -> RayHead:
         """The head described by ``record`` (already running)."""
-        head = cls.__new__(cls)
-        head.cwd, head.num_cpus, head.extra_args = Path(cwd), None, []
-        head.startup_timeout_s, head.token, head.pid, head.ports = 60.0, record.token, None, {}
+        head = cls(cwd, startup_timeout_s=60.0, token=record.token)
+        head.ports = {}
         head.gcs_address, head.dashboard_url = record.gcs_address, record.dashboard_url
-        head.temp_dir = Path(record.temp_dir)
-        head.pid = record.pid
+        head.pid, head.temp_dir = record.pid, Path(record.temp_dir)
         return head
 
     def env(self) -> dict[str, str]:
@@ -196,6 +200,9 @@ class RayHead:
 
     def start(self) -> RayHead:
         self.cwd.mkdir(parents=True, exist_ok=True)
+        # Its own short temp dir (AF_UNIX paths are limited to ~107 bytes): heads never share
+        # /tmp/ray's session files, so stopping one cannot disturb another.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="syncbn-ray-"))
         with open(self.cwd / "ray-head.log", "ab") as log:
             process = subprocess.Popen(
                 self.command(),
@@ -211,12 +218,7 @@ class RayHead:
         return self
 
     def alive(self) -> bool:
-        if self.pid is None:
-            return False
-        try:
-            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+        return self.pid is not None and _running(self.pid)
 
     def wait_ready(self) -> None:
         """Block until the Jobs API answers and a node is alive (or raise).
@@ -252,7 +254,8 @@ class RayHead:
             except psutil.Error:
                 pass
             kill_session(self.pid)  # anything the head left behind in its session
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL the head and everything it started (as a machine restart would)."""
@@ -283,7 +286,7 @@ class EmbeddedRay:
         # One token per home: Ray's client caches the first token it reads in a process.
         token = record.token if record is not None else new_token()
         use_token(token)
-        if record is not None and record.process() is not None:
+        if record is not None and record.alive():
             head = RayHead.attach(record, self.directory)
             try:
                 head.wait_ready()

@@ -118,7 +118,7 @@ class Lifecycle:
         self._move(session, job, JobState.PENDING, reason)
         logger.info("submitted job %s to Ray%s", job.id, " (resume)" if resume else "")
 
-    def wait(self, session: Session, job: Job, reason: str) -> None:
+    def wait(self, job: Job, reason: str) -> None:
         """Say why a queued job waits (not a state change)."""
         store.set_reason(job, reason)
 

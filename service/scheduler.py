@@ -77,7 +77,7 @@ class Scheduler:
                 if isinstance(decision, Admit):
                     self.lifecycle.start(session, job)
                 elif isinstance(decision, Wait):
-                    self.lifecycle.wait(session, job, decision.reason)
+                    self.lifecycle.wait(job, decision.reason)
                 elif isinstance(decision, Reject):  # the cluster shrank since submission
                     self.lifecycle.reject(session, job, decision.reason)
 
