@@ -1,5 +1,5 @@
 """Tables: jobs, their state transitions, reports with per-worker statistics, evaluations,
-an append-only event log (what ``/events`` streams) and uploaded datasets."""
+an append-only event log (what ``/events`` streams), uploaded datasets and code bundles."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ class Job(Base):
     step: Mapped[int] = mapped_column(Integer, default=0)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     test_loss: Mapped[float | None] = mapped_column(Float)
+    test_miou: Mapped[float | None] = mapped_column(Float)
     wall_time_s: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     """Submission time: the FIFO order of the queue (ties broken by id)."""
@@ -125,6 +126,7 @@ class Evaluation(Base):
     step: Mapped[int] = mapped_column(Integer)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     test_loss: Mapped[float | None] = mapped_column(Float)
+    test_miou: Mapped[float | None] = mapped_column(Float)
 
 
 class Event(Base):
@@ -149,4 +151,24 @@ class Dataset(Base):
     n_test: Mapped[int] = mapped_column(Integer)
     input_shape: Mapped[list[int]] = mapped_column(JSON)
     num_classes: Mapped[int] = mapped_column(Integer)
+    task: Mapped[str] = mapped_column(
+        String(16), default="classification", server_default="classification"
+    )
+    class_names: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CodeBundle(Base):
+    """An uploaded archive of Python files (unpacked under ``$SYNCBN_HOME/code/<id>``)."""
+
+    __tablename__ = "code_bundles"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    files: Mapped[int] = mapped_column(Integer)
+    modules: Mapped[list[str]] = mapped_column(JSON)
+    requirements: Mapped[list[str]] = mapped_column(JSON)
+    """The lines of the bundle's ``requirements.txt`` (empty: none)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -29,8 +29,9 @@ class Progress(BaseModel):
 
 
 class Result(BaseModel):
-    test_accuracy: float | None
+    test_accuracy: float | None = Field(description="pixel accuracy for segmentation")
     test_loss: float | None
+    test_miou: float | None = Field(None, description="segmentation: mean IoU over classes")
     epochs_completed: int
     wall_time_s: float | None = None
 
@@ -78,6 +79,7 @@ class EvaluationOut(BaseModel):
     step: int
     test_accuracy: float | None
     test_loss: float | None
+    test_miou: float | None = None
 
 
 class MetricsOut(BaseModel):
@@ -101,11 +103,30 @@ class DatasetOut(BaseModel):
     n_test: int
     input_shape: list[int]
     num_classes: int
+    task: str = Field("classification", description="classification or segmentation")
+    class_names: list[str] | None = Field(None, description="in label order, when known")
     created_at: datetime
 
 
 class DatasetList(BaseModel):
     datasets: list[DatasetOut]
+
+
+class CodeBundleOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str = Field(description="name it in JobSpec.code")
+    name: str = Field(description="the uploaded file's name")
+    size_bytes: int
+    sha256: str
+    files: int = Field(description="files in the bundle")
+    modules: list[str] = Field(description='importable modules: use "<module>:<function>"')
+    requirements: list[str] = Field(description="requirements.txt lines, pip-installed by Ray")
+    created_at: datetime
+
+
+class CodeBundleList(BaseModel):
+    bundles: list[CodeBundleOut]
 
 
 class IngestAck(BaseModel):

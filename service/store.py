@@ -100,18 +100,15 @@ def add_report(session: Session, job: Job, event: ReportEvent) -> bool:
     session.add(report)
     first = event.workers[0] if event.workers else None
     if event.kind == "epoch" and first is not None:
-        accuracy, loss = _number(first.test_accuracy), _number(first.test_loss)
-        session.add(
-            Evaluation(
-                job_id=job.id,
-                epoch=event.epoch,
-                step=event.step,
-                test_accuracy=accuracy,
-                test_loss=loss,
-            )
-        )
+        metrics = {
+            "test_accuracy": _number(first.test_accuracy),
+            "test_loss": _number(first.test_loss),
+            "test_miou": _number(first.test_miou),
+        }
+        session.add(Evaluation(job_id=job.id, epoch=event.epoch, step=event.step, **metrics))
         if event.epoch >= job.epoch:
-            job.test_accuracy, job.test_loss = accuracy, loss
+            for name, value in metrics.items():
+                setattr(job, name, value)
     if (event.epoch, event.step) >= (job.epoch, job.step):
         job.epoch, job.step = event.epoch, event.step
     session.add(
@@ -219,6 +216,7 @@ def job_out(job: Job, with_transitions: bool = True) -> JobOut:
         result = Result(
             test_accuracy=job.test_accuracy,
             test_loss=job.test_loss,
+            test_miou=job.test_miou,
             epochs_completed=job.epoch,
             wall_time_s=job.wall_time_s,
         )

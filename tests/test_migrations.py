@@ -30,6 +30,7 @@ from servicekit import ServiceProcess
 from service.db import Database, current_revision, head_revision, make_engine, upgrade
 from service.embedded_ray import free_ports
 from service.models import Base
+from workers.spec import JobSpec
 
 FIXTURE = Path(__file__).parent / "fixtures" / "syncbn-v0.sql"
 PG_BIN = Path(os.environ.get("SYNCBN_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -272,10 +273,12 @@ def test_service_upgrades_a_v0_database(backend: str, request, tmp_path: Path, r
         client = service.client
         job = service.job(job_id)
         assert job["state"] == "succeeded"
-        assert job["spec"] == json.loads(stored_job["spec"])
+        stored_spec = json.loads(stored_job["spec"])  # newer fields take their defaults
+        assert job["spec"] == {**JobSpec.model_validate(stored_spec).model_dump(), **stored_spec}
         assert job["result"] == {
             "test_accuracy": stored_job["test_accuracy"],
             "test_loss": stored_job["test_loss"],
+            "test_miou": None,
             "epochs_completed": stored_job["epoch"],
             "wall_time_s": stored_job["wall_time_s"],
         }
@@ -304,7 +307,7 @@ def test_service_upgrades_a_v0_database(backend: str, request, tmp_path: Path, r
             assert [stats_of(w) for w in served["workers"]] == [stats_of(w) for w in expected]
             assert [w["rank"] for w in served["workers"]] == [0, 1]
         assert metrics.json()["evaluations"] == [
-            {k: e[k] for k in ("epoch", "step", "test_accuracy", "test_loss")}
+            {k: e.get(k) for k in ("epoch", "step", "test_accuracy", "test_loss", "test_miou")}
             for e in rows["evaluations"]
         ]
 

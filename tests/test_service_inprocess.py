@@ -110,7 +110,8 @@ def test_job_lifecycle_queued_pending_running_succeeded(client, app, ray):
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert states(client, job["id"]) == ["queued", "pending", "running", "succeeded"]
     assert done["result"] == {
-        "test_accuracy": 0.95, "test_loss": 0.2, "epochs_completed": 2, "wall_time_s": 12.5
+        "test_accuracy": 0.95, "test_loss": 0.2, "test_miou": None, "epochs_completed": 2,
+        "wall_time_s": 12.5,
     }  # fmt: skip
     workers = client.get(f"/v1/jobs/{job['id']}/workers").json()
     assert [w["rank"] for w in workers["workers"]] == [0, 1] and workers["step"] == 128

@@ -19,6 +19,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -30,7 +31,10 @@ MAX_CLASSES = 1000
 SPLIT_SEED = 0
 """Seed of the fixed train/test splits (independent of the job seed)."""
 REQUIRED_KEYS = ("x", "y")
-OPTIONAL_KEYS = ("x_test", "y_test")
+OPTIONAL_KEYS = ("x_test", "y_test", "classes")
+IGNORE_LABEL = 255
+"""Segmentation masks: pixels with this label count neither in the loss nor in the metrics."""
+Task = Literal["classification", "segmentation"]
 
 
 class DatasetError(ValueError):
@@ -53,11 +57,14 @@ class DatasetInfo:
     n_train: int
     input_shape: tuple[int, ...]
     num_classes: int
+    task: Task = "classification"
+    class_names: tuple[str, ...] | None = None
 
     def describe(self) -> str:
+        what = "pixel classes" if self.task == "segmentation" else "classes"
         return (
             f"{self.name}: {self.n_train} train samples of shape {self.input_shape}, "
-            f"{self.num_classes} classes"
+            f"{self.num_classes} {what}"
         )
 
 
@@ -71,6 +78,9 @@ class ArrayDataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    task: Task = "classification"
+    class_names: tuple[str, ...] | None = None
+    """Names of the classes (in label order), when the data has them."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -79,7 +89,14 @@ class ArrayDataset:
 
     @property
     def info(self) -> DatasetInfo:
-        return DatasetInfo(self.name, len(self.x_train), self.input_shape, self.num_classes)
+        return DatasetInfo(
+            self.name,
+            len(self.x_train),
+            self.input_shape,
+            self.num_classes,
+            self.task,
+            self.class_names,
+        )
 
     def describe(self) -> str:
         return (
@@ -270,6 +287,9 @@ def load_npz(
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     if num_classes < 2:
         raise DatasetError("y: need at least 2 classes (all labels are 0)")
+    class_names = _class_names(arrays.get("classes"), num_classes)
+    if class_names is not None:
+        num_classes = len(class_names)
     x_train, x_test = _standardize(x_train.astype(np.float64), x_test.astype(np.float64))
     return ArrayDataset(
         name or path.stem,
@@ -278,7 +298,23 @@ def load_npz(
         x_test,
         y_test.astype(np.int64),
         num_classes,
+        class_names=class_names,
     )
+
+
+def _class_names(names: np.ndarray | None, num_classes: int) -> tuple[str, ...] | None:
+    """The optional ``classes`` array: one name per label, at least as many as the labels."""
+    if names is None:
+        return None
+    if names.dtype.kind != "U" or names.ndim != 1:
+        raise DatasetError(
+            f"classes: must be a 1-D array of strings, got {names.dtype} {names.shape}"
+        )
+    if len(names) < num_classes:
+        raise DatasetError(f"classes: {len(names)} names for labels up to {num_classes - 1}")
+    if len(set(names.tolist())) != len(names):
+        raise DatasetError("classes: names must be unique")
+    return tuple(str(n) for n in names)
 
 
 def shard_indices(

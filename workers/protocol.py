@@ -54,8 +54,13 @@ class RunningDigest(BaseModel):
 class EpochEval(BaseModel):
     """What every rank adds to an epoch report (identical on all ranks: all-reduced)."""
 
-    test_accuracy: float | None = Field(None, description="over the whole test set")
+    test_accuracy: float | None = Field(
+        None, description="over the whole test set (pixel accuracy for segmentation)"
+    )
     test_loss: float | None = None
+    test_miou: float | None = Field(
+        None, description="segmentation: mean intersection over union of the classes present"
+    )
     test_samples: int | None = None
     bn_running: dict[str, RunningDigest] = Field(
         default_factory=dict, description="per BN layer, a digest of its running statistics"

@@ -12,13 +12,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-BUILTIN_DATASETS = ("digits", "synthetic")
+BUILTIN_DATASETS = ("digits", "synthetic", "shapes")
 """Datasets every worker can build itself; any other ``dataset`` is an uploaded dataset id."""
+BUILTIN_MODELS = ("auto", "mlp", "cnn1d", "resnet", "unet")
+"""Models every worker can build; any other ``model`` is a builder in a code bundle."""
 
 DATASET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """Uploaded dataset ids: a file name stem, never a path."""
+CODE_ID_RE = re.compile(r"^code-[0-9a-f]{12}$")
+"""Uploaded code bundle ids (made by the server)."""
+ENTRY_POINT_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+"""A builder in a bundle, as uvicorn names an app: ``package.module:function``."""
 
-ModelName = Literal["auto", "mlp", "cnn1d", "resnet"]
 NormName = Literal["sync", "local"]
 
 
@@ -37,7 +42,19 @@ class JobSpec(BaseModel):
         min_length=1,
         max_length=64,
     )
-    model: ModelName = Field("auto", description='"auto" chooses by input shape')
+    code: str | None = Field(
+        None,
+        description="id of an uploaded code bundle (POST /v1/code) holding the model's builder",
+        examples=[None],
+    )
+    model: str = Field(
+        "auto",
+        description='"auto" chooses by the data, a built-in model (mlp, cnn1d, resnet, unet), '
+        'or with code: the builder "<module>:<function>", called as '
+        "build_model(input_shape, num_classes) -> torch.nn.Module",
+        examples=list(BUILTIN_MODELS),
+        max_length=200,
+    )
     workers: int = Field(2, ge=1, le=256, description="Ray Train workers (one process each)")
     batch_size_per_worker: int = Field(16, ge=1, le=65536)
     epochs: int = Field(3, ge=1, le=10000)
@@ -68,6 +85,37 @@ class JobSpec(BaseModel):
             "(letters, digits, '_' and '-', at most 64 characters)"
         )
 
+    @field_validator("code")
+    @classmethod
+    def _code_id(cls, value: str | None) -> str | None:
+        if value is None or CODE_ID_RE.match(value):
+            return value
+        raise ValueError("must be the id of an uploaded code bundle, like code-0123456789ab")
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str, info: ValidationInfo) -> str:
+        # Runs after ``code`` (declared earlier), so the error names this field.
+        code = info.data.get("code")
+        if value in BUILTIN_MODELS:
+            if code is not None:
+                raise ValueError(
+                    f"{value!r} is built in; with code={code!r} name the bundle's builder as "
+                    '"<module>:<function>"'
+                )
+            return value
+        if not ENTRY_POINT_RE.match(value):
+            raise ValueError(
+                f"must be one of {', '.join(BUILTIN_MODELS)} or a builder "
+                '"<module>:<function>" in the code bundle, like "mynet:build_model"'
+            )
+        if code is None and "code" in info.data:  # (an invalid code has its own error)
+            raise ValueError(
+                f"the builder {value!r} needs code: the id of an uploaded code bundle "
+                "(POST /v1/code)"
+            )
+        return value
+
     @field_validator("sync_group_size")
     @classmethod
     def _groups_divide_workers(cls, group: int | None, info: ValidationInfo) -> int | None:
@@ -80,6 +128,14 @@ class JobSpec(BaseModel):
         if workers is not None and workers % group:
             raise ValueError(f"{group} does not divide workers={workers}; choose a divisor")
         return group
+
+    @property
+    def builder(self) -> tuple[str, str] | None:
+        """``(module, function)`` of a code bundle's builder; None for a built-in model."""
+        if self.code is None:
+            return None
+        module, _, function = self.model.partition(":")
+        return module, function
 
     @property
     def global_batch_size(self) -> int:
