@@ -6,7 +6,16 @@ all_reduce of O(channels) values in the forward pass and one in the backward pas
 
 from syncbn import functional
 from syncbn.batchnorm import SyncBatchNorm
-from syncbn.convert import convert_sync_batchnorm, revert_sync_batchnorm
+from syncbn.convert import (
+    SyncBatchNormAct,
+    UnsupportedBatchNormError,
+    convert_sync_batchnorm,
+    register_converter,
+    registered_converter,
+    revert_sync_batchnorm,
+    share_batchnorm_state,
+    unregister_converter,
+)
 from syncbn.groups import new_sync_groups
 from syncbn.stats import LayerStats, StatsRecorder, record_stats
 
@@ -14,10 +23,16 @@ __all__ = [
     "LayerStats",
     "StatsRecorder",
     "SyncBatchNorm",
+    "SyncBatchNormAct",
+    "UnsupportedBatchNormError",
     "convert_sync_batchnorm",
     "functional",
     "new_sync_groups",
     "record_stats",
+    "register_converter",
+    "registered_converter",
     "revert_sync_batchnorm",
+    "share_batchnorm_state",
+    "unregister_converter",
 ]
 __version__ = "0.1.0"
