@@ -8,10 +8,18 @@
 | ``DATABASE_URL`` | ``sqlite:///$SYNCBN_HOME/syncbn.db`` | any SQLAlchemy URL (PostgreSQL too) |
 | ``SYNCBN_API_TOKEN`` | unset | when set, every endpoint but ``/healthz`` needs the bearer token |
 | ``SYNCBN_PUBLIC_URL`` | ``http://127.0.0.1:$PORT`` | how Ray nodes reach the ingest endpoint |
+| ``SYNCBN_MAX_UPLOAD_BYTES`` | 64 MiB | largest dataset upload (image folders: unpacked, decoded) |
+| ``SYNCBN_MAX_UPLOAD_IMAGES`` | ``50000`` | most images in one image-folder ``.zip`` upload |
+| ``SYNCBN_MAX_IMAGE_PIXELS`` | ``16777216`` (4096x4096) | most pixels of one uploaded image |
+| ``SYNCBN_MAX_CODE_BYTES`` / ``_FILES`` | 16 MiB / 2000 | code bundle limits (unpacked) |
+
+Uploading code (``POST /v1/code``) runs it on the Ray cluster, by design: it is allowed only
+when the API needs a token (``SYNCBN_API_TOKEN``) or the service listens on loopback only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from functools import cached_property
@@ -19,6 +27,15 @@ from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -45,7 +62,17 @@ class Settings(BaseSettings):
     )
 
     max_body_bytes: int = Field(1 << 20, description="largest JSON request body")
-    max_upload_bytes: int = Field(64 << 20, description="largest dataset upload")
+    max_upload_bytes: int = Field(
+        64 << 20, description="largest dataset upload (image folders: also unpacked and decoded)"
+    )
+    max_upload_images: int = Field(
+        50_000, ge=1, description="most images in one image-folder .zip upload"
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="most pixels (width x height) of one uploaded image"
+    )
+    max_code_bytes: int = Field(16 << 20, gt=0, description="largest code bundle, unpacked")
+    max_code_files: int = Field(2000, gt=0, description="most files in a code bundle")
     max_queued_jobs: int = Field(1000, ge=0, description="jobs waiting in the queue at most")
     max_running_jobs: int | None = Field(
         None, ge=0, description="jobs on Ray at once (unset: as many as fit; 0: hold the queue)"
@@ -72,6 +99,22 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.home.resolve() / "datasets"
+
+    @property
+    def code_dir(self) -> Path:
+        """Unpacked code bundles, one folder per id."""
+        return self.home.resolve() / "code"
+
+    @property
+    def code_upload_refusal(self) -> str | None:
+        """Why code may not be uploaded (None: it may): it runs on the cluster, so only with
+        an API token or on a loopback-only listener."""
+        if self.api_token or _is_loopback(self.host):
+            return None
+        return (
+            f"uploading code runs it on the Ray cluster, and this service listens on "
+            f"{self.host} without an API token: set SYNCBN_API_TOKEN (or listen on 127.0.0.1)"
+        )
 
     @cached_property
     def db_url(self) -> str:

@@ -1,20 +1,23 @@
-"""``/v1/datasets``: upload a validated ``.npz`` (ids are made by the server), list them."""
+"""``/v1/datasets``: upload a validated ``.npz`` or an image-folder ``.zip`` (decoded by
+``workers.imagefolder`` and stored as an ``.npz``); ids are made by the server. List them."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 
 from service import store
 from service.auth import require_api_token
 from service.deps import Services, field_error, get_services
 from service.models import Dataset
 from service.schemas import DatasetList, DatasetOut, ErrorOut
+from service.settings import Settings
+from service.uploads import receive
 
 logger = logging.getLogger("service.datasets")
 router = APIRouter(
@@ -24,7 +27,6 @@ router = APIRouter(
     responses={401: {"model": ErrorOut}},
 )
 ServicesDep = Annotated[Services, Depends(get_services)]
-CHUNK = 1 << 20
 
 
 @router.post(
@@ -33,59 +35,101 @@ CHUNK = 1 << 20
     response_model=DatasetOut,
     responses={
         413: {"model": ErrorOut, "description": "larger than SYNCBN_MAX_UPLOAD_BYTES"},
-        422: {"description": "not a usable .npz (the message says why)"},
+        422: {"description": "not a usable .npz or image folder (the message says why)"},
     },
 )
 def upload_dataset(
     services: ServicesDep,
-    file: Annotated[UploadFile, File(description=".npz with x, y and optionally x_test, y_test")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description=".npz with x, y and optionally x_test, y_test, classes; or a .zip of "
+            "images: <class>/<image>, or train/<class>/<image> with test/<class>/<image>"
+        ),
+    ],
+    image_size: Annotated[
+        str | None,
+        Form(description='image folders only: resize every image to WIDTHxHEIGHT ("32x32", "32")'),
+    ] = None,
 ) -> DatasetOut:
-    """Upload a dataset; it is validated before it gets an id."""
+    """Upload a dataset; it is validated (image folders: decoded) before it gets an id."""
     from workers.data import DatasetError, load_npz
+    from workers.imagefolder import is_image_folder, parse_size
 
-    limit = services.settings.max_upload_bytes
-    directory = services.settings.datasets_dir
+    settings = services.settings
+    try:
+        size = parse_size(image_size)
+    except DatasetError as exc:
+        raise field_error("image_size", str(exc)) from exc
+    limit = settings.max_upload_bytes
+    directory = settings.datasets_dir
     directory.mkdir(parents=True, exist_ok=True)
     dataset_id = f"ds-{secrets.token_hex(6)}"
     partial = directory / f".{dataset_id}.partial"
-    digest, size = hashlib.sha256(), 0
+    converted = directory / f".{dataset_id}.converted"
+    final = directory / f"{dataset_id}.npz"
     try:
-        with open(partial, "wb") as out:
-            while chunk := file.file.read(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPException(
-                        status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than {limit} bytes"
-                    )
-                digest.update(chunk)
-                out.write(chunk)
+        size_bytes, sha256 = receive(file.file, partial, limit)
+        source = partial
+        if is_image_folder(partial):
+            _decode_images(partial, converted, size, settings)
+            source = converted
         try:
-            data = load_npz(partial, name=dataset_id, limit=limit)
+            data = load_npz(source, name=dataset_id, limit=limit)
         except DatasetError as exc:
-            raise field_error("file", str(exc).replace(partial.name, "upload")) from exc
-        final = directory / f"{dataset_id}.npz"
-        os.replace(partial, final)
+            raise field_error("file", str(exc).replace(source.name, "upload")) from exc
+        if size is not None and source is partial:
+            raise field_error("image_size", "applies to image-folder .zip uploads, not to an .npz")
+        os.replace(source, final)
     finally:
         partial.unlink(missing_ok=True)
+        converted.unlink(missing_ok=True)
     name = os.path.basename(file.filename or "upload.npz")[:255]
-    with services.db.session() as session:
-        dataset = store.add_dataset(
-            session,
-            Dataset(
-                id=dataset_id,
-                name=name,
-                size_bytes=size,
-                sha256=digest.hexdigest(),
-                n_train=len(data.x_train),
-                n_test=len(data.x_test),
-                input_shape=list(data.input_shape),
-                num_classes=data.num_classes,
-            ),
-        )
-        session.flush()
-        out = DatasetOut.model_validate(dataset)
-    logger.info("dataset uploaded", extra={"dataset_id": dataset_id, "bytes": size})
+    try:
+        with services.db.session() as session:
+            dataset = store.add_dataset(
+                session,
+                Dataset(
+                    id=dataset_id,
+                    name=name,
+                    size_bytes=size_bytes,
+                    sha256=sha256,
+                    n_train=len(data.x_train),
+                    n_test=len(data.x_test),
+                    input_shape=list(data.input_shape),
+                    num_classes=data.num_classes,
+                    task=data.task,
+                    class_names=list(data.class_names) if data.class_names else None,
+                ),
+            )
+            session.flush()
+            out = DatasetOut.model_validate(dataset)
+    except BaseException:
+        final.unlink(missing_ok=True)  # no file without its row
+        raise
+    logger.info("dataset uploaded", extra={"dataset_id": dataset_id, "bytes": size_bytes})
     return out
+
+
+def _decode_images(
+    archive: Path, target: Path, size: tuple[int, int] | None, settings: Settings
+) -> None:
+    """Decode the image-folder ``archive`` into the ``.npz`` ``target`` (422 on a problem)."""
+    from workers.data import DatasetError
+    from workers.imagefolder import read_image_folder, write_npz
+
+    try:
+        arrays = read_image_folder(
+            archive,
+            size=size,
+            max_images=settings.max_upload_images,
+            max_pixels=settings.max_image_pixels,
+            max_bytes=settings.max_upload_bytes,
+        )
+    except DatasetError as exc:  # about the file, or the size asked for
+        field = "image_size" if exc.field == "image_size" else "file"
+        raise field_error(field, str(exc)) from exc
+    write_npz(arrays, target)
 
 
 @router.get("", response_model=DatasetList)
