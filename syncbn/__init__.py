@@ -17,6 +17,7 @@ from syncbn.convert import (
     unregister_converter,
 )
 from syncbn.groups import new_sync_groups
+from syncbn.precise import precise_bn
 from syncbn.stats import LayerStats, StatsRecorder, record_stats
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "convert_sync_batchnorm",
     "functional",
     "new_sync_groups",
+    "precise_bn",
     "record_stats",
     "register_converter",
     "registered_converter",
