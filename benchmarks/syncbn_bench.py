@@ -1,6 +1,6 @@
 """syncbn on the CPU: one layer, forward + backward, against its baselines in the same run.
 
-    .venv/bin/python benchmarks/syncbn_bench.py [--iters 60] [--worlds 1 2 4]
+    .venv/bin/python benchmarks/syncbn_bench.py [--iters 60] [--worlds 1 2 4] [--baseline REV]
 
 World 1 (in this process, all cores): torch.nn.BatchNorm2d, syncbn.SyncBatchNorm (which
 falls back to F.batch_norm without a group), and syncbn's synchronized kernels with the
@@ -8,15 +8,19 @@ collectives skipped (the no-communication floor of the sync path).
 World k > 1 (k spawned gloo ranks, one thread each): local BatchNorm2d in the same processes,
 syncbn.SyncBatchNorm, a naive synchronized BN (autograd all_reduce of [mean, mean of
 squares], as detectron2's NaiveSyncBatchNorm), and the latency of all_reduces of the sizes
-syncbn sends. Prints a markdown table of medians and ratios.
+syncbn sends. With ``--baseline REV`` (a git revision), every row also times
+``syncbn/_functions.py`` as of REV ("sync kernels, no comm @REV"), interleaved with this tree's
+kernels: an eager before/after in one run. Prints a markdown table of medians and ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -31,12 +35,23 @@ from syncbn._functions import SyncBatchNormFunction
 from syncbn.launch import run_on_ranks
 
 SHAPES = [(32, 64, 32, 32), (16, 256, 8, 8)]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def baseline_function(source: str | None) -> type[torch.autograd.Function] | None:
+    """``SyncBatchNormFunction`` from another version's ``_functions.py`` source."""
+    if source is None:
+        return None
+    module = types.ModuleType("syncbn_baseline_functions")
+    exec(compile(source, "baseline syncbn/_functions.py", "exec"), module.__dict__)
+    return module.SyncBatchNormFunction
 
 
 def median_ms(
     methods: dict[str, Callable[[], object]], iters: int, synced: bool
 ) -> dict[str, float]:
-    """Median wall time (ms) of each method, interleaved so machine noise hits all alike.
+    """Median wall time (ms) of each method, interleaved so machine noise hits all alike; the
+    order is reversed every other round, so no method always runs after the same one.
 
     With ``synced``, ranks start every timed call together (a barrier before it).
     """
@@ -44,8 +59,9 @@ def median_ms(
         for _ in range(5):
             fn()
     times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(iters):
-        for name, fn in methods.items():
+    for i in range(iters):
+        items = list(methods.items())
+        for name, fn in items if i % 2 == 0 else reversed(items):
             if synced:
                 dist.barrier()
             start = time.perf_counter()
@@ -94,9 +110,11 @@ def naive_sync_bn(bn: torch.nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Te
     return forward
 
 
-def kernels_without_communication(bn: syncbn.SyncBatchNorm):
+def kernels_without_communication(
+    bn: syncbn.SyncBatchNorm, function: type[torch.autograd.Function] = SyncBatchNormFunction
+):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return SyncBatchNormFunction.apply(
+        return function.apply(
             x, bn.weight, bn.bias, bn.running_mean, bn.running_var, 0.1, bn.eps, None, 1, None, bn
         )
 
@@ -120,7 +138,16 @@ def inputs(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randn(shape, generator=gen)
 
 
-def world_one(iters: int) -> list[dict]:
+def with_baseline(methods: dict, bn: syncbn.SyncBatchNorm, x, grad, baseline, rev) -> dict:
+    if baseline is not None:
+        methods[f"sync kernels, no comm @{rev}"] = fwd_bwd(
+            kernels_without_communication(bn, baseline), x, grad
+        )
+    return methods
+
+
+def world_one(iters: int, source: str | None, rev: str | None) -> list[dict]:
+    baseline = baseline_function(source)
     rows = []
     for shape in SHAPES:
         x, grad = inputs(shape)
@@ -131,11 +158,15 @@ def world_one(iters: int) -> list[dict]:
             "SyncBatchNorm": fwd_bwd(ours, x, grad),
             "sync kernels, no comm": fwd_bwd(kernels_without_communication(ours), x, grad),
         }
+        with_baseline(methods, ours, x, grad, baseline, rev)
         rows.append({"shape": shape, "world": 1, **median_ms(methods, iters, False)})
     return rows
 
 
-def rank_bench(rank: int, world_size: int, iters: int) -> list[dict]:
+def rank_bench(
+    rank: int, world_size: int, iters: int, source: str | None, rev: str | None
+) -> list[dict]:
+    baseline = baseline_function(source)
     rows = []
     for shape in SHAPES:
         x, grad = inputs(shape)
@@ -151,6 +182,7 @@ def rank_bench(rank: int, world_size: int, iters: int) -> list[dict]:
             "all_reduce fwd msg": partial(dist.all_reduce, forward_msg),
             "all_reduce bwd msg": partial(dist.all_reduce, backward_msg),
         }
+        with_baseline(methods, ours, x, grad, baseline, rev)
         row = {"shape": shape, "world": world_size, **median_ms(methods, iters, True)}
         row["SyncBatchNorm: inside collectives"] = time_in_collectives(ours, x, grad, iters)
         rows.append(row)
@@ -161,8 +193,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also time syncbn/_functions.py as of this git revision (e.g. HEAD)",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
+    source = None
+    if args.baseline is not None:
+        source = subprocess.run(
+            ["git", "show", f"{args.baseline}:syncbn/_functions.py"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads at world 1, 1 per rank above"
@@ -171,11 +217,14 @@ def main() -> None:
     print("| shape (per rank) | world | method | median ms | ratio vs BatchNorm2d |")
     print("|---|---|---|---|---|")
     checks = []
+    before_after = []
     for world in args.worlds:
         if world == 1:
-            rows = world_one(args.iters)
+            rows = world_one(args.iters, source, args.baseline)
         else:
-            per_rank = run_on_ranks(rank_bench, world, args.iters, timeout=900)
+            per_rank = run_on_ranks(
+                rank_bench, world, args.iters, source, args.baseline, timeout=900
+            )
             rows = per_rank[0]  # rank 0's medians; ranks run in lockstep
         for row in rows:
             base_key = "BatchNorm2d" if world == 1 else "BatchNorm2d (local)"
@@ -189,6 +238,11 @@ def main() -> None:
                     else f"{value / base:.2f}"
                 )
                 print(f"| {row['shape']} | {world} | {key} | {value:.3f} | {ratio} |")
+            if args.baseline is not None:
+                now = row["sync kernels, no comm"]
+                before_after.append(
+                    (row["shape"], world, now, row[f"sync kernels, no comm @{args.baseline}"])
+                )
             if world > 1:
                 comm = row["all_reduce fwd msg"] + row["all_reduce bwd msg"]
                 overhead = row["SyncBatchNorm"] - base
@@ -202,6 +256,11 @@ def main() -> None:
             f"its two all_reduces alone {comm:.3f} ms -> ratio {overhead / comm:.2f} "
             f"({verdict} the <= 1.2 target); time inside them in the layer, waiting for the "
             f"slowest rank included: {inside:.3f} ms"
+        )
+    for shape, world, now, then in before_after:
+        print(
+            f"{shape} world {world}: sync kernels (eager, no comm) {now:.3f} ms in this tree, "
+            f"{then:.3f} ms at {args.baseline} -> ratio {now / then:.2f}"
         )
 
 

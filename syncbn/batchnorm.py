@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from syncbn._ops import traceable_sync_batch_norm
 from syncbn.functional import check_input, sync_batch_norm
 
 # Input dims -> the torch class a reverted layer becomes.
@@ -25,6 +26,9 @@ class SyncBatchNorm(_BatchNorm):
     of ``torch.nn.BatchNorm*d``. Ranks may hold different batch sizes, including zero. In eval
     mode with running statistics no collective is issued; without torch.distributed, or with
     a group of one rank, it computes exactly what ``torch.nn.BatchNorm*d`` does.
+
+    ``torch.compile`` (``fullgraph=True`` included) traces it without a graph break, through
+    the custom operators of ``syncbn._ops``; ``syncbn.record_stats`` records eager calls only.
     """
 
     def __init__(
@@ -66,6 +70,18 @@ class SyncBatchNorm(_BatchNorm):
                 momentum = 1.0 / self.num_batches_tracked
         use_batch_stats = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
+        if torch.compiler.is_compiling():  # custom ops: no graph break, no stats recording
+            return traceable_sync_batch_norm(
+                input,
+                self.running_mean if track else None,
+                self.running_var if track else None,
+                self.weight,
+                self.bias,
+                use_batch_stats,
+                momentum,
+                self.eps,
+                self.process_group,
+            )
         return sync_batch_norm(
             input,
             self.running_mean if track else None,

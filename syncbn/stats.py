@@ -1,7 +1,8 @@
 """Observe what SyncBatchNorm layers see: local vs. global batch statistics and collective time.
 
 Recording is opt-in through a context manager; when no recorder is active the layers pay one
-``ContextVar.get()`` per call and nothing else.
+``ContextVar.get()`` per call and nothing else. It is eager-only: layers running under
+``torch.compile`` record nothing (their compiled graph does not read the recorder).
 """
 
 from __future__ import annotations
