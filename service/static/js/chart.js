@@ -26,8 +26,8 @@ function tickLabel(v, step) {
 
 /**
  * Line chart into `box`: spec = {series: [{key, label, color, points: [{x, y, title}],
- * dashed, markers, band: [{x, lo, hi}]}], xLabel, yLabel, yMin, yMax, yFormat, empty}.
- * Every series becomes <path class="series" data-series=key data-points=n>.
+ * dashed, markers, band: [{x, lo, hi}], testid}], xLabel, yLabel, yMin, yMax, yFormat, empty}.
+ * Every series becomes <path class="series" data-series=key data-points=n data-testid=testid>.
  */
 export function drawChart(box, spec) {
   box.replaceChildren();
@@ -94,7 +94,7 @@ export function drawChart(box, spec) {
     const d = pts.map((p, i) => `${i ? "L" : "M"}${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`).join("");
     g.append(s("path", { class: "series", d: d || "M0,0", style: `stroke:${ser.color}`,
       "stroke-dasharray": ser.dashed ? "5 4" : null, "stroke-width": ser.width || 2,
-      "data-series": ser.key, "data-points": pts.length }));
+      "data-series": ser.key, "data-points": pts.length, "data-testid": ser.testid }));
     if (ser.markers || pts.length === 1) {
       for (const p of pts) {
         g.append(s("circle", { cx: X(p.x).toFixed(1), cy: Y(p.y).toFixed(1), r: 3.5,

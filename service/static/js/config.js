@@ -9,6 +9,7 @@ export const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 export const BUILTIN_DATASETS = [
   { id: "digits", label: "digits — 8×8 handwritten digits" },
   { id: "synthetic", label: "synthetic — Gaussian classes, 16 features (fast)" },
+  { id: "shapes", label: "shapes — segmentation, 4 classes" },
 ];
 export const LIST_POLL_MS = 2000;
 export const LOGS_POLL_MS = 5000;

@@ -1,4 +1,5 @@
-// The submit form (built from JobSpec's schema in /openapi.json) and the dataset upload form.
+// The submit form (built from JobSpec's schema in /openapi.json) and the upload forms (a dataset:
+// .npz or image-folder .zip; a code bundle: .zip or .tar.gz with the model's builder).
 
 import { api, ApiError, openApi } from "./api.js";
 import { $, $$, h, setHidden } from "./dom.js";
@@ -17,7 +18,8 @@ function fieldEl(f) {
   const common = { id, name: f.name, "aria-describedby": described, title,
     "aria-required": f.required ? "true" : null };
   let control;
-  if (f.kind === "select" || f.kind === "dataset") {
+  let extra = null;
+  if (f.kind === "select" || f.kind === "dataset" || f.kind === "code") {
     control = h("select", common, f.options.map(([value, text, raw]) =>
       h("option", { value, selected: raw === f.value }, text)));
   } else if (f.kind === "bool") {
@@ -27,6 +29,12 @@ function fieldEl(f) {
       step: f.kind === "int" ? 1 : "any", min: num(f.min), max: num(f.max),
       "data-exclusive-min": f.exclusiveMin || null, "data-exclusive-max": f.exclusiveMax || null,
       inputmode: f.kind === "int" ? "numeric" : "decimal", placeholder: f.placeholder });
+  } else if (f.kind === "model") {  // free text with suggestions (built-ins, a bundle's builders)
+    control = h("input", { ...common, type: "text", value: f.value ?? null, list: `l-${f.name}`,
+      maxlength: num(f.maxLength), placeholder: f.placeholder ?? "auto", spellcheck: "false",
+      autocomplete: "off" });
+    extra = h("datalist", { id: `l-${f.name}`, "data-testid": `options-${f.name}` },
+      f.options.map(([value, text]) => h("option", { value, "data-builtin": true }, text)));
   } else if (f.kind === "text") {
     control = h("input", { ...common, type: "text", value: f.value ?? null,
       minlength: num(f.minLength), maxlength: num(f.maxLength), placeholder: f.placeholder,
@@ -39,6 +47,7 @@ function fieldEl(f) {
     "data-kind": f.kind },
   h("label", { for: id }, f.label),
   control,
+  extra,
   f.hint ? h("small", { class: "hint", id: `h-${f.name}` }, f.hint) : null,
   h("p", { class: "field-error", id: `e-${f.name}`, "data-testid": `error-${f.name}` }));
 }
@@ -56,13 +65,14 @@ function readSpec(form, fields) {
       continue;
     }
     if (f.kind === "dataset") { spec[f.name] = el.value; continue; }
+    if (f.kind === "code") { spec[f.name] = el.value || null; continue; }
     if (el.validity.badInput) { problems[f.name] = "Enter a number."; continue; }
     const text = f.kind === "text" ? el.value : el.value.trim();
     if (text.trim() === "") {
       if (f.nullable) spec[f.name] = null;
       continue;  // the server's default (or its "field required")
     }
-    if (f.kind === "text") spec[f.name] = text;
+    if (f.kind === "text" || f.kind === "model") spec[f.name] = text;
     else if (f.kind === "json") {
       try { spec[f.name] = JSON.parse(text); } catch { problems[f.name] = "Enter JSON."; }
     } else spec[f.name] = Number(text);
@@ -100,6 +110,41 @@ function showErrors(form, names, errors, general) {
   first?.focus();
 }
 
+/** An upload's failure as text: pydantic's messages joined (naming fields other than the file). */
+function uploadError(err) {
+  if (err instanceof ApiError && Array.isArray(err.detail)) {
+    return err.detail.map((d) => {
+      const loc = Array.isArray(d.loc) ? d.loc : [];
+      const name = loc.length >= 2 && loc[0] === "body" ? String(loc[loc.length - 1]) : null;
+      return name && name !== "file" ? `${name}: ${d.msg}` : d.msg || JSON.stringify(d);
+    }).join("; ");
+  }
+  return err.message;
+}
+
+/** "cat, dog" or "a, b, c, d, … (12)": class names, briefly. */
+function briefNames(names, max = 4) {
+  if (!Array.isArray(names) || !names.length) return "";
+  return names.length <= max ? names.join(", ") : `${names.slice(0, max).join(", ")}, … (${names.length})`;
+}
+
+/** An uploaded dataset's option text: name, id, size, shape, task and classes. */
+function datasetLabel(d) {
+  const shape = Array.isArray(d.input_shape) ? d.input_shape.join("×") : "";
+  const classes = `${d.num_classes} classes${d.class_names?.length ? `: ${briefNames(d.class_names)}` : ""}`;
+  const task = d.task === "segmentation" ? "segmentation, " : "";
+  return `${d.name || d.id} (${d.id}) — ${d.n_train} train, ${shape}, ${task}${classes}`;
+}
+
+/** A code bundle's option text. */
+function bundleLabel(b) {
+  const modules = b.modules?.length ? b.modules.join(", ") : "no modules";
+  return `${b.name || b.id} (${b.id}) — ${modules}`;
+}
+
+/** The builder suggested for a bundle's module. */
+const builderOf = (module) => `${module}:build_model`;
+
 function errorsFromDetail(detail) {
   if (!Array.isArray(detail)) return [];
   return detail.map((d) => {
@@ -134,7 +179,8 @@ export function setupJobForm(root, { onSubmitted }) {
       clearErrors(form);
       status.textContent = "";
       button.disabled = false;
-      await loadDatasets();
+      $("#f-code", root)?.addEventListener("change", () => syncModel());
+      await Promise.all([loadDatasets(), loadBundles()]);
     } catch (err) {
       status.textContent = "";
       showErrors(form, names, [], `Could not load the job form: ${err.message}`);
@@ -151,12 +197,59 @@ export function setupJobForm(root, { onSubmitted }) {
       const have = new Set([...select.options].map((o) => o.value));
       for (const d of datasets) {
         if (have.has(d.id)) continue;
-        const shape = Array.isArray(d.input_shape) ? d.input_shape.join("×") : "";
-        select.append(h("option", { value: d.id },
-          `${d.name || d.id} (${d.id}) — ${d.n_train} train, ${shape}, ${d.num_classes} classes`));
+        select.append(h("option", { value: d.id, "data-task": d.task || null }, datasetLabel(d)));
       }
     } catch (err) {
       if (!(err instanceof AuthCancelled)) console.warn("datasets:", err);
+    }
+  }
+
+  const bundles = new Map();  // id -> code bundle (GET /v1/code, uploads)
+
+  /** Add a bundle to the code select (once). */
+  function addBundle(b) {
+    bundles.set(b.id, b);
+    const select = form.elements.code;
+    if (!(select instanceof HTMLSelectElement)) return;
+    if ([...select.options].some((o) => o.value === b.id)) return;
+    select.append(h("option", { value: b.id }, bundleLabel(b)));
+  }
+
+  /** Add the uploaded code bundles to the code select (oldest last, like the API lists them). */
+  async function loadBundles() {
+    if (!form.elements.code) return;
+    try {
+      const { bundles: list } = await api("code");
+      for (const b of list) addBundle(b);
+    } catch (err) {
+      if (!(err instanceof AuthCancelled)) console.warn("code bundles:", err);
+    }
+  }
+
+  /**
+   * The model field follows the code select: its suggestions get "<module>:build_model" for
+   * each module of the chosen bundle, and a built-in model name becomes the first builder
+   * (a builder without a bundle goes back to "auto").
+   */
+  function syncModel() {
+    const model = form.elements.model;
+    const list = $("#l-model", root);
+    if (!(model instanceof HTMLInputElement) || !list) return;
+    const bundle = bundles.get(form.elements.code?.value || "");
+    for (const o of $$("option:not([data-builtin])", list)) o.remove();
+    const builders = (bundle?.modules || []).map(builderOf);
+    list.append(...builders.map((value) => h("option", { value, "data-builder": true },
+      `in ${bundle.name || bundle.id}`)));
+    const builtins = new Set($$("option[data-builtin]", list).map((o) => o.value));
+    const current = model.value.trim();
+    if (bundle && builders.length && (current === "" || builtins.has(current))) model.value = builders[0];
+    else if (!bundle && current && !builtins.has(current)) model.value = "auto";
+    const hint = $("#h-model", root);
+    if (hint) {
+      hint.textContent = bundle
+        ? `Your builder as module:function, e.g. ${builders[0] || "mynet:build_model"}`
+          + ` (modules: ${bundle.modules?.join(", ") || "none"}).`
+        : fields.find((f) => f.name === "model")?.hint || "";
     }
   }
 
@@ -193,6 +286,7 @@ export function setupJobForm(root, { onSubmitted }) {
   form.addEventListener("reset", () => {
     clearErrors(form);
     status.textContent = "";
+    setTimeout(syncModel);  // after the controls have their defaults back
   });
 
   const upload = $("#upload-form", root);
@@ -200,17 +294,50 @@ export function setupJobForm(root, { onSubmitted }) {
     event.preventDefault();
     const input = $("#upload-file", root);
     const uploadStatus = $("#upload-status", root);
-    if (!input.files.length) { uploadStatus.textContent = "Choose an .npz file first."; return; }
+    if (!input.files.length) { uploadStatus.textContent = "Choose an .npz or .zip file first."; return; }
     const data = new FormData();
     data.append("file", input.files[0]);
+    const size = $("#upload-size", root).value.trim();
+    if (size) data.append("image_size", size);
     uploadStatus.textContent = "Uploading…";
     try {
       const dataset = await api("datasets", { method: "POST", form: data });
-      uploadStatus.textContent = `Uploaded as ${dataset.id}.`;
+      uploadStatus.textContent = `Uploaded as ${dataset.id}: ${datasetLabel(dataset).split(" — ")[1]}.`;
       await loadDatasets();
       if (form.elements.dataset) form.elements.dataset.value = dataset.id;
     } catch (err) {
-      uploadStatus.textContent = `Upload failed: ${err.message}`;
+      uploadStatus.textContent = `Upload failed: ${uploadError(err)}`;
+    }
+  });
+
+  const codeUpload = $("#code-upload-form", root);
+  codeUpload.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = $("#code-file", root);
+    const codeStatus = $("#code-upload-status", root);
+    codeStatus.classList.remove("error");
+    if (!input.files.length) { codeStatus.textContent = "Choose a .zip or .tar.gz file first."; return; }
+    const data = new FormData();
+    data.append("file", input.files[0]);
+    codeStatus.textContent = "Uploading…";
+    try {
+      const bundle = await api("code", { method: "POST", form: data });
+      addBundle(bundle);
+      const select = form.elements.code;
+      if (select) {
+        select.value = bundle.id;
+        syncModel();
+      }
+      const modules = bundle.modules?.length ? bundle.modules : [];
+      codeStatus.replaceChildren(`Uploaded as `, h("code", {}, bundle.id),
+        modules.length ? ` (${bundle.files} file${bundle.files === 1 ? "" : "s"}): modules ` : ": no Python modules found.",
+        ...modules.flatMap((m, i) => [i ? ", " : "", h("code", {}, m)]),
+        modules.length ? `. Model: ${form.elements.model?.value || builderOf(modules[0])}.` : "",
+        bundle.requirements?.length ? ` Requirements: ${bundle.requirements.join(", ")}.` : "");
+      codeStatus.dataset.codeId = bundle.id;
+    } catch (err) {
+      codeStatus.classList.add("error");
+      codeStatus.textContent = `Upload failed: ${uploadError(err)}`;
     }
   });
 

@@ -11,8 +11,14 @@ import { BUILTIN_DATASETS } from "./config.js";
  * A field's hint defaults to the schema's description (a tooltip where the hint differs).
  */
 const FIELD_UI = {
-  dataset: { label: "Dataset", widget: "dataset", hint: "built-in, or an uploaded .npz" },
-  model: { label: "Model", hint: null, options: { auto: "auto (by input shape)" } },
+  dataset: { label: "Dataset", widget: "dataset", hint: "built-in, or an uploaded .npz or image folder" },
+  code: { label: "Code bundle", widget: "code", placeholder: "(none: built-in model)",
+    hint: "your own model: upload a bundle below" },
+  model: { label: "Model", widget: "model",
+    hint: "auto, a built-in model, or with a code bundle its builder as module:function",
+    options: { auto: "auto — chosen by the data", mlp: "mlp — multilayer perceptron",
+      cnn1d: "cnn1d — 1-D convolutions", resnet: "resnet — small ResNet for images",
+      unet: "unet — U-Net for segmentation" } },
   norm: { label: "Normalization", options: { sync: "sync — statistics of the global batch",
     local: "local — each worker's own batch" } },
   workers: { label: "Workers", hint: "Ray Train processes" },
@@ -136,6 +142,14 @@ export function jobFields(doc, schemaName = "JobSpec") {
       if (flat.nullable) options.unshift(["", ui.placeholder ?? "(none)", null]);
     } else if (kind === "dataset") {
       options = BUILTIN_DATASETS.map((d) => [d.id, d.label, d.id]);
+    } else if (kind === "code") {
+      // Uploaded bundles are added by the form (GET /v1/code).
+      options = [["", ui.placeholder ?? "(none)", null]];
+    } else if (kind === "model") {
+      // Suggestions (a <datalist>): the schema's examples are the built-in models.
+      const examples = Array.isArray(prop.examples) ? prop.examples : Object.keys(ui.options || {});
+      options = examples.filter((x) => typeof x === "string")
+        .map((x) => [x, ui.options?.[x] ?? x, x]);
     }
     return {
       name,
@@ -153,7 +167,8 @@ export function jobFields(doc, schemaName = "JobSpec") {
       maxLength: flat.maxLength,
       hint: "hint" in ui ? ui.hint : prop.description ?? null,  // hint: null keeps it a tooltip
       description: prop.description ?? null,
-      placeholder: ui.placeholder ?? (flat.nullable && !hasDefault ? "none" : null),
+      placeholder: kind === "code" ? null
+        : ui.placeholder ?? (flat.nullable && !hasDefault ? "none" : null),
       // Known fields keep their section; a new one goes with the advanced settings unless the
       // job cannot be submitted without it.
       advanced: ui.advanced ?? (name in FIELD_UI ? false : !(required.has(name) && !hasDefault)),

@@ -9,15 +9,36 @@ import { isAuthBlocked } from "../token.js";
 /** One table row per job, refreshed in place: <tr data-job-id data-testid="job-row">. */
 function row(job) {
   const tr = h("tr", { "data-job-id": job.id, "data-testid": "job-row" });
-  tr.append(...Array.from({ length: 9 }, () => h("td")));
+  tr.append(...Array.from({ length: 10 }, () => h("td")));
   tr.cells[0].append(h("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, "data-testid": "job-link" },
     h("code", {}, job.id)));
-  tr.cells[6].className = "num";
-  tr.cells[6].dataset.testid = "job-accuracy";
+  tr.cells[3].dataset.testid = "job-model";
+  tr.cells[7].className = "num";
+  tr.cells[7].dataset.testid = "job-accuracy";
   tr.addEventListener("click", (event) => {
     if (!event.target.closest("a") && !getSelection().toString()) location.hash = `#/jobs/${job.id}`;
   });
   return tr;
+}
+
+/** The model: a built-in name, or a bundle's builder (<code>, the bundle in the title). */
+function modelCell(spec) {
+  if (!spec.code) return document.createTextNode(spec.model ?? "auto");
+  return h("code", { title: `builder in code bundle ${spec.code}` }, spec.model);
+}
+
+/** The test metric: mean IoU for segmentation (pixel accuracy in the title), else accuracy. */
+function metricCell(td, result) {
+  const miou = result?.test_miou;
+  if (isNum(miou)) {
+    td.textContent = `mIoU ${pct(miou)}`;
+    td.title = `mean IoU over classes; pixel accuracy ${pct(result.test_accuracy)}`;
+    td.dataset.metric = "miou";
+  } else {
+    td.textContent = pct(result?.test_accuracy);
+    td.removeAttribute("title");
+    td.dataset.metric = "accuracy";
+  }
 }
 
 function fill(tr, job) {
@@ -31,16 +52,17 @@ function fill(tr, job) {
   if (job.reason) stateBadge.title = job.reason;
   cells[1].replaceChildren(stateBadge);
   cells[2].textContent = spec.dataset;
-  cells[3].textContent = `${spec.workers} × ${spec.batch_size_per_worker}`;
-  cells[4].textContent = spec.norm + (spec.sync_group_size ? ` (groups of ${spec.sync_group_size})` : "");
+  cells[3].replaceChildren(modelCell(spec));
+  cells[4].textContent = `${spec.workers} × ${spec.batch_size_per_worker}`;
+  cells[5].textContent = spec.norm + (spec.sync_group_size ? ` (groups of ${spec.sync_group_size})` : "");
   const frac = isNum(progress.fraction) ? progress.fraction : 0;
-  cells[5].replaceChildren(h("div", { class: "mini-progress" },
+  cells[6].replaceChildren(h("div", { class: "mini-progress" },
     h("progress", { max: 1, value: frac, "aria-label": `${job.id} progress` }),
     h("span", {}, `${Math.round(frac * 100)} %`,
       progress.epochs ? h("small", {}, ` · epoch ${progress.epoch}/${progress.epochs}`) : null)));
-  cells[6].textContent = pct(job.result?.test_accuracy);
-  cells[7].replaceChildren(timeEl(job.created_at));
-  cells[8].replaceChildren(timeEl(job.finished_at));
+  metricCell(cells[7], job.result);
+  cells[8].replaceChildren(timeEl(job.created_at));
+  cells[9].replaceChildren(timeEl(job.finished_at));
 }
 
 /** The jobs view: {root, title, enter(), leave()}; made once and kept across routes. */

@@ -1,4 +1,5 @@
-// The loss and accuracy curves (SVG line charts) from every report and evaluation seen.
+// The loss and accuracy curves (SVG line charts) from every report and evaluation seen; for
+// segmentation also the test mean IoU.
 
 import { drawChart } from "../../chart.js";
 import { RANK_COLORS } from "../../config.js";
@@ -43,15 +44,28 @@ export function renderCharts(ctx) {
     return acc.length ? { x: r.step, y: acc.reduce((a, b) => a + b, 0) / acc.length,
       title: `step ${r.step}: train accuracy ${pct(acc.reduce((a, b) => a + b, 0) / acc.length)}` } : null;
   }).filter(Boolean);
+  // Segmentation: the evaluations also carry the mean IoU (accuracies are per pixel).
+  const miou = evals.filter((e) => isNum(e.test_miou));
+  const seg = miou.length > 0;
+  const acc = seg ? "pixel accuracy" : "accuracy";
+  const series = [
+    { key: "test", label: `test ${acc} (whole test set)`, color: "var(--good)", markers: true, width: 2.5,
+      points: evals.map((e) => ({ x: e.step, y: e.test_accuracy,
+        title: `epoch ${e.epoch} (step ${e.step}): test ${acc} ${pct(e.test_accuracy, 2)}` })) },
+    { key: "train", label: `train ${acc}, mean over ranks`, color: RANK_COLORS[0], width: 1.5,
+      points: trainAcc, markers: trainAcc.length <= 3 },
+  ];
+  if (seg) {
+    series.unshift({ key: "test-miou", testid: "miou-curve", label: "test mIoU (mean IoU over classes)",
+      color: RANK_COLORS[3], markers: true, width: 2.5,
+      points: miou.map((e) => ({ x: e.step, y: e.test_miou,
+        title: `epoch ${e.epoch} (step ${e.step}): test mIoU ${pct(e.test_miou, 2)}` })) });
+  }
+  const title = ctx.bind("acc-title");
+  if (title) title.textContent = seg ? "Mean IoU and pixel accuracy" : "Accuracy";
   drawChart(charts.acc, {
-    series: [
-      { key: "test", label: "test accuracy (whole test set)", color: "var(--good)", markers: true, width: 2.5,
-        points: evals.map((e) => ({ x: e.step, y: e.test_accuracy,
-          title: `epoch ${e.epoch} (step ${e.step}): test accuracy ${pct(e.test_accuracy, 2)}` })) },
-      { key: "train", label: "train accuracy, mean over ranks", color: RANK_COLORS[0], width: 1.5,
-        points: trainAcc, markers: trainAcc.length <= 3 },
-    ],
-    xLabel: "step", yLabel: "accuracy", yMin: 0, yMax: 1, xInteger: true,
+    series,
+    xLabel: "step", yLabel: seg ? "mIoU and accuracy" : "accuracy", yMin: 0, yMax: 1, xInteger: true,
     yFormat: (x) => `${Math.round(x * 100)} %`, empty: "No evaluation yet",
   });
 }

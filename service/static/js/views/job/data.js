@@ -10,7 +10,7 @@ export function newState() {
   return {
     job: null,
     reports: new Map(),      // reportKey -> report, every report seen (history + stream)
-    evaluations: new Map(),  // epoch -> {epoch, step, test_accuracy, test_loss}
+    evaluations: new Map(),  // epoch -> {epoch, step, test_accuracy, test_loss, test_miou}
     latest: null,            // the report the workers table shows
     lastEventId: null,
     logsTimer: null,
@@ -36,7 +36,7 @@ export function addReport(v, r, streamed = false) {
     const w = r.workers.find((x) => isNum(x.test_accuracy));
     if (w) {
       v.evaluations.set(r.epoch, { epoch: r.epoch, step: r.step,
-        test_accuracy: w.test_accuracy, test_loss: w.test_loss });
+        test_accuracy: w.test_accuracy, test_loss: w.test_loss, test_miou: w.test_miou ?? null });
     }
   }
 }

@@ -1,7 +1,8 @@
 // The job page's header (state, reason, progress), its summary and its timeline.
 
 import { FINAL } from "../../config.js";
-import { $, badge, dash, duration, fixed, h, isNum, parseTime, pct, splitReason, timeEl } from "../../dom.js";
+import { $, badge, dash, duration, fixed, h, isNum, parseTime, pct, splitReason, stripAnsi, timeEl }
+  from "../../dom.js";
 import { syncCancel } from "./cancel.js";
 
 function renderState(ctx, job) {
@@ -10,12 +11,35 @@ function renderState(ctx, job) {
   stateEl.textContent = job.state;
   stateEl.className = `badge state-${job.state}`;
   stateEl.dataset.state = job.state;
+  // A <pre> (wrapping, scrolling when long): a failure's reason may hold the user's traceback
+  // or Ray's log tail. The first line (what happened) in bold, the rest as it came.
   const reason = ctx.bind("reason");
-  const { head, rest } = splitReason(job.reason);
-  reason.replaceChildren(head, rest ? h("details", { class: "reason-more" },
-    h("summary", {}, "full message"), h("pre", { tabindex: 0 }, rest)) : null);
-  reason.className = `banner${job.state === "failed" ? " error" : ""}`;
-  reason.hidden = !job.reason;
+  const text = stripAnsi(job.reason || "").replace(/\s+$/, "");
+  if (reason._text !== text) {
+    reason._text = text;
+    const nl = text.indexOf("\n");
+    reason.replaceChildren(h("strong", {}, nl < 0 ? text : text.slice(0, nl)),
+      nl < 0 ? "" : text.slice(nl));
+    reason.scrollTop = 0;
+  }
+  const multiline = text.includes("\n");
+  reason.className = `banner reason-box${multiline ? " multiline" : ""}${job.state === "failed" ? " error" : ""}`;
+  reason.hidden = !text;
+  renderHeadline(ctx, job);
+}
+
+/** The test result next to the state: mean IoU for segmentation, else accuracy. */
+function renderHeadline(ctx, job) {
+  const el = ctx.bind("headline");
+  const r = job.result;
+  if (isNum(r?.test_miou)) {
+    el.replaceChildren("test mIoU ", h("strong", { "data-testid": "headline-miou",
+      "data-value": r.test_miou }, pct(r.test_miou, 2)),
+    h("span", { class: "muted" }, ` · pixel accuracy ${pct(r.test_accuracy, 2)}`));
+  } else if (isNum(r?.test_accuracy)) {
+    el.replaceChildren("test accuracy ", h("strong", {}, pct(r.test_accuracy, 2)));
+  }
+  el.hidden = !(isNum(r?.test_miou) || isNum(r?.test_accuracy));
 }
 
 function renderProgress(ctx, job) {
@@ -37,15 +61,20 @@ function renderProgress(ctx, job) {
 function renderSummary(ctx, job) {
   const spec = job.spec;
   const rows = [
-    ["Dataset", spec.dataset], ["Model", spec.model],
+    ["Dataset", spec.dataset],
+    ["Model", spec.code ? h("span", {}, h("code", { "data-testid": "job-model" }, spec.model),
+      " from code bundle ", h("code", {}, spec.code)) : spec.model],
     ["Workers × batch", `${spec.workers} × ${spec.batch_size_per_worker} = ${spec.workers * spec.batch_size_per_worker} per step`],
     ["Normalization", spec.norm + (spec.sync_group_size ? `, groups of ${spec.sync_group_size}` : "")],
     ["Epochs", spec.epochs],
     ["Optimizer", `SGD lr ${spec.lr}, momentum ${spec.momentum}, weight decay ${spec.weight_decay}`],
     ["Seed", spec.seed],
     ["Resources", `${spec.cpus_per_worker} CPU${spec.use_gpu ? " + 1 GPU" : ""} per worker, ${spec.max_failures} failure(s) tolerated`],
-    ["Test accuracy", h("strong", { "data-testid": "result-accuracy",
-      "data-value": job.result?.test_accuracy ?? null }, pct(job.result?.test_accuracy, 2))],
+    ...(isNum(job.result?.test_miou) ? [["Test mIoU", h("strong", { "data-testid": "result-miou",
+      "data-value": job.result.test_miou }, pct(job.result.test_miou, 2))]] : []),
+    [isNum(job.result?.test_miou) ? "Test pixel accuracy" : "Test accuracy",
+      h("strong", { "data-testid": "result-accuracy",
+        "data-value": job.result?.test_accuracy ?? null }, pct(job.result?.test_accuracy, 2))],
     ["Test loss", fixed(job.result?.test_loss, 4)],
     ["Created", timeEl(job.created_at)], ["Started", timeEl(job.started_at)],
     ["Finished", timeEl(job.finished_at)],
