@@ -19,7 +19,7 @@ from service.deps import Services
 from service.lifecycle import Lifecycle
 from service.observability import BodyLimitMiddleware, ServiceMetrics, TimingMiddleware
 from service.ray_jobs import RayJobs, RayUnavailable
-from service.routers import datasets, health, ingest, jobs
+from service.routers import code, datasets, health, ingest, jobs
 from service.scheduler import Scheduler
 from service.settings import Settings
 
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> 
     )
     app.state.settings = settings
     app.state.services = services
-    for router in (jobs.router, datasets.router, health.router, ingest.router):
+    for router in (jobs.router, datasets.router, code.router, health.router, ingest.router):
         app.include_router(router)
 
     def body_limit(path: str, method: str) -> int:

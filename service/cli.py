@@ -125,23 +125,33 @@ def state_text(state: str) -> str:
 
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(title="jobs")
-    for column in ("id", "state", "dataset", "workers x batch", "norm", "progress", "test acc"):
+    columns = ("id", "state", "dataset", "model", "workers x batch", "norm", "progress", "test")
+    for column in columns:
         table.add_column(column, no_wrap=True)
     table.add_column("created", no_wrap=True)
     for job in jobs:
-        spec, result = job["spec"], job.get("result") or {}
-        accuracy = result.get("test_accuracy")
+        spec = job["spec"]
         table.add_row(
             job["id"],
             state_text(job["state"]),
             spec["dataset"],
+            spec["model"],
             f"{spec['workers']} x {spec['batch_size_per_worker']}",
             spec["norm"],
             f"{100 * job['progress']['fraction']:.0f}%",
-            f"{accuracy:.4f}" if accuracy is not None else "-",
+            metric_text(job.get("result")) or "-",
             job["created_at"][:19].replace("T", " "),
         )
     return table
+
+
+def metric_text(result: dict[str, Any] | None) -> str | None:
+    """The test metric of a result: mIoU and pixel accuracy for segmentation, else accuracy."""
+    if not result or result.get("test_accuracy") is None:
+        return None
+    if result.get("test_miou") is not None:
+        return f"mIoU {result['test_miou']:.4f}, pixel acc {result['test_accuracy']:.4f}"
+    return f"acc {result['test_accuracy']:.4f}"
 
 
 def show_job(console: Console, job: dict[str, Any]) -> None:
@@ -149,9 +159,11 @@ def show_job(console: Console, job: dict[str, Any]) -> None:
     console.print(f"job [bold]{job['id']}[/bold]  {state_text(job['state'])}")
     if job.get("reason"):
         console.print(f"  reason: {job['reason']}", markup=False)
+    code = f" from {spec['code']}" if spec.get("code") else ""
     console.print(
-        f"  {spec['dataset']}: {spec['workers']} workers x {spec['batch_size_per_worker']} "
-        f"per worker, norm={spec['norm']}, {spec['epochs']} epochs"
+        f"  {spec['dataset']}, model {spec['model']}{code}: {spec['workers']} workers x "
+        f"{spec['batch_size_per_worker']} per worker, norm={spec['norm']}, {spec['epochs']} epochs",
+        markup=False,
     )
     console.print(
         f"  progress: epoch {progress['epoch']}/{progress['epochs']}, step {progress['step']} "
@@ -160,9 +172,8 @@ def show_job(console: Console, job: dict[str, Any]) -> None:
     for transition in job.get("transitions", []):
         reason = f" ({transition['reason']})" if transition.get("reason") else ""
         console.print(f"  {transition['at'][:23]}  {transition['state']}{reason}", markup=False)
-    if job.get("result"):
-        result = job["result"]
-        console.print(f"  test accuracy [bold]{result['test_accuracy']:.4f}[/bold]")
+    if metric := metric_text(job.get("result")):
+        console.print(f"  test [bold]{metric}[/bold]")
 
 
 def watch(client: Client, console: Console, job_id: str) -> int:
@@ -232,9 +243,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         command.add_argument("job_id")
         if name == "logs":
             command.add_argument("--tail", type=int, default=200)
-    upload = sub.add_parser("upload", help="upload an .npz dataset (x, y[, x_test, y_test])")
+    upload = sub.add_parser(
+        "upload", help="upload a dataset: .npz (x, y[, x_test, y_test]) or an image-folder .zip"
+    )
     upload.add_argument("path", type=Path)
+    upload.add_argument("--image-size", help="image folders: resize every image, e.g. 32x32")
     sub.add_parser("datasets", help="list uploaded datasets")
+    code = sub.add_parser(
+        "upload-code", help="upload a .zip/.tar.gz of Python files with a model builder"
+    )
+    code.add_argument("path", type=Path)
+    sub.add_parser("code", help="list uploaded code bundles")
     return parser.parse_args(argv)
 
 
@@ -256,12 +275,16 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
         out = client.request("POST", f"/v1/jobs/{args.job_id}/cancel")
     elif args.command == "logs":
         out = client.request("GET", f"/v1/jobs/{args.job_id}/logs", params={"tail": args.tail})
-    elif args.command == "upload":
+    elif args.command in ("upload", "upload-code"):
+        path = "/v1/datasets" if args.command == "upload" else "/v1/code"
+        form = {"image_size": args.image_size} if getattr(args, "image_size", None) else {}
         with args.path.open("rb") as handle:
             files = {"file": (args.path.name, handle, "application/octet-stream")}
-            out = client.request("POST", "/v1/datasets", files=files, timeout=300)
+            out = client.request("POST", path, files=files, data=form, timeout=300)
     elif args.command == "datasets":
         out = client.request("GET", "/v1/datasets")
+    elif args.command == "code":
+        out = client.request("GET", "/v1/code")
 
     if args.json:
         print(json.dumps(out, indent=2))
@@ -271,10 +294,23 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
     elif args.command == "logs":
         print(out["logs"])
     elif args.command == "upload":
+        classes = out.get("class_names") or []
         console.print(
-            f"dataset [bold]{out['id']}[/bold]: {out['n_train']} train / "
-            f"{out['n_test']} test samples, shape {out['input_shape']}"
+            f"dataset [bold]{out['id']}[/bold] ({out.get('task', 'classification')}): "
+            f"{out['n_train']} train / {out['n_test']} test samples, shape {out['input_shape']}"
+            + (f", classes {', '.join(classes)}" if classes else "")
         )
+    elif args.command == "upload-code":
+        console.print(
+            f"code [bold]{out['id']}[/bold]: modules {', '.join(out['modules'])}; submit with "
+            f"--code {out['id']} --model <module>:<function>"
+        )
+    elif args.command == "code":
+        for bundle in out["bundles"]:
+            console.print(
+                f"{bundle['id']}  {bundle['name']}  modules {', '.join(bundle['modules'])}",
+                markup=False,
+            )
     elif args.command == "datasets":
         for dataset in out["datasets"]:
             console.print(

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from service import store
 from service.auth import ingest_token
+from service.code_bundles import runtime_env
 from service.db import Database
 from service.models import Job
 from service.ray_jobs import RayJobs, entrypoint, is_terminal, parse_outcome
@@ -112,11 +114,19 @@ class Lifecycle:
             INGEST_URL_ENV: f"{settings.ingest_base_url}/v1/internal/jobs/{job.id}/events",
             INGEST_TOKEN_ENV: ingest_token(settings.secret(), job.id),
         }
-        self.ray.submit(job.id, command, env)
+        self.ray.submit(job.id, command, env, self._runtime_env(session, spec))
         job.ray_status = "PENDING"
         reason = f"{RESUBMITTED}; resuming from the last checkpoint" if resume else SUBMITTED
         self._move(session, job, JobState.PENDING, reason)
         logger.info("submitted job %s to Ray%s", job.id, " (resume)" if resume else "")
+
+    def _runtime_env(self, session: Session, spec: JobSpec) -> dict[str, Any] | None:
+        """A code bundle's ``working_dir`` (and ``pip``) for the job's Ray Job."""
+        if spec.code is None:
+            return None
+        bundle = store.get_code_bundle(session, spec.code)
+        requirements = list(bundle.requirements) if bundle is not None else []
+        return runtime_env(self.settings.code_dir / spec.code, requirements)
 
     def wait(self, job: Job, reason: str) -> None:
         """Say why a queued job waits (not a state change)."""

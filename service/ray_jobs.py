@@ -79,13 +79,22 @@ class RayJobs:
                     raise RayUnavailable(f"Ray at {self.address} unreachable: {exc}") from exc
             return self._client
 
-    def submit(self, job_id: str, entrypoint: str, env: dict[str, str]) -> None:
-        """Submit (idempotent: a Ray Job with this id already existing counts as submitted)."""
+    def submit(
+        self,
+        job_id: str,
+        entrypoint: str,
+        env: dict[str, str],
+        runtime_env: dict[str, Any] | None = None,
+    ) -> None:
+        """Submit (idempotent: a Ray Job with this id already existing counts as submitted).
+
+        ``runtime_env`` adds to the environment variables (e.g. a code bundle's
+        ``working_dir`` and ``pip``)."""
         try:
             self.client.submit_job(
                 entrypoint=entrypoint,
                 submission_id=job_id,
-                runtime_env={"env_vars": env},
+                runtime_env={**(runtime_env or {}), "env_vars": env},
                 metadata={"syncbn_job": job_id},
             )
         except Exception as exc:

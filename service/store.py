@@ -13,7 +13,17 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import Dataset, Evaluation, Event, Job, Report, Transition, WorkerStats, utcnow
+from service.models import (
+    CodeBundle,
+    Dataset,
+    Evaluation,
+    Event,
+    Job,
+    Report,
+    Transition,
+    WorkerStats,
+    utcnow,
+)
 from service.schemas import JobOut, Progress, Result, TransitionOut
 from service.states import ACTIVE_STATES, FINAL_STATES, JobState
 from workers.protocol import WORKER_COLUMNS, ExceptionEvent, ReportEvent
@@ -204,6 +214,14 @@ def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
 
 def list_datasets(session: Session) -> list[Dataset]:
     return list(session.scalars(select(Dataset).order_by(Dataset.created_at.desc())).all())
+
+
+def get_code_bundle(session: Session, bundle_id: str) -> CodeBundle | None:
+    return session.get(CodeBundle, bundle_id)
+
+
+def list_code_bundles(session: Session) -> list[CodeBundle]:
+    return list(session.scalars(select(CodeBundle).order_by(CodeBundle.created_at.desc())).all())
 
 
 def job_out(job: Job, with_transitions: bool = True) -> JobOut:

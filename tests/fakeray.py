@@ -7,6 +7,7 @@ of the service alone use it; the end-to-end tests run against a real Ray cluster
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.ray_jobs import RayUnavailable
 from workers.capacity import Capacity
@@ -16,6 +17,7 @@ from workers.capacity import Capacity
 class FakeRayJob:
     entrypoint: str
     env: dict[str, str]
+    runtime_env: dict[str, Any] = field(default_factory=dict)
     status: str = "PENDING"
     logs: str = ""
     message: str | None = None
@@ -35,9 +37,15 @@ class FakeRay:
         if not self.reachable:
             raise RayUnavailable("fake Ray is down")
 
-    def submit(self, job_id: str, entrypoint: str, env: dict[str, str]) -> None:
+    def submit(
+        self,
+        job_id: str,
+        entrypoint: str,
+        env: dict[str, str],
+        runtime_env: dict[str, Any] | None = None,
+    ) -> None:
         self._check()
-        self.jobs.setdefault(job_id, FakeRayJob(entrypoint, env))
+        self.jobs.setdefault(job_id, FakeRayJob(entrypoint, env, runtime_env or {}))
 
     def status(self, job_id: str) -> str | None:
         self._check()

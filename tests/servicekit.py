@@ -109,6 +109,14 @@ class ServiceProcess:
                 self.kill()
 
     # -- helpers for tests ----------------------------------------------------------------
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``syncbn --url URL --token TOKEN ARGS`` (the CLI), run to completion."""
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", "--url", self.url,
+             *(["--token", self.token] if self.token else []), *args],
+            capture_output=True, text=True, timeout=120, env={"COLUMNS": "160", "PATH": ""},
+        )  # fmt: skip
+
     def submit(self, **spec: Any) -> dict[str, Any]:
         response = self.client.post("/v1/jobs", json=spec)
         assert response.status_code == 201, response.text
@@ -148,13 +156,18 @@ class ServiceProcess:
 
 
 def wait_ray_idle(dashboard_url: str, timeout_s: float = 60.0) -> None:
-    """Wait until no Ray Job on the cluster is PENDING or RUNNING."""
+    """Wait until no submitted Ray Job on the cluster is PENDING or RUNNING."""
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(dashboard_url)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        busy = [j for j in client.list_jobs() if str(j.status.value) in ("PENDING", "RUNNING")]
+        busy = [
+            j
+            for j in client.list_jobs()
+            if j.submission_id is not None  # not a connected driver such as this pytest
+            and str(j.status.value) in ("PENDING", "RUNNING")
+        ]
         if not busy:
             return
         time.sleep(0.5)

@@ -177,37 +177,29 @@ def test_upload_then_submit_with_the_server_made_id(idle_service):
     idle_service.client.post(f"/v1/jobs/{job['id']}/cancel")
 
 
-def _cli(service, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", "--url", service.url, "--token", service.token,
-         *args],
-        capture_output=True, text=True, timeout=120, env={"COLUMNS": "160", "PATH": ""},
-    )  # fmt: skip
-
-
 def test_cli_submit_list_show_cancel_and_errors(idle_service, tmp_path):
     spec = tmp_path / "job.json"
     spec.write_text('{"dataset": "synthetic", "workers": 1, "epochs": 1}')
-    submitted = _cli(idle_service, "--json", "submit", "--file", str(spec), "--batch-size", "4")
+    submitted = idle_service.cli("--json", "submit", "--file", str(spec), "--batch-size", "4")
     assert submitted.returncode == 0, submitted.stderr
     job = __import__("json").loads(submitted.stdout)
     assert job["spec"]["batch_size_per_worker"] == 4 and job["state"] == "queued"
-    listed = _cli(idle_service, "list", "--state", "queued")
+    listed = idle_service.cli("list", "--state", "queued")
     assert listed.returncode == 0 and job["id"] in listed.stdout
-    shown = _cli(idle_service, "show", job["id"])
+    shown = idle_service.cli("show", job["id"])
     assert shown.returncode == 0 and "queued" in shown.stdout
-    cancelled = _cli(idle_service, "cancel", job["id"])
+    cancelled = idle_service.cli("cancel", job["id"])
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
 
-    bad = _cli(idle_service, "submit", "--dataset", "synthetic", "--workers", "0")
+    bad = idle_service.cli("submit", "--dataset", "synthetic", "--workers", "0")
     assert bad.returncode == 2 and "workers: Input should be greater than or equal to 1" in (
         bad.stdout + bad.stderr
     )
-    missing = _cli(idle_service, "show", "j-000000000000")
+    missing = idle_service.cli("show", "j-000000000000")
     assert missing.returncode == 2 and "not found" in missing.stdout + missing.stderr
     data = tmp_path / "data.npz"
     data.write_bytes(GOOD_NPZ)
-    uploaded = _cli(idle_service, "upload", str(data))
+    uploaded = idle_service.cli("upload", str(data))
     assert uploaded.returncode == 0 and "dataset ds-" in uploaded.stdout
     unreachable = subprocess.run(
         [sys.executable, "-m", "service.cli", "--url", "http://127.0.0.1:9", "list"],

@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from workers.data import DatasetError, steps_per_epoch
     from workers.driver import JobError, JobFailedError, prepare_data, run_job
     from workers.reporting import HttpSink, follow_events
+    from workers.usercode import UserCodeError
 
     console = Console(stderr=args.json)
     try:
@@ -185,8 +186,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         data = prepare_data(spec, args.datasets_dir)
     except DatasetError as exc:
-        console.print(f"invalid dataset: {exc}", markup=False)
-        return EXIT_INVALID
+        return finish(console, args, EXIT_INVALID, f"invalid dataset: {exc}")
+    except UserCodeError as exc:
+        return finish(console, args, EXIT_INVALID, str(exc))
     console.print(f"dataset {data.describe()}", markup=False)
     steps = steps_per_epoch(len(data.x_train), spec.workers, spec.batch_size_per_worker)
 
@@ -224,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
             )
         except DatasetError as exc:
             status, error = EXIT_INVALID, f"invalid dataset: {exc}"
+        except UserCodeError as exc:
+            status, error = EXIT_INVALID, str(exc)
         except InfeasibleJobError as exc:
             status, error = EXIT_INFEASIBLE, str(exc)
         except JobFailedError as exc:
@@ -235,6 +239,17 @@ def run(args: argparse.Namespace) -> int:
             for thread in threads:
                 thread.join(timeout=5)
 
+    return finish(console, args, status, error, result)
+
+
+def finish(
+    console: Any,
+    args: argparse.Namespace,
+    status: int,
+    error: str | None,
+    result: Any = None,
+) -> int:
+    """Print the outcome (and with ``--json`` the one JSON line the service reads); ``status``."""
     if error is not None:
         console.print(error, markup=False, style="red")
     if result is not None:

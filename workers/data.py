@@ -3,8 +3,15 @@
 - ``digits``: scikit-learn's 8x8 handwritten digits (1797 images, 10 classes) with a fixed
   seeded, stratified train/test split.
 - ``synthetic``: seeded Gaussian classes in 16 features; fast and learnable, for tests.
-- uploaded ``.npz`` files (``x``, ``y``, optional ``x_test``/``y_test``), validated by
-  ``load_npz`` before any worker starts; every problem is a ``DatasetError`` naming it.
+- ``shapes``: seeded synthetic segmentation (``make_shapes``): 600 train / 150 test 24x24 RGB
+  images of circles, squares and triangles on noisy, textured backgrounds, with a contrast
+  that changes from image to image, and their per-pixel masks (0 background, 1 circle,
+  2 square, 3 triangle).
+- uploaded ``.npz`` files (``x``, ``y``, optional ``x_test``/``y_test`` and ``classes``),
+  validated by ``load_npz`` before any worker starts; every problem is a ``DatasetError``
+  naming the array. The task is inferred from ``y``'s shape: ``(N,)`` one label per sample
+  (classification), ``(N, H, W)`` integer masks matching the images' spatial size
+  (segmentation; ``IGNORE_LABEL`` = 255 marks pixels that count nowhere).
 
 Sharding follows ``torch.utils.data.DistributedSampler`` (shuffle with seed + epoch, pad by
 wrapping so every rank gets the same number of samples and therefore of steps); evaluation
@@ -30,6 +37,7 @@ MAX_DATASET_BYTES = int(os.environ.get("SYNCBN_MAX_DATASET_BYTES", 256 * 1024 * 
 MAX_CLASSES = 1000
 SPLIT_SEED = 0
 """Seed of the fixed train/test splits (independent of the job seed)."""
+SHAPES_CLASSES = ("background", "circle", "square", "triangle")
 REQUIRED_KEYS = ("x", "y")
 OPTIONAL_KEYS = ("x_test", "y_test", "classes")
 IGNORE_LABEL = 255
@@ -99,9 +107,10 @@ class ArrayDataset:
         )
 
     def describe(self) -> str:
+        what = "pixel classes" if self.task == "segmentation" else "classes"
         return (
             f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test samples of shape "
-            f"{self.input_shape}, {self.num_classes} classes"
+            f"{self.input_shape}, {self.num_classes} {what}"
         )
 
 
@@ -133,6 +142,8 @@ def load_dataset(name: str, directory: str | os.PathLike | None = None) -> Array
         return load_digits()
     if name == "synthetic":
         return make_synthetic()
+    if name == "shapes":
+        return make_shapes()
     if name in BUILTIN_DATASETS:  # pragma: no cover - a new builtin without a loader
         raise DatasetError(f"no loader for built-in dataset {name!r}")
     path = dataset_path(name, directory)
@@ -156,7 +167,11 @@ def _split(
 ) -> tuple[np.ndarray, ...]:
     from sklearn.model_selection import train_test_split
 
-    strat = y if stratify and np.bincount(y).min() >= 2 else None
+    # Stratify when every class can be on both sides (scikit-learn refuses otherwise).
+    counts = np.unique(y, return_counts=True)[1]
+    n_test = math.ceil(test_fraction * len(y))
+    possible = counts.min() >= 2 and len(counts) <= min(n_test, len(y) - n_test)
+    strat = y if stratify and possible else None
     return tuple(
         train_test_split(x, y, test_size=test_fraction, random_state=SPLIT_SEED, stratify=strat)
     )
@@ -194,6 +209,78 @@ def make_synthetic(
     return ArrayDataset("synthetic", x_train, y_train, x_test, y_test, classes)
 
 
+def _upsample(coarse: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of the last two axes of ``coarse`` to ``size`` x ``size``."""
+    k = coarse.shape[-1]
+    grid = np.linspace(0.0, k - 1.0, size)
+    weights = np.maximum(0.0, 1.0 - np.abs(grid[:, None] - np.arange(k)[None, :]))
+    return np.einsum("ik,...kl,jl->...ij", weights, coarse, weights)
+
+
+def _draw_shape(
+    rng: np.random.Generator, cls: int, yy: np.ndarray, xx: np.ndarray, size: int
+) -> np.ndarray:
+    """The pixels inside one randomly placed and sized circle, square or triangle."""
+    r = rng.uniform(0.2, 0.38) * size
+    cy, cx = rng.uniform(0.6 * r, size - 0.6 * r, size=2)
+    dy, dx = yy - cy, xx - cx
+    if cls == 1:  # circle of radius r
+        return dx**2 + dy**2 <= r**2
+    if cls == 2:  # upright square of side 1.6 r
+        return np.maximum(np.abs(dx), np.abs(dy)) <= 0.8 * r
+    # equilateral triangle pointing right, circumradius 1.35 r: inside all three edges
+    normals = np.pi / 3 + 2 * np.pi / 3 * np.arange(3)
+    reach = dx[None] * np.cos(normals)[:, None, None] + dy[None] * np.sin(normals)[:, None, None]
+    return reach.max(0) <= 0.675 * r
+
+
+def make_shapes(
+    n_train: int = 600, n_test: int = 150, size: int = 24, seed: int = SPLIT_SEED
+) -> ArrayDataset:
+    """Seeded synthetic segmentation: RGB ``size`` x ``size`` images with 1 or 2 shapes each
+    (circle, square or triangle; radius 20-38 % of the side, random position and colour; the
+    second may cover the first) and their masks (labels ``SHAPES_CLASSES``; nothing ignored).
+
+    Backgrounds are low-frequency colour texture plus pixel noise; shapes are flat, brighter
+    than the background by a random amount, and slightly tinted, so colour says nothing of
+    the class: only the outline does. Every image has its own contrast (a log-normal gain),
+    and the shapes cover from a tenth to over half of it (30 % in the median), so the
+    statistics of a batch of 2 images are far from those of the data set: the setting where
+    per-worker BatchNorm with tiny batches suffers.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.empty((n, 3, size, size), dtype=np.float32)
+        y = np.zeros((n, size, size), dtype=np.int64)
+        for i in range(n):
+            image = 0.4 * _upsample(rng.normal(size=(3, 4, 4)), size)
+            for _ in range(rng.integers(1, 3)):
+                cls = int(rng.integers(1, 4))
+                inside = _draw_shape(rng, cls, yy, xx, size)
+                colour = rng.uniform(1.0, 2.0) + rng.normal(0.0, 0.3, size=3)
+                image[:, inside] = colour[:, None]
+                y[i][inside] = cls
+            gain = np.exp(rng.normal(0.0, 0.5))
+            x[i] = gain * image + rng.normal(0.0, 0.3, size=image.shape)
+        return x, y
+
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
+    x_train, x_test = _standardize(x_train, x_test)
+    return ArrayDataset(
+        "shapes",
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        len(SHAPES_CLASSES),
+        task="segmentation",
+        class_names=SHAPES_CLASSES,
+    )
+
+
 def _check_sizes(path: Path, limit: int) -> None:
     size = path.stat().st_size
     if size > limit:
@@ -224,11 +311,22 @@ def _check_x(key: str, x: np.ndarray) -> None:
         raise DatasetError(f"{key}: contains {bad} NaN or infinite values")
 
 
-def _check_y(key: str, y: np.ndarray, n: int, x_key: str) -> None:
+def _task_of(y: np.ndarray) -> Task:
+    """Masks ``(N, H, W)`` mean segmentation; anything else is checked as class labels."""
+    return "segmentation" if y.ndim == 3 else "classification"
+
+
+def _check_y(key: str, y: np.ndarray, x: np.ndarray, x_key: str) -> None:
     if y.dtype.kind not in "iu":
         raise DatasetError(f"{key}: labels must be integers, got dtype {y.dtype}")
+    if _task_of(y) == "segmentation":
+        _check_masks(key, y, x, x_key)
+        return
     if y.ndim != 1:
-        raise DatasetError(f"{key}: labels must be 1-D, got shape {y.shape}")
+        raise DatasetError(
+            f"{key}: labels must be 1-D (one per sample) or (N, H, W) masks, got shape {y.shape}"
+        )
+    n = len(x)
     if len(y) != n:
         raise DatasetError(f"{key}: {len(y)} labels for {n} samples in {x_key} (lengths differ)")
     low, high = int(y.min()), int(y.max())
@@ -236,6 +334,40 @@ def _check_y(key: str, y: np.ndarray, n: int, x_key: str) -> None:
         raise DatasetError(
             f"{key}: labels must be in [0, {MAX_CLASSES - 1}], found values in [{low}, {high}]"
         )
+
+
+SEGMENTATION_MAX_CLASSES = min(MAX_CLASSES, IGNORE_LABEL)
+"""Mask labels are 0 .. 254 (255 is ``IGNORE_LABEL``, never a class)."""
+
+
+def _check_masks(key: str, y: np.ndarray, x: np.ndarray, x_key: str) -> None:
+    """``y``: one (H, W) mask per image of ``x``, labels in [0, 254] or 255 (ignore)."""
+    if x.ndim not in (3, 4):
+        raise DatasetError(
+            f"{key}: masks of shape (N, H, W) need images {x_key} of shape (N, H, W) or "
+            f"(N, C, H, W), but {x_key} has shape {x.shape}"
+        )
+    if len(y) != len(x):
+        raise DatasetError(f"{key}: {len(y)} masks for {len(x)} images in {x_key} (lengths differ)")
+    if y.shape[1:] != x.shape[-2:]:
+        raise DatasetError(
+            f"{key}: mask size {tuple(y.shape[1:])} differs from the image size "
+            f"{tuple(x.shape[-2:])} of {x_key} (masks must be (N, H, W) like the images)"
+        )
+    bad = (y < 0) | ((y >= SEGMENTATION_MAX_CLASSES) & (y != IGNORE_LABEL))
+    if bad.any():
+        examples = np.unique(y[bad])[:5].tolist()
+        raise DatasetError(
+            f"{key}: mask labels must be in [0, {SEGMENTATION_MAX_CLASSES - 1}] or "
+            f"{IGNORE_LABEL} (ignore); {int(bad.sum())} pixels have other values, e.g. {examples}"
+        )
+
+
+def _max_label(y: np.ndarray) -> int:
+    """The largest class label (ignored mask pixels excluded; -1 if there is none)."""
+    if _task_of(y) == "segmentation":
+        y = y[y != IGNORE_LABEL]
+    return int(y.max()) if y.size else -1
 
 
 def load_npz(
@@ -270,7 +402,8 @@ def load_npz(
 
     x, y = arrays["x"], arrays["y"]
     _check_x("x", x)
-    _check_y("y", y, len(x), "x")
+    _check_y("y", y, x, "x")
+    task = _task_of(y)
     if len(x) < 2:
         raise DatasetError("x: need at least 2 samples")
     if "x_test" in arrays:
@@ -280,13 +413,19 @@ def load_npz(
             raise DatasetError(
                 f"x_test: sample shape {x_test.shape[1:]} differs from x's {x.shape[1:]}"
             )
-        _check_y("y_test", y_test, len(x_test), "x_test")
+        if _task_of(y_test) != task:
+            expected = "(N, H, W) masks" if task == "segmentation" else "one label per sample"
+            raise DatasetError(f"y_test: shape {y_test.shape} does not match y's {expected}")
+        _check_y("y_test", y_test, x_test, "x_test")
         x_train, y_train = x, y
     else:
-        x_train, x_test, y_train, y_test = _split(x, y.astype(np.int64), 0.2, stratify=True)
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+        # Masks cannot be stratified: a plain seeded split.
+        stratify = task == "classification"
+        x_train, x_test, y_train, y_test = _split(x, y.astype(np.int64), 0.2, stratify=stratify)
+    num_classes = max(_max_label(y_train), _max_label(y_test)) + 1
     if num_classes < 2:
-        raise DatasetError("y: need at least 2 classes (all labels are 0)")
+        what = "all labels are 0" if num_classes == 1 else f"every pixel is {IGNORE_LABEL}"
+        raise DatasetError(f"y: need at least 2 classes ({what})")
     class_names = _class_names(arrays.get("classes"), num_classes)
     if class_names is not None:
         num_classes = len(class_names)
@@ -298,6 +437,7 @@ def load_npz(
         x_test,
         y_test.astype(np.int64),
         num_classes,
+        task=task,
         class_names=class_names,
     )
 

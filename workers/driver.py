@@ -3,7 +3,8 @@
 Order of checks, each failing at once with a message saying why:
 
 1. the dataset is loaded and validated in the driver (``DatasetError``) and the model checked
-   against its input shape, before any worker exists;
+   against its input shape, before any worker exists; a user's builder (code bundle) is built
+   and run on two samples (``UserCodeError``, with the tail of the user's traceback);
 2. the request is checked against the cluster's alive nodes (``workers.capacity``): more
    workers/CPUs/GPUs than there are is an ``InfeasibleJobError`` (Ray Train would
    otherwise keep retrying to schedule it);
@@ -26,10 +27,11 @@ from typing import Any
 
 from workers.capacity import Capacity, check_feasible
 from workers.data import ArrayDataset, load_dataset
-from workers.models import check_data
+from workers.models import apply_norm, check_data
 from workers.protocol import STATS_FILE, read_events
 from workers.reporting import StatsCallback, StatsSink, epoch_reports
 from workers.spec import JobSpec
+from workers.usercode import check_user_model
 
 CONTROLLER_FAILURE_LIMIT = 2
 """Controller-level retries (e.g. a worker group that could not start) before giving up."""
@@ -56,6 +58,8 @@ class JobResult:
     stats_path: str
     test_accuracy: float | None
     test_loss: float | None
+    test_miou: float | None
+    """Segmentation: mean IoU over the test set (None for classification)."""
     epochs_completed: int
     checkpoint: str | None
     wall_time_s: float
@@ -72,9 +76,19 @@ def new_job_name() -> str:
 
 
 def prepare_data(spec: JobSpec, datasets_dir: str | Path | None = None) -> ArrayDataset:
-    """Load and validate the job's dataset and check the model can take it (driver side)."""
+    """Load and validate the job's dataset and check the model can take it (driver side);
+    a user's builder is built and run once here (``UserCodeError`` when it fails)."""
     data = load_dataset(spec.dataset, datasets_dir)
     check_data(spec, data.info)
+    if spec.builder is not None:
+        check_user_model(
+            spec.model,
+            lambda model: apply_norm(model, spec.norm),
+            data.x_train[:2],
+            data.task,
+            data.num_classes,
+            tuple(data.y_train.shape[1:]),
+        )
     return data
 
 
@@ -181,6 +195,7 @@ def run_job(
         stats_path=str(stats_path),
         test_accuracy=first.get("test_accuracy"),
         test_loss=first.get("test_loss"),
+        test_miou=first.get("test_miou"),
         epochs_completed=int(first.get("epoch", 0)),
         checkpoint=getattr(result.checkpoint, "path", None),
         wall_time_s=wall,

@@ -6,9 +6,19 @@ rank's part of the whole test set and all-reduce the counts (so ``test_accuracy`
 ``ray.train.report`` the same number of times: once every ``report_every_steps`` optimizer
 steps (within an epoch) and once per epoch; every rank has the same number of steps.
 
+Segmentation data (``ArrayDataset.task``) trains with per-pixel cross-entropy that skips
+``IGNORE_LABEL`` pixels; its loss and accuracy (train and test) are over the non-ignored
+pixels, and evaluation also all-reduces a confusion matrix, once, for ``test_miou``. Samples
+(``samples``, ``samples_per_s``, ``test_samples``) are always images.
+
+``precision="bf16"`` runs forward passes under ``torch.autocast`` (bfloat16; syncbn keeps its
+statistics in fp32, the loss is taken in fp32). ``compile=True`` trains with
+``torch.compile`` of the (DDP) model, except on the steps that are reported: those run
+eagerly so that their per-layer BN statistics can be recorded.
+
 Each report is one ``workers.protocol.WorkerReport`` per rank, dumped to a dict; epoch reports
-add the ``EpochEval`` fields (``test_accuracy``, ``test_loss``, ``test_samples`` and
-``bn_running``, a digest of the BN running statistics).
+add the ``EpochEval`` fields (``test_accuracy``, ``test_loss``, ``test_miou`` (segmentation),
+``test_samples`` and ``bn_running``, a digest of the BN running statistics).
 """
 
 from __future__ import annotations
@@ -28,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.bnstats import BNProbe, running_stats_digest
-from workers.data import ArrayDataset, batches, eval_indices, shard_indices
-from workers.models import apply_norm, build_model
+from workers.data import IGNORE_LABEL, ArrayDataset, batches, eval_indices, shard_indices
+from workers.models import apply_norm, model_for
 from workers.protocol import EpochEval, ReportKind, WorkerReport
 from workers.spec import JobSpec
 
@@ -38,6 +48,9 @@ if TYPE_CHECKING:
 
 STATE_FILE = "state.pt"
 EVAL_BATCH = 512
+EVAL_PIXELS = 512 * 32 * 32
+"""Evaluation batches hold at most EVAL_BATCH samples and, for segmentation, EVAL_PIXELS
+pixels (at least one image)."""
 
 
 def epoch_lr(spec: JobSpec, epoch: int) -> float:
@@ -54,21 +67,28 @@ def _bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class _Window:
-    """Training statistics accumulated since the last report."""
+    """Training statistics accumulated since the last report.
+
+    ``samples`` counts images (throughput); loss and accuracy are means over the counted
+    predictions: samples for classification, non-ignored pixels for segmentation.
+    """
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.end: float | None = None
         self.steps = 0
         self.samples = 0
+        self.counted = 0
         self.loss_sum = 0.0
         self.correct = 0
         self.step_time = 0.0
 
-    def add(self, n: int, loss: float, correct: int, step_time: float) -> None:
+    def add(self, n: int, loss: float, correct: int, counted: int, step_time: float) -> None:
+        """One step of ``n`` samples: mean ``loss`` and ``correct`` of ``counted`` predictions."""
         self.steps += 1
         self.samples += n
-        self.loss_sum += loss * n
+        self.counted += counted
+        self.loss_sum += loss * counted
         self.correct += correct
         self.step_time += step_time
 
@@ -78,10 +98,10 @@ class _Window:
 
     def stats(self, sync_time: float) -> dict[str, float]:
         wall = (self.end or time.perf_counter()) - self.start
-        steps, samples = max(self.steps, 1), max(self.samples, 1)
+        steps, counted = max(self.steps, 1), max(self.counted, 1)
         return {
-            "loss": self.loss_sum / samples,
-            "train_accuracy": self.correct / samples,
+            "loss": self.loss_sum / counted,
+            "train_accuracy": self.correct / counted,
             "samples_per_s": self.samples / wall if wall > 0 else 0.0,
             "step_time_s": self.step_time / steps,
             "sync_time_s": sync_time / steps,
@@ -103,30 +123,97 @@ def _all_reduce_sum(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.cpu()
 
 
+def loss_and_hits(
+    out: torch.Tensor, y: torch.Tensor, segmentation: bool, reduction: str = "mean"
+) -> tuple[torch.Tensor, int, int]:
+    """Cross-entropy of a batch (``reduction`` "mean" or "sum"), its correct predictions and
+    how many were counted: samples, or for segmentation the pixels not labelled
+    ``IGNORE_LABEL`` (the mean is over those; 0 if there are none)."""
+    pred = out.detach().argmax(1)
+    if not segmentation:
+        return F.cross_entropy(out, y, reduction=reduction), int((pred == y).sum()), len(y)
+    valid = y != IGNORE_LABEL
+    counted = int(valid.sum())
+    loss = F.cross_entropy(out, y, ignore_index=IGNORE_LABEL, reduction="sum")
+    if reduction == "mean":
+        loss = loss / max(counted, 1)
+    return loss, int(((pred == y) & valid).sum()), counted
+
+
+def confusion_matrix(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 ``(num_classes, num_classes)`` counts of (target, prediction) pixel pairs;
+    ``IGNORE_LABEL`` pixels are left out."""
+    valid = y != IGNORE_LABEL
+    pairs = (y[valid] * num_classes + pred[valid]).cpu()
+    counts = torch.bincount(pairs, minlength=num_classes * num_classes)
+    return counts.view(num_classes, num_classes).to(torch.int64)
+
+
+def confusion_metrics(confusion: torch.Tensor) -> tuple[float, float | None]:
+    """Pixel accuracy and mean IoU of a (target, prediction) confusion matrix.
+
+    The mean is over the classes that occur in the targets or the predictions (a class whose
+    union is empty is left out); (0.0, None) when no pixel was counted.
+    """
+    counts = confusion.to(torch.float64)
+    hits = counts.diagonal()
+    union = counts.sum(0) + counts.sum(1) - hits
+    present = union > 0
+    if not present.any():
+        return 0.0, None
+    return float(hits.sum() / counts.sum()), float((hits[present] / union[present]).mean())
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """``torch.autocast`` to bfloat16 for ``precision="bf16"`` (disabled for fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def evaluate(
-    model: nn.Module, data: ArrayDataset, rank: int, world: int, device: torch.device
-) -> dict[str, float | int]:
-    """Accuracy and mean loss over the WHOLE test set; identical on every rank."""
+    model: nn.Module,
+    data: ArrayDataset,
+    rank: int,
+    world: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> dict[str, float | int | None]:
+    """Accuracy and mean loss over the WHOLE test set; identical on every rank.
+
+    Segmentation: pixel accuracy and ``test_miou`` from the confusion matrix (all-reduced
+    once), the loss per non-ignored pixel.
+    """
+    segmentation = data.task == "segmentation"
+    k = data.num_classes
+    batch = EVAL_BATCH
+    if segmentation:
+        batch = max(1, min(EVAL_BATCH, EVAL_PIXELS // math.prod(data.y_test.shape[1:])))
     model.eval()
     idx = eval_indices(len(data.x_test), rank, world)
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(4, dtype=torch.float64)  # correct, loss sum, counted, samples
+    confusion = torch.zeros((k, k), dtype=torch.int64)
     with torch.no_grad():
-        for start in range(0, len(idx), EVAL_BATCH):
-            part = idx[start : start + EVAL_BATCH]
+        for start in range(0, len(idx), batch):
+            part = idx[start : start + batch]
             x = torch.from_numpy(data.x_test[part]).to(device)
             y = torch.from_numpy(data.y_test[part]).to(device)
-            out = model(x)
-            totals[0] += (out.argmax(1) == y).sum().item()
-            totals[1] += F.cross_entropy(out, y, reduction="sum").item()
-            totals[2] += len(part)
+            with autocast(precision, device):
+                out = model(x).float()
+            loss, correct, counted = loss_and_hits(out, y, segmentation, reduction="sum")
+            totals += torch.tensor([correct, loss.item(), counted, len(part)], dtype=torch.float64)
+            if segmentation:
+                confusion += confusion_matrix(out.argmax(1), y, k)
     model.train()
     totals = _all_reduce_sum(totals, device)
     count = max(int(totals[2].item()), 1)
-    return {
+    result: dict[str, float | int | None] = {
         "test_accuracy": totals[0].item() / count,
         "test_loss": totals[1].item() / count,
-        "test_samples": int(totals[2].item()),
+        "test_samples": int(totals[3].item()),
     }
+    if segmentation:
+        confusion = _all_reduce_sum(confusion, device)
+        result["test_accuracy"], result["test_miou"] = confusion_metrics(confusion)
+    return result
 
 
 def _maybe_inject_fault(fault: dict[str, Any] | None, rank: int, epoch: int, step: int) -> None:
@@ -209,6 +296,7 @@ class _RankTrainer:
 
         spec = self.spec = JobSpec.model_validate(config["spec"])
         self.data = _load_dataset(config["data"])
+        self.segmentation = self.data.task == "segmentation"
         self.fault: dict[str, Any] | None = config.get("fault")
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
@@ -217,7 +305,7 @@ class _RankTrainer:
         self.device = _device(spec)
 
         torch.manual_seed(spec.seed)
-        model = build_model(spec.model, self.data.input_shape, self.data.num_classes)
+        model = model_for(spec, self.data.input_shape, self.data.num_classes, self.data.task)
         self.model = apply_norm(model, spec.norm, spec.sync_group_size, self.world).to(self.device)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
@@ -229,6 +317,8 @@ class _RankTrainer:
             ray.train.get_checkpoint(), self.model, self.optimizer, self.rank, self.device
         )
         self.net = _distributed(self.model)
+        # Compiled steps record no per-layer statistics: reported steps run eagerly.
+        self.compiled = torch.compile(self.net) if spec.compile else self.net
         self.probe = BNProbe(self.model)
         self.x_train = _tensor(self.data.x_train)
         self.y_train = _tensor(self.data.y_train)
@@ -265,23 +355,26 @@ class _RankTrainer:
         started = time.perf_counter()
         xb = self.x_train[idx].to(self.device, non_blocking=True)
         yb = self.y_train[idx].to(self.device, non_blocking=True)
+        net = self.net if detailed else self.compiled
         with self.probe.step(detailed=detailed):
-            out = self.net(xb)
-            loss = F.cross_entropy(out, yb)
+            with autocast(self.spec.precision, self.device):
+                out = net(xb)
+            loss, correct, counted = loss_and_hits(out.float(), yb, self.segmentation)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         self.optimizer.step()
-        correct = int((out.detach().argmax(1) == yb).sum())
         loss_value = float(loss.detach())
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.step += 1
         self.samples += len(idx)
-        window.add(len(idx), loss_value, correct, time.perf_counter() - started)
+        window.add(len(idx), loss_value, correct, counted, time.perf_counter() - started)
 
     def evaluate(self) -> EpochEval:
         """The test-set evaluation (identical on all ranks) and the BN running-stats digest."""
-        test = evaluate(self.model, self.data, self.rank, self.world, self.device)
+        test = evaluate(
+            self.model, self.data, self.rank, self.world, self.device, self.spec.precision
+        )
         return EpochEval(**test, bn_running=running_stats_digest(self.model))
 
     def checkpoint_and_report(self, epoch: int, window: _Window, test: EpochEval) -> None:

@@ -1,6 +1,7 @@
-"""Models chosen by input shape, each with BatchNorm, and their syncbn conversion.
+"""Models chosen by the task and input shape, each with BatchNorm, and their syncbn conversion.
 
-``model="auto"`` picks by the shape of one sample:
+``model="auto"`` picks ``unet`` for segmentation (a small U-Net with BatchNorm2d that
+predicts a class per pixel); for classification it picks by the shape of one sample:
 
 - ``(C, H, W)`` or ``(H, W)`` (two comparable sides) -> ``resnet``: a small ResNet-style CNN
   with BatchNorm2d;
@@ -9,21 +10,25 @@
 - ``(F,)`` with F < 128 -> ``mlp`` with BatchNorm1d.
 
 Name a model explicitly when the heuristic guesses wrong (e.g. a long flat feature vector).
+``unet`` takes only segmentation data, the other models only classification data.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from workers.data import DatasetError, DatasetInfo
+from workers.data import DatasetError, DatasetInfo, Task
 from workers.spec import JobSpec
 
 SEQUENCE_MIN_LENGTH = 128
 
 
-def infer_kind(input_shape: tuple[int, ...]) -> str:
+def infer_kind(input_shape: tuple[int, ...], task: Task = "classification") -> str:
     """The model ``auto`` picks for samples of ``input_shape`` (batch dimension excluded)."""
+    if task == "segmentation":
+        return "unet"
     if len(input_shape) == 3:
         return "resnet"
     if len(input_shape) == 2:
@@ -36,16 +41,31 @@ def infer_kind(input_shape: tuple[int, ...]) -> str:
 
 def check_compatible(kind: str, input_shape: tuple[int, ...]) -> None:
     """Raise ValueError when model ``kind`` cannot take samples of ``input_shape``."""
-    allowed = {"mlp": (1, 2, 3), "cnn1d": (1, 2), "resnet": (2, 3)}[kind]
+    allowed = {"mlp": (1, 2, 3), "cnn1d": (1, 2), "resnet": (2, 3), "unet": (2, 3)}[kind]
     if len(input_shape) not in allowed:
         raise ValueError(f"model {kind!r} cannot take samples of shape {input_shape}")
 
 
 def check_data(spec: JobSpec, info: DatasetInfo) -> None:
     """Raise ``DatasetError`` (naming the JobSpec field) if ``spec`` cannot train on the data
-    ``info`` describes: the model must take its samples, and an MLP's BatchNorm1d must not be
-    left one value per channel."""
-    kind = infer_kind(info.input_shape) if spec.model == "auto" else spec.model
+    ``info`` describes: the model must suit the task and take its samples, and an MLP's
+    BatchNorm1d must not be left one value per channel. A code bundle's builder (``spec.code``)
+    is not checked here."""
+    if spec.code is not None:
+        return
+    kind = infer_kind(info.input_shape, info.task) if spec.model == "auto" else spec.model
+    if info.task == "segmentation" and kind != "unet":
+        raise DatasetError(
+            f"{info.describe()}: model {kind!r} predicts one class per sample, but this data "
+            'has per-pixel masks: use model="unet" (or "auto")',
+            field="model",
+        )
+    if info.task != "segmentation" and kind == "unet":
+        raise DatasetError(
+            f"{info.describe()}: model 'unet' predicts a class per pixel, but this data has one "
+            'label per sample: use a classification model (or "auto")',
+            field="model",
+        )
     try:
         check_compatible(kind, info.input_shape)
     except ValueError as exc:
@@ -139,11 +159,51 @@ class SmallResNet(nn.Module):
         return self.head(self.features(x))
 
 
-def build_model(kind: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A fresh model of ``kind`` ("auto" resolves by ``input_shape``) with torch BatchNorm."""
+class UNet(nn.Module):
+    """A small U-Net: (N, C, H, W) or (N, H, W) images -> (N, num_classes, H, W) logits.
+
+    Two levels: ConvBNAct at full resolution (``width`` channels) and at half (2 ``width``),
+    two ConvBNAct at a quarter (4 ``width``), then per level bilinear upsampling to the skip's
+    exact size, concatenation with the skip and one ConvBNAct; a 1x1 convolution gives the
+    logits. Pooling rounds up (``ceil_mode``), so any H and W work, not only multiples of 4.
+    6 BatchNorm2d layers (few, since each costs two all_reduces per step when synchronized).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.enc1 = ConvBNAct(2, in_channels, w)
+        self.enc2 = ConvBNAct(2, w, 2 * w)
+        self.bottom = nn.Sequential(ConvBNAct(2, 2 * w, 4 * w), ConvBNAct(2, 4 * w, 4 * w))
+        self.dec2 = ConvBNAct(2, 4 * w + 2 * w, 2 * w)
+        self.dec1 = ConvBNAct(2, 2 * w + w, w)
+        self.head = nn.Conv2d(w, num_classes, 1)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+
+    @staticmethod
+    def _up(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([up, skip], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # (N, H, W) images get a channel axis
+            x = x.unsqueeze(1)
+        s1 = self.enc1(x)
+        s2 = self.enc2(self.pool(s1))
+        bottom = self.bottom(self.pool(s2))
+        return self.head(self.dec1(self._up(self.dec2(self._up(bottom, s2)), s1)))
+
+
+def build_model(
+    kind: str, input_shape: tuple[int, ...], num_classes: int, task: Task = "classification"
+) -> nn.Module:
+    """A fresh model of ``kind`` ("auto" resolves by ``task`` and ``input_shape``) with torch
+    BatchNorm."""
     if kind == "auto":
-        kind = infer_kind(input_shape)
+        kind = infer_kind(input_shape, task)
     check_compatible(kind, input_shape)
+    if kind == "unet":
+        return UNet(input_shape[0] if len(input_shape) == 3 else 1, num_classes)
     if kind == "mlp":
         features = 1
         for size in input_shape:
@@ -173,3 +233,15 @@ def apply_norm(
     if sync_group_size is not None and sync_group_size < world_size:
         group = syncbn.new_sync_groups(sync_group_size)
     return syncbn.convert_sync_batchnorm(model, process_group=group)
+
+
+def model_for(
+    spec: JobSpec, input_shape: tuple[int, ...], num_classes: int, task: Task = "classification"
+) -> nn.Module:
+    """The job's model with torch BatchNorm: the code bundle's builder, or a built-in one
+    (``task`` resolves ``auto``)."""
+    if spec.builder is not None:
+        from workers.usercode import build_user_model
+
+        return build_user_model(spec.model, input_shape, num_classes)
+    return build_model(spec.model, input_shape, num_classes, task)

@@ -25,6 +25,7 @@ ENTRY_POINT_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 """A builder in a bundle, as uvicorn names an app: ``package.module:function``."""
 
 NormName = Literal["sync", "local"]
+Precision = Literal["fp32", "bf16"]
 
 
 class JobSpec(BaseModel):
@@ -38,7 +39,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str = Field(
-        description='"digits", "synthetic" or the id of an uploaded .npz dataset',
+        description='"digits", "synthetic", "shapes" (segmentation) or an uploaded dataset id',
         min_length=1,
         max_length=64,
     )
@@ -71,6 +72,14 @@ class JobSpec(BaseModel):
     )
     max_failures: int = Field(
         1, ge=0, le=100, description="worker failures to recover from (from the last checkpoint)"
+    )
+    precision: Precision = Field(
+        "fp32",
+        description="bf16: mixed precision with torch.autocast (syncbn keeps its statistics "
+        "in fp32)",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model (syncbn traces with no graph break)"
     )
     cpus_per_worker: float = Field(1.0, gt=0, le=1024)
     use_gpu: bool = False

@@ -65,12 +65,36 @@ def _steps_per_epoch(services: Services, spec: JobSpec) -> int:
             row = store.get_dataset(session, spec.dataset)
             if row is None:
                 raise field_error("dataset", f"unknown dataset {spec.dataset!r}: upload it first")
-            info = DatasetInfo(row.id, row.n_train, tuple(row.input_shape), row.num_classes)
+            info = DatasetInfo(
+                row.id,
+                row.n_train,
+                tuple(row.input_shape),
+                row.num_classes,
+                row.task,  # type: ignore[arg-type]
+                tuple(row.class_names) if row.class_names else None,
+            )
     try:
         check_data(spec, info)
     except DatasetError as exc:
         raise field_error(exc.field, str(exc)) from exc
+    if spec.builder is not None:
+        _check_builder(services, spec)
     return steps_per_epoch(info.n_train, spec.workers, spec.batch_size_per_worker)
+
+
+def _check_builder(services: Services, spec: JobSpec) -> None:
+    """422 unless ``spec.code`` is an uploaded bundle that has the builder's module."""
+    module, _ = spec.builder or ("", "")
+    with services.db.session() as session:
+        bundle = store.get_code_bundle(session, spec.code or "")
+        if bundle is None:
+            raise field_error("code", f"unknown code bundle {spec.code!r}: upload it first")
+        if module not in bundle.modules:
+            raise field_error(
+                "model",
+                f"code bundle {bundle.id} has no module {module!r} "
+                f"(it has: {', '.join(bundle.modules)})",
+            )
 
 
 @router.post(

@@ -1,0 +1,111 @@
+"""``/v1/code``: upload a code bundle with a model builder (validated, never imported), list."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, HTTPException, UploadFile, status
+
+from service import store
+from service.auth import require_api_token
+from service.code_bundles import BundleError, unpack
+from service.deps import Services, field_error, get_services, not_found
+from service.models import CodeBundle
+from service.schemas import CodeBundleList, CodeBundleOut, ErrorOut
+from service.uploads import receive
+
+logger = logging.getLogger("service.code")
+router = APIRouter(
+    prefix="/v1/code",
+    tags=["code"],
+    dependencies=[Depends(require_api_token)],
+    responses={401: {"model": ErrorOut}},
+)
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CodeBundleOut,
+    responses={
+        403: {"model": ErrorOut, "description": "no API token and not on loopback only"},
+        413: {"model": ErrorOut, "description": "larger than SYNCBN_MAX_CODE_BYTES"},
+        422: {"description": "not a usable bundle (the message names the file at fault)"},
+    },
+)
+def upload_code(
+    services: ServicesDep,
+    file: Annotated[UploadFile, File(description=".zip or .tar.gz of Python files")],
+) -> CodeBundleOut:
+    """Upload a bundle of Python files holding a model builder.
+
+    A job runs it with ``{"code": <id>, "model": "<module>:<function>"}``; the builder is
+    called as ``build_model(input_shape, num_classes)`` and returns a ``torch.nn.Module``.
+    The service never imports the code: Ray ships it to the workers (``working_dir``), with
+    a top-level ``requirements.txt`` installed by Ray (``pip``).
+    """
+    settings = services.settings
+    if refusal := settings.code_upload_refusal:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, refusal)
+    settings.code_dir.mkdir(parents=True, exist_ok=True)
+    bundle_id = f"code-{secrets.token_hex(6)}"
+    target = settings.code_dir / bundle_id
+    with tempfile.TemporaryDirectory(dir=settings.code_dir, prefix=".upload-") as scratch:
+        archive = Path(scratch) / "bundle"
+        size, sha256 = receive(file.file, archive, settings.max_code_bytes)
+        unpacked = Path(scratch) / "unpacked"
+        try:
+            info = unpack(
+                archive,
+                unpacked,
+                max_bytes=settings.max_code_bytes,
+                max_files=settings.max_code_files,
+            )
+        except BundleError as exc:
+            raise field_error("file", str(exc)) from exc
+        os.replace(unpacked, target)
+    bundle = CodeBundle(
+        id=bundle_id,
+        name=os.path.basename(file.filename or "bundle")[:255],
+        size_bytes=size,
+        sha256=sha256,
+        files=info.files,
+        modules=info.modules,
+        requirements=info.requirements,
+    )
+    try:
+        with services.db.session() as session:
+            session.add(bundle)
+            session.flush()
+            out = CodeBundleOut.model_validate(bundle)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    logger.info("code uploaded", extra={"code_id": bundle_id, "modules": info.modules})
+    return out
+
+
+@router.get("", response_model=CodeBundleList)
+def list_code(services: ServicesDep) -> CodeBundleList:
+    """Uploaded code bundles, newest first."""
+    with services.db.session() as session:
+        return CodeBundleList(
+            bundles=[CodeBundleOut.model_validate(b) for b in store.list_code_bundles(session)]
+        )
+
+
+@router.get("/{code_id}", response_model=CodeBundleOut, responses={404: {"model": ErrorOut}})
+def get_code(code_id: str, services: ServicesDep) -> CodeBundleOut:
+    """One code bundle."""
+    with services.db.session() as session:
+        bundle = store.get_code_bundle(session, code_id)
+        if bundle is None:
+            raise not_found("code bundle", code_id)
+        return CodeBundleOut.model_validate(bundle)
