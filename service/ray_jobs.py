@@ -63,6 +63,12 @@ class RayJobs:
     """
 
     def __init__(self, address: str) -> None:
+        # Import Ray's client modules here, in one thread: a first import of them from two
+        # threads at once (the scheduler and a request) can fail halfway ("partially
+        # initialized module 'ray.util'").
+        import ray.job_submission
+        import ray.util.state  # noqa: F401
+
         self.address = address
         self._client: Any = None
         self._lock = threading.Lock()

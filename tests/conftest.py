@@ -77,11 +77,18 @@ def service(_service_session, ray_head):
 
 
 @pytest.fixture(scope="session")
-def idle_service(tmp_path_factory, ray_head):
-    """A service that queues jobs but never starts them (and takes uploads up to 256 kB)."""
+def _idle_service_session(tmp_path_factory, ray_head):
     env = {"SYNCBN_MAX_RUNNING_JOBS": "0", "SYNCBN_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}
     process = _service(tmp_path_factory, ray_head, "idle-service", env)
     try:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def idle_service(_idle_service_session):
+    """A service that queues jobs but never starts them (and takes uploads up to 256 kB);
+    jobs a test leaves queued are cancelled afterwards."""
+    yield _idle_service_session
+    _idle_service_session.cancel_all()
