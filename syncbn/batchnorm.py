@@ -6,7 +6,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from syncbn._ops import traceable_sync_batch_norm
 from syncbn.functional import check_input, sync_batch_norm
 
 # Input dims -> the torch class a reverted layer becomes.
@@ -70,18 +69,6 @@ class SyncBatchNorm(_BatchNorm):
                 momentum = 1.0 / self.num_batches_tracked
         use_batch_stats = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
-        if torch.compiler.is_compiling():  # custom ops: no graph break, no stats recording
-            return traceable_sync_batch_norm(
-                input,
-                self.running_mean if track else None,
-                self.running_var if track else None,
-                self.weight,
-                self.bias,
-                use_batch_stats,
-                momentum,
-                self.eps,
-                self.process_group,
-            )
         return sync_batch_norm(
             input,
             self.running_mean if track else None,

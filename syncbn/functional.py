@@ -7,6 +7,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from syncbn._functions import SyncBatchNormFunction
+from syncbn._ops import traceable_sync_batch_norm
 from syncbn.groups import group_world_size
 from syncbn.stats import active_recorder
 
@@ -42,9 +43,14 @@ def sync_batch_norm(
     Same contract as ``torch.nn.functional.batch_norm`` (running stats are updated in place
     when given and ``training``), plus: ``momentum`` may be a tensor (a cumulative average
     without a host sync), and ``layer`` names this call for ``syncbn.record_stats``.
-    Without training, or with a group of one rank, it is exactly ``F.batch_norm``.
+    Without training, or with a group of one rank, it is exactly ``F.batch_norm``. Under
+    ``torch.compile`` it traces with no graph break (``syncbn._ops``); nothing is recorded.
     """
     check_input(input, next((t.numel() for t in (running_mean, weight) if t is not None), None))
+    if torch.compiler.is_compiling():  # custom ops: no graph break (and nothing recorded)
+        return traceable_sync_batch_norm(
+            input, running_mean, running_var, weight, bias, training, momentum, eps, process_group
+        )
     if not training:
         return F.batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
     world_size = group_world_size(process_group)
