@@ -123,3 +123,37 @@ def reference(case: Case, sizes: list[int]) -> list[dict]:
     """The same steps with torch's BatchNorm*d on the concatenated batch, in float32."""
     inputs = [tuple(t.float() for t in batch(case, sizes, step)) for step in range(case.steps)]
     return run_steps(make_bn(TORCH_BN[case.dims], case), case, inputs)
+
+
+OTHER_COLLECTIVES = (
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "broadcast",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "all_to_all",
+    "barrier",
+)
+
+
+def count_all_reduces() -> list[int]:
+    """From now on in this rank: record the size of every ``all_reduce`` in the returned list;
+    any other collective fails the rank."""
+    import torch.distributed as dist
+
+    calls: list[int] = []
+    real = dist.all_reduce
+
+    def counting(tensor, *args, **kwargs):
+        calls.append(tensor.numel())
+        return real(tensor, *args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a collective other than all_reduce was issued")
+
+    dist.all_reduce = counting
+    for name in OTHER_COLLECTIVES:
+        setattr(dist, name, forbidden)
+    return calls

@@ -12,17 +12,8 @@ import syncbn
 from syncbn.launch import run_on_ranks
 from syncbn.precise import precise_bn
 
-OTHER_COLLECTIVES = (
-    "all_gather",
-    "all_gather_into_tensor",
-    "all_gather_object",
-    "broadcast",
-    "reduce",
-    "reduce_scatter",
-    "reduce_scatter_tensor",
-    "all_to_all",
-    "barrier",
-)
+from ranks import count_all_reduces
+
 # Batch sizes per rank, per world size: uneven counts and sizes, an empty rank at k = 3 and 4.
 PLANS = {
     1: [[4, 3, 5, 2]],
@@ -112,24 +103,6 @@ def assert_unchanged(before: dict, after: dict) -> None:
         assert tracked == before["stats"][name][2], name
 
 
-def counting_collectives() -> list[int]:
-    """Record the size of every all_reduce from now on; any other collective fails the rank."""
-    calls: list[int] = []
-    real = dist.all_reduce
-
-    def counting(tensor, *args, **kwargs):
-        calls.append(tensor.numel())
-        return real(tensor, *args, **kwargs)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("precise_bn issued a collective other than all_reduce")
-
-    dist.all_reduce = counting
-    for name in OTHER_COLLECTIVES:
-        setattr(dist, name, forbidden)
-    return calls
-
-
 def precise_rank(rank: int, world_size: int, variants: list[str]) -> dict[str, dict]:
     """precise_bn on this rank's batches for each variant: "torch" (plain BatchNorm*d, local
     statistics), "sync" (converted to syncbn.SyncBatchNorm), "ddp" (sync under DDP), "group"
@@ -145,7 +118,7 @@ def precise_rank(rank: int, world_size: int, variants: list[str]) -> dict[str, d
         stale_stats(model, rank)
         models[variant] = model
     ddp = torch.nn.parallel.DistributedDataParallel(models["ddp"]) if "ddp" in models else None
-    calls = counting_collectives()  # DDP's own set-up broadcasts come before
+    calls = count_all_reduces()  # DDP's own set-up broadcasts come before
     items = as_items(rank_batches(world_size, rank), rank)
     results = {}
     for variant, model in models.items():
@@ -251,7 +224,7 @@ def failing_rank(rank: int, world_size: int) -> dict:
     batches = rank_batches(2, rank)
     if rank == 1:
         batches[1] = batches[1][:1]
-    calls = counting_collectives()
+    calls = count_all_reduces()
     try:
         precise_bn(syncbn.convert_sync_batchnorm(model), batches, NUM_BATCHES)
     except (ValueError, RuntimeError) as exc:

@@ -11,17 +11,7 @@ import torch.nn.functional as F
 import syncbn
 from syncbn.launch import RankError, run_on_ranks
 
-OTHER_COLLECTIVES = (
-    "all_gather",
-    "all_gather_into_tensor",
-    "all_gather_object",
-    "broadcast",
-    "reduce",
-    "reduce_scatter",
-    "reduce_scatter_tensor",
-    "all_to_all",
-    "barrier",
-)
+from ranks import count_all_reduces
 
 
 def _two_layer_model(**bn_kwargs) -> torch.nn.Module:
@@ -37,19 +27,7 @@ def _two_layer_model(**bn_kwargs) -> torch.nn.Module:
 
 def count_collectives(rank: int, world_size: int) -> dict[str, list[int]]:
     """Sizes of every all_reduce per phase; any other collective fails the rank."""
-    calls: list[int] = []
-    real = dist.all_reduce
-
-    def counting(tensor, *args, **kwargs):
-        calls.append(tensor.numel())
-        return real(tensor, *args, **kwargs)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("syncbn issued a collective other than all_reduce")
-
-    dist.all_reduce = counting
-    for name in OTHER_COLLECTIVES:
-        setattr(dist, name, forbidden)
+    calls = count_all_reduces()
     phases: dict[str, list[int]] = {}
 
     def phase(name: str, fn) -> None:

@@ -220,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
                 args.storage,
                 args.name,
                 datasets_dir=args.datasets_dir,
+                data=data,
                 resume=args.resume,
                 sink=HttpSink.from_env(),
                 on_start=on_start,

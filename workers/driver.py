@@ -145,6 +145,7 @@ def run_job(
     name: str | None = None,
     *,
     datasets_dir: str | Path | None = None,
+    data: ArrayDataset | None = None,
     sink: StatsSink | None = None,
     address: str | None = None,
     resume: bool = False,
@@ -153,16 +154,19 @@ def run_job(
 ) -> JobResult:
     """Run ``spec`` to completion on the Ray cluster (``ray.init(address)`` if not connected).
 
-    Raises ``DatasetError`` (bad data), ``InfeasibleJobError`` (cluster too small),
-    ``JobError`` (run name taken) before any worker starts, and ``JobFailedError`` when
-    training fails. ``on_start(name, run_dir)`` is called just before training starts.
+    Raises ``DatasetError`` (bad data), ``UserCodeError`` (the bundle's builder failed),
+    ``InfeasibleJobError`` (cluster too small), ``JobError`` (run name taken) before any
+    worker starts, and ``JobFailedError`` when training fails. ``data``: what
+    ``prepare_data`` already returned, if the caller has it (not loaded and checked again).
+    ``on_start(name, run_dir)`` is called just before training starts.
     """
     import ray
     from ray.train import TrainingFailedError
 
     # Propagated by Ray Train from the driver to the controller (if the user set none).
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
-    data = prepare_data(spec, datasets_dir)
+    if data is None:
+        data = prepare_data(spec, datasets_dir)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
     check_feasible(spec, cluster_capacity())

@@ -78,13 +78,12 @@ def _steps_per_epoch(services: Services, spec: JobSpec) -> int:
     except DatasetError as exc:
         raise field_error(exc.field, str(exc)) from exc
     if spec.builder is not None:
-        _check_builder(services, spec)
+        _check_builder(services, spec, spec.builder[0])
     return steps_per_epoch(info.n_train, spec.workers, spec.batch_size_per_worker)
 
 
-def _check_builder(services: Services, spec: JobSpec) -> None:
-    """422 unless ``spec.code`` is an uploaded bundle that has the builder's module."""
-    module, _ = spec.builder or ("", "")
+def _check_builder(services: Services, spec: JobSpec, module: str) -> None:
+    """422 unless ``spec.code`` is an uploaded bundle that has the builder's ``module``."""
     with services.db.session() as session:
         bundle = store.get_code_bundle(session, spec.code or "")
         if bundle is None:
