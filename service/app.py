@@ -19,7 +19,7 @@ from service.deps import Services
 from service.lifecycle import Lifecycle
 from service.observability import BodyLimitMiddleware, ServiceMetrics, TimingMiddleware
 from service.ray_jobs import RayJobs, RayUnavailable
-from service.routers import code, datasets, health, ingest, jobs
+from service.routers import code, datasets, health, ingest, jobs, trained
 from service.scheduler import Scheduler
 from service.settings import Settings
 
@@ -89,12 +89,15 @@ def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> 
     )
     app.state.settings = settings
     app.state.services = services
-    for router in (jobs.router, datasets.router, code.router, health.router, ingest.router):
-        app.include_router(router)
+    routers = (jobs, trained, datasets, code, health, ingest)
+    for module in routers:
+        app.include_router(module.router)
 
     def body_limit(path: str, method: str) -> int:
         if path.startswith(("/v1/datasets", "/v1/internal/")):
             return settings.max_upload_bytes
+        if path.endswith("/predict"):
+            return settings.max_predict_bytes
         return settings.max_body_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)

@@ -7,9 +7,12 @@ from typing import Any
 
 from fastapi import HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.orm import Session
 
+from service import store
 from service.db import Database
 from service.lifecycle import Lifecycle
+from service.models import Job
 from service.observability import ServiceMetrics
 from service.ray_jobs import RayJobs
 from service.scheduler import Scheduler
@@ -39,3 +42,11 @@ def field_error(field: str, message: str, kind: str = "value_error") -> RequestV
 
 def not_found(what: str, ident: Any) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} not found")
+
+
+def job_or_404(session: Session, job_id: str) -> Job:
+    """The job ``job_id``, or a 404 saying it does not exist."""
+    job = store.get_job(session, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job

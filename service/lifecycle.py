@@ -114,14 +114,15 @@ class Lifecycle:
             INGEST_URL_ENV: f"{settings.ingest_base_url}/v1/internal/jobs/{job.id}/events",
             INGEST_TOKEN_ENV: ingest_token(settings.secret(), job.id),
         }
-        self.ray.submit(job.id, command, env, self._runtime_env(session, spec))
+        self.ray.submit(job.id, command, env, self.runtime_env(session, spec))
         job.ray_status = "PENDING"
         reason = f"{RESUBMITTED}; resuming from the last checkpoint" if resume else SUBMITTED
         self._move(session, job, JobState.PENDING, reason)
         logger.info("submitted job %s to Ray%s", job.id, " (resume)" if resume else "")
 
-    def _runtime_env(self, session: Session, spec: JobSpec) -> dict[str, Any] | None:
-        """A code bundle's ``working_dir`` (and ``pip``) for the job's Ray Job."""
+    def runtime_env(self, session: Session, spec: JobSpec) -> dict[str, Any] | None:
+        """A code bundle's ``working_dir`` (and ``pip``) for the job's Ray Jobs (training and
+        prediction); None for a built-in model."""
         if spec.code is None:
             return None
         bundle = store.get_code_bundle(session, spec.code)

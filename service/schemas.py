@@ -129,6 +129,46 @@ class CodeBundleList(BaseModel):
     bundles: list[CodeBundleOut]
 
 
+class ModelFileOut(BaseModel):
+    epoch: int = Field(description="the checkpoint's epoch (1-based)")
+    size_bytes: int
+    sha256: str = Field(description="also the download's ETag")
+    metrics: dict[str, float | None] = Field(description="that epoch's evaluation")
+    bn_statistics: str = Field(description="whose BatchNorm running statistics the file holds")
+    url: str = Field(description="GET it for the .safetensors file")
+
+
+class ModelsOut(BaseModel):
+    job_id: str
+    models: list[ModelFileOut] = Field(description="the kept checkpoints' files, oldest first")
+    recipe: dict[str, Any] | None = Field(
+        None, description="the newest file's recipe (how to rebuild and feed the model)"
+    )
+
+
+class PredictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[Any] = Field(
+        description="raw samples as the dataset provides them (digits: load_digits().images, "
+        "values 0-16), each of the model's input shape; preprocessing comes from the recipe",
+        min_length=1,
+    )
+    epoch: int | None = Field(None, ge=1, description="a kept checkpoint (default: the newest)")
+
+
+class PredictOut(BaseModel):
+    job_id: str
+    epoch: int
+    task: str
+    classes: list[str] | None = Field(description="class names in label order, when known")
+    predictions: list[int] | None = Field(None, description="classification: a class per sample")
+    masks: list[Any] | None = Field(None, description="segmentation: (N, H, W) pixel classes")
+    probabilities: list[Any] = Field(
+        description="softmax over the classes: (N, K), or (N, K, H, W) for segmentation"
+    )
+
+
 class IngestAck(BaseModel):
     stored: bool
 

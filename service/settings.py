@@ -12,6 +12,8 @@
 | ``SYNCBN_MAX_UPLOAD_IMAGES`` | ``50000`` | most images in one image-folder ``.zip`` upload |
 | ``SYNCBN_MAX_IMAGE_PIXELS`` | ``16777216`` (4096x4096) | most pixels of one uploaded image |
 | ``SYNCBN_MAX_CODE_BYTES`` / ``_FILES`` | 16 MiB / 2000 | code bundle limits (unpacked) |
+| ``SYNCBN_MAX_PREDICT_SAMPLES`` / ``_BYTES`` | 1024 / 16 MiB | one prediction request at most |
+| ``SYNCBN_PREDICT_TIMEOUT_S`` | ``120`` | a code bundle model's prediction on Ray at most |
 
 Uploading code (``POST /v1/code``) runs it on the Ray cluster, by design: it is allowed only
 when the API needs a token (``SYNCBN_API_TOKEN``) or the service listens on loopback only.
@@ -73,6 +75,11 @@ class Settings(BaseSettings):
     )
     max_code_bytes: int = Field(16 << 20, gt=0, description="largest code bundle, unpacked")
     max_code_files: int = Field(2000, gt=0, description="most files in a code bundle")
+    max_predict_samples: int = Field(1024, ge=1, description="samples in one predict request")
+    max_predict_bytes: int = Field(16 << 20, gt=0, description="largest predict request body")
+    predict_timeout_s: float = Field(
+        120.0, gt=0, description="a code bundle model's prediction (a Ray Job) at most"
+    )
     max_queued_jobs: int = Field(1000, ge=0, description="jobs waiting in the queue at most")
     max_running_jobs: int | None = Field(
         None, ge=0, description="jobs on Ray at once (unset: as many as fit; 0: hold the queue)"
@@ -99,6 +106,11 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.home.resolve() / "datasets"
+
+    @property
+    def predictions_dir(self) -> Path:
+        """Inputs and outputs of predictions run on Ray (removed when answered)."""
+        return self.home.resolve() / "predictions"
 
     @property
     def code_dir(self) -> Path:

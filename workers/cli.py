@@ -2,12 +2,17 @@
 
     python -m workers run SPEC.json [--storage DIR] [--address ADDR] [--name NAME] [--resume]
                                     [--datasets-dir DIR] [--json] [--verbose]
+    python -m workers predict MODEL.safetensors INPUTS.npy OUTPUTS.npz
 
 Without ``--address`` (or ``RAY_ADDRESS``) a local Ray instance is started. Shows a progress
 bar over the epochs (and the steps of the current epoch when step reports are on), then a
 per-worker table and the test accuracy. ``--json`` prints the result as one JSON object on
 stdout (the progress goes to stderr). Exit status: 0 done, 1 training failed, 2 invalid spec
 or dataset, 3 infeasible on this cluster.
+
+``predict`` runs a model file (``workers.export``) on raw samples and writes
+``workers.export.predict``'s arrays; a code bundle's builder is imported from ``sys.path``
+(the service runs it as a Ray Job whose working_dir is the bundle).
 """
 
 from __future__ import annotations
@@ -49,7 +54,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--datasets-dir", default=None, help="where uploaded datasets live")
     run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     run.add_argument("--verbose", action="store_true", help="show Ray worker logs")
+    predict = sub.add_parser("predict", help="predict raw samples with a model file")
+    predict.add_argument("model", help="model file (.safetensors) of a job")
+    predict.add_argument("inputs", help="raw samples (.npy), shaped (N, *input_shape)")
+    predict.add_argument("outputs", help="where to write the predictions (.npz)")
     return parser.parse_args(argv)
+
+
+def predict_file(model_path: str, inputs: str, outputs: str) -> int:
+    """Predict ``inputs`` with the model file ``model_path`` into ``outputs``."""
+    import numpy as np
+
+    from workers.export import load_model, predict, read_recipe
+    from workers.models import model_for
+
+    recipe = read_recipe(model_path)
+    spec = JobSpec.model_validate(recipe["spec"])
+    model = None
+    if not recipe["builtin"]:
+        model = model_for(spec, tuple(recipe["input_shape"]), recipe["num_classes"], recipe["task"])
+    model, recipe = load_model(model_path, model)
+    result = predict(model, recipe, np.load(inputs, allow_pickle=False))
+    np.savez(outputs, **result)
+    return EXIT_OK
 
 
 def load_spec(source: str | Path) -> JobSpec:
@@ -274,4 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "predict":
+        return predict_file(args.model, args.inputs, args.outputs)
     return EXIT_INVALID  # pragma: no cover - argparse enforces the subcommands

@@ -89,6 +89,9 @@ class ArrayDataset:
     task: Task = "classification"
     class_names: tuple[str, ...] | None = None
     """Names of the classes (in label order), when the data has them."""
+    mean: float = 0.0
+    std: float = 1.0
+    """The standardization applied to the raw samples: ``x = (raw - mean) / std``."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -152,14 +155,30 @@ def load_dataset(name: str, directory: str | os.PathLike | None = None) -> Array
     return load_npz(path, name=name)
 
 
-def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Standardized:
+    """Train and test samples scaled by the training set's overall ``mean`` and ``std``."""
+
+    x_train: np.ndarray
+    x_test: np.ndarray
+    mean: float
+    std: float
+
+    @property
+    def scale(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std}
+
+
+def standardize(raw: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """``(raw - mean) / std`` as float32: what training applied to every raw sample."""
+    return ((np.asarray(raw, dtype=np.float64) - mean) / std).astype(np.float32)
+
+
+def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> Standardized:
     """Scale by the training set's overall mean and std (one scalar each)."""
     mean = float(x_train.mean())
     std = float(x_train.std()) or 1.0
-    return (
-        ((x_train - mean) / std).astype(np.float32),
-        ((x_test - mean) / std).astype(np.float32),
-    )
+    return Standardized(standardize(x_train, mean, std), standardize(x_test, mean, std), mean, std)
 
 
 def _split(
@@ -185,8 +204,10 @@ def load_digits() -> ArrayDataset:
     x = bunch.images.astype(np.float32)
     y = bunch.target.astype(np.int64)
     x_train, x_test, y_train, y_test = _split(x, y, 0.25, stratify=True)
-    x_train, x_test = _standardize(x_train, x_test)
-    return ArrayDataset("digits", x_train, y_train, x_test, y_test, 10)
+    scaled = _standardize(x_train, x_test)
+    return ArrayDataset(
+        "digits", scaled.x_train, y_train, scaled.x_test, y_test, 10, **scaled.scale
+    )
 
 
 def make_synthetic(
@@ -205,8 +226,10 @@ def make_synthetic(
 
     x_train, y_train = draw(n_train)
     x_test, y_test = draw(n_test)
-    x_train, x_test = _standardize(x_train, x_test)
-    return ArrayDataset("synthetic", x_train, y_train, x_test, y_test, classes)
+    scaled = _standardize(x_train, x_test)
+    return ArrayDataset(
+        "synthetic", scaled.x_train, y_train, scaled.x_test, y_test, classes, **scaled.scale
+    )
 
 
 def _upsample(coarse: np.ndarray, size: int) -> np.ndarray:
@@ -268,16 +291,17 @@ def make_shapes(
 
     x_train, y_train = draw(n_train)
     x_test, y_test = draw(n_test)
-    x_train, x_test = _standardize(x_train, x_test)
+    scaled = _standardize(x_train, x_test)
     return ArrayDataset(
         "shapes",
-        x_train,
+        scaled.x_train,
         y_train,
-        x_test,
+        scaled.x_test,
         y_test,
         len(SHAPES_CLASSES),
         task="segmentation",
         class_names=SHAPES_CLASSES,
+        **scaled.scale,
     )
 
 
@@ -429,16 +453,17 @@ def load_npz(
     class_names = _class_names(arrays.get("classes"), num_classes)
     if class_names is not None:
         num_classes = len(class_names)
-    x_train, x_test = _standardize(x_train.astype(np.float64), x_test.astype(np.float64))
+    scaled = _standardize(x_train, x_test)
     return ArrayDataset(
         name or path.stem,
-        x_train,
+        scaled.x_train,
         y_train.astype(np.int64),
-        x_test,
+        scaled.x_test,
         y_test.astype(np.int64),
         num_classes,
         task=task,
         class_names=class_names,
+        **scaled.scale,
     )
 
 

@@ -14,7 +14,11 @@ pixels, and evaluation also all-reduces a confusion matrix, once, for ``test_mio
 ``precision="bf16"`` runs forward passes under ``torch.autocast`` (bfloat16; syncbn keeps its
 statistics in fp32, the loss is taken in fp32). ``compile=True`` trains with
 ``torch.compile`` of the (DDP) model, except on the steps that are reported: those run
-eagerly so that their per-layer BN statistics can be recorded.
+eagerly so that their per-layer BN statistics can be recorded. ``precise_bn_batches``
+recomputes the BN running statistics (``syncbn.precise_bn``) before each evaluation.
+
+Rank 0's part of each checkpoint includes the model file of ``workers.export``
+(safetensors weights and the recipe).
 
 Each report is one ``workers.protocol.WorkerReport`` per rank, dumped to a dict; epoch reports
 add the ``EpochEval`` fields (``test_accuracy``, ``test_loss``, ``test_miou`` (segmentation),
@@ -39,6 +43,7 @@ from torch import nn
 
 from workers.bnstats import BNProbe, running_stats_digest
 from workers.data import IGNORE_LABEL, ArrayDataset, batches, eval_indices, shard_indices
+from workers.export import MODEL_FILE, recipe_for, write_model_file
 from workers.models import apply_norm, model_for
 from workers.protocol import EpochEval, ReportKind, WorkerReport
 from workers.spec import JobSpec
@@ -327,6 +332,8 @@ class _RankTrainer:
         """Train the remaining epochs: each trained, evaluated, checkpointed and reported."""
         for epoch in range(self.start_epoch, self.spec.epochs):
             window = self.train_epoch(epoch)
+            if self.spec.precise_bn_batches:
+                self.precise_bn(epoch)
             self.checkpoint_and_report(epoch, window, self.evaluate())
 
     def train_epoch(self, epoch: int) -> _Window:
@@ -370,6 +377,21 @@ class _RankTrainer:
         self.samples += len(idx)
         window.add(len(idx), loss_value, correct, counted, time.perf_counter() - started)
 
+    def precise_bn(self, epoch: int) -> None:
+        """Set the BN running statistics to the population statistics of
+        ``precise_bn_batches`` batches of this rank's shard on every rank (one all_reduce).
+
+        Each batch holds as many samples as a BN layer normalized over in training (the
+        synchronized group's batch for ``norm="sync"``), as the layers before it then see.
+        """
+        import syncbn
+
+        spec = self.spec
+        group = 1 if spec.norm == "local" else (spec.sync_group_size or self.world)
+        order = shard_indices(len(self.x_train), self.rank, self.world, epoch, spec.seed)
+        plan = batches(order, spec.batch_size_per_worker * group)[: spec.precise_bn_batches]
+        syncbn.precise_bn(self.model, (self.x_train[i] for i in plan), len(plan))
+
     def evaluate(self) -> EpochEval:
         """The test-set evaluation (identical on all ranks) and the BN running-stats digest."""
         test = evaluate(
@@ -380,8 +402,9 @@ class _RankTrainer:
     def checkpoint_and_report(self, epoch: int, window: _Window, test: EpochEval) -> None:
         """Write this rank's part of the epoch checkpoint and report it with the epoch stats.
 
-        Rank 0 writes ``STATE_FILE`` (model, optimizer, position, every rank's samples); with
-        ``norm="local"`` every rank also writes its own BN buffers.
+        Rank 0 writes ``STATE_FILE`` (model, optimizer, position, every rank's samples) and the
+        model file (``workers.export``); with ``norm="local"`` every rank also writes its own
+        BN buffers.
         """
         import ray.train
 
@@ -400,6 +423,9 @@ class _RankTrainer:
                     "spec": self.spec.model_dump(),
                 }
                 torch.save(state, Path(directory) / STATE_FILE)
+                metrics = test.model_dump(include={"test_accuracy", "test_loss", "test_miou"})
+                recipe = recipe_for(self.spec, self.data, epoch + 1, metrics)
+                write_model_file(Path(directory) / MODEL_FILE, self.model, recipe)
             if local:
                 buffers = Path(directory) / _bn_buffers_file(self.rank)
                 torch.save(_bn_buffers(self.model), buffers)

@@ -216,6 +216,19 @@ def build_model(
     return SmallResNet(1, channels, num_classes)
 
 
+def model_from_recipe(recipe: dict) -> nn.Module:
+    """A fresh built-in model (plain torch BatchNorm) of a model file's recipe
+    (``workers.export``): load the file's weights into it to get the trained model."""
+    if not recipe.get("builtin", True):
+        raise ValueError(
+            f"this model was built by {recipe.get('model')!r} from code bundle "
+            f"{recipe.get('code')}: build it with that function and load the weights into it"
+        )
+    return build_model(
+        recipe["model"], tuple(recipe["input_shape"]), int(recipe["num_classes"]), recipe["task"]
+    )
+
+
 def apply_norm(
     model: nn.Module, norm: str, sync_group_size: int | None = None, world_size: int = 1
 ) -> nn.Module:

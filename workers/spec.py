@@ -81,6 +81,14 @@ class JobSpec(BaseModel):
     compile: bool = Field(
         False, description="torch.compile the model (syncbn traces with no graph break)"
     )
+    precise_bn_batches: int = Field(
+        0,
+        ge=0,
+        le=10000,
+        description="before each evaluation, set the BN running statistics to the exact "
+        "population statistics of this many batches per worker under the current weights "
+        "(syncbn.precise_bn); 0: off (the running averages)",
+    )
     cpus_per_worker: float = Field(1.0, gt=0, le=1024)
     use_gpu: bool = False
 

@@ -9,15 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
-from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from service import store
 from service.auth import require_api_token
-from service.deps import Services, field_error, get_services, not_found
+from service.deps import Services, field_error, get_services, job_or_404, not_found
 from service.lifecycle import JobNotFound
-from service.models import Job
 from service.ray_jobs import RayUnavailable
 from service.schemas import (
     ErrorOut,
@@ -44,13 +42,6 @@ router = APIRouter(
 ServicesDep = Annotated[Services, Depends(get_services)]
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such job"}}
 EVENT_POLL_S = 0.5
-
-
-def _job_or_404(session: Session, job_id: str) -> Job:
-    job = store.get_job(session, job_id)
-    if job is None:
-        raise not_found("job", job_id)
-    return job
 
 
 def _steps_per_epoch(services: Services, spec: JobSpec) -> int:
@@ -148,7 +139,7 @@ def list_jobs(
 def get_job(job_id: str, services: ServicesDep) -> JobOut:
     """One job: state, spec, progress, state transitions, and the result when done."""
     with services.db.session() as session:
-        job = _job_or_404(session, job_id)
+        job = job_or_404(session, job_id)
         return store.job_out(job)
 
 
@@ -164,14 +155,14 @@ def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
             status.HTTP_503_SERVICE_UNAVAILABLE, f"could not stop the Ray job: {exc}"
         ) from exc
     with services.db.session() as session:
-        return store.job_out(_job_or_404(session, job.id))
+        return store.job_out(job_or_404(session, job.id))
 
 
 @router.get("/{job_id}/workers", response_model=WorkersOut, responses=NOT_FOUND)
 def job_workers(job_id: str, services: ServicesDep) -> WorkersOut:
     """The latest statistics of every worker (rank)."""
     with services.db.session() as session:
-        _job_or_404(session, job_id)
+        job_or_404(session, job_id)
         report = store.latest_report(session, job_id)
         if report is None:
             return WorkersOut(job_id=job_id, workers=[])
@@ -187,7 +178,7 @@ def job_workers(job_id: str, services: ServicesDep) -> WorkersOut:
 def job_metrics(job_id: str, services: ServicesDep) -> MetricsOut:
     """The whole history: every report with every rank's statistics, and the evaluations."""
     with services.db.session() as session:
-        _job_or_404(session, job_id)
+        job_or_404(session, job_id)
         return MetricsOut(
             job_id=job_id,
             reports=[
@@ -214,7 +205,7 @@ def job_logs(
 ) -> LogsOut:
     """The last ``tail`` lines of the job's Ray Job logs (driver and workers)."""
     with services.db.session() as session:
-        job = _job_or_404(session, job_id)
+        job = job_or_404(session, job_id)
         submitted = job.ray_status is not None
     text = ""
     if submitted:

@@ -1,0 +1,177 @@
+"""A job's trained model: list its files, download one (safetensors), predict with it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response, status
+from fastapi.responses import FileResponse
+
+from service.auth import require_api_token
+from service.deps import Services, field_error, get_services, job_or_404
+from service.ray_jobs import RayUnavailable
+from service.schemas import ErrorOut, ModelFileOut, ModelsOut, PredictIn, PredictOut
+from service.states import JobState
+from service.trained_models import (
+    ModelFile,
+    PredictionError,
+    model_files,
+    predict_builtin,
+    predict_on_ray,
+)
+from workers.export import check_inputs
+from workers.spec import JobSpec
+
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["models"],
+    dependencies=[Depends(require_api_token)],
+    responses={401: {"model": ErrorOut}},
+)
+ServicesDep = Annotated[Services, Depends(get_services)]
+NO_MODEL = {
+    404: {"model": ErrorOut, "description": "no such job, or no such kept epoch"},
+    409: {"model": ErrorOut, "description": "the job has not written its first checkpoint yet"},
+}
+EpochQuery = Annotated[
+    int | None, Query(ge=1, description="a kept checkpoint's epoch (default: the newest)")
+]
+
+
+def _model_file(services: Services, job_id: str, epoch: int | None) -> ModelFile:
+    """The job's model file of ``epoch`` (default: the newest), or a 404/409 saying why not."""
+    with services.db.session() as session:
+        state = JobState(job_or_404(session, job_id).state)
+    files = model_files(services.settings.runs_dir, job_id)
+    if not files:
+        if state.is_final:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"job {job_id} is {state.value} and left no checkpoint: there is no model",
+            )
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id} is {state.value} and has no checkpoint yet: the first model file is "
+            "written at the end of epoch 1",
+        )
+    if epoch is None:
+        return files[max(files)]
+    if epoch not in files:
+        kept = ", ".join(str(e) for e in files)
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"job {job_id} has no model file for epoch {epoch}; kept epochs: {kept}",
+        )
+    return files[epoch]
+
+
+@router.get("/{job_id}/models", response_model=ModelsOut, responses={404: NO_MODEL[404]})
+def list_models(job_id: str, services: ServicesDep) -> ModelsOut:
+    """The job's kept model files (one per kept checkpoint) and the newest one's recipe."""
+    with services.db.session() as session:
+        job_or_404(session, job_id)
+    files = model_files(services.settings.runs_dir, job_id)
+    return ModelsOut(
+        job_id=job_id,
+        models=[
+            ModelFileOut(
+                epoch=f.epoch,
+                size_bytes=f.size,
+                sha256=f.etag,
+                metrics=f.recipe["metrics"],
+                bn_statistics=f.recipe["bn_statistics"],
+                url=f"/v1/jobs/{job_id}/model?epoch={f.epoch}",
+            )
+            for f in files.values()
+        ],
+        recipe=files[max(files)].recipe if files else None,
+    )
+
+
+@router.get(
+    "/{job_id}/model",
+    response_class=FileResponse,
+    responses={
+        **NO_MODEL,
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "safetensors: weights with plain BatchNorm state, recipe in metadata",
+        },
+        304: {"description": "If-None-Match matched the ETag"},
+    },
+)
+def download_model(
+    job_id: str,
+    services: ServicesDep,
+    epoch: EpochQuery = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The trained model as safetensors (the newest checkpoint, or ``epoch``'s)."""
+    file = _model_file(services, job_id, epoch)
+    etag = f'"{file.etag}"'
+    headers = {"ETag": etag, "X-Syncbn-Epoch": str(file.epoch)}
+    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return FileResponse(
+        file.path,
+        media_type="application/octet-stream",
+        filename=f"{job_id}-epoch{file.epoch}.safetensors",
+        headers=headers,
+    )
+
+
+@router.post(
+    "/{job_id}/predict",
+    response_model=PredictOut,
+    response_model_exclude_none=True,
+    responses={
+        **NO_MODEL,
+        422: {"description": "inputs of the wrong shape or type, or too many"},
+        502: {"model": ErrorOut, "description": "a code bundle's model failed on Ray"},
+    },
+)
+def predict(job_id: str, body: PredictIn, services: ServicesDep) -> PredictOut:
+    """Predict raw samples with the trained model in eval mode (BatchNorm uses its running
+    statistics, so each sample's output is independent of the others in the request)."""
+    file = _model_file(services, job_id, body.epoch)
+    recipe = file.recipe
+    try:
+        raw = check_inputs(body.inputs, recipe, services.settings.max_predict_samples)
+    except ValueError as exc:
+        raise field_error("inputs", str(exc)) from None
+    if recipe["builtin"]:
+        out = predict_builtin(file, raw)
+    else:
+        out = _predict_user_code(services, file, raw)
+    key = "masks" if recipe["task"] == "segmentation" else "predictions"
+    return PredictOut(
+        job_id=job_id,
+        epoch=file.epoch,
+        task=recipe["task"],
+        classes=recipe["class_names"],
+        probabilities=np.asarray(out["probabilities"]).tolist(),
+        **{key: np.asarray(out[key]).tolist()},
+    )
+
+
+def _predict_user_code(services: Services, file: ModelFile, raw: np.ndarray) -> dict:
+    """A code bundle's model runs on Ray, never in the service."""
+    spec = JobSpec.model_validate(file.recipe["spec"])
+    with services.db.session() as session:
+        env = services.lifecycle.runtime_env(session, spec)
+    settings = services.settings
+    try:
+        return predict_on_ray(
+            services.ray,
+            settings.worker_python,
+            file,
+            raw,
+            settings.predictions_dir,
+            env or {},
+            settings.predict_timeout_s,
+        )
+    except PredictionError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
+    except RayUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None

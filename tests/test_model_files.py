@@ -1,0 +1,214 @@
+"""Model files and predictions without Ray: the file format and its recipe, plain-torch
+loading, eval-mode batch independence, and the download/predict routes in process (model files
+written where a job's checkpoints would be). The end-to-end path (a real job on Ray, uvicorn,
+the CLI) is in ``test_model_e2e.py``."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from fakeray import FakeRay
+from fastapi.testclient import TestClient
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from service.app import create_app
+from service.settings import Settings
+from workers.data import load_digits, make_shapes
+from workers.export import (
+    MODEL_FILE,
+    RECIPE_KEY,
+    check_inputs,
+    load_model,
+    predict,
+    read_recipe,
+    recipe_for,
+    write_model_file,
+)
+from workers.models import apply_norm, build_model, model_from_recipe
+from workers.spec import JobSpec
+
+TOKEN = "model-files-token"
+
+
+def trained_like(model: torch.nn.Module, x: np.ndarray, steps: int = 3) -> torch.nn.Module:
+    """``model`` after a few training-mode forwards (running statistics away from 0/1)."""
+    model.train()
+    with torch.no_grad():
+        for i in range(steps):
+            model(torch.from_numpy(x[8 * i : 8 * i + 8]))
+    return model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return make_shapes(n_train=32, n_test=8)
+
+
+def model_file(tmp_path, data, spec: JobSpec, epoch: int = 1, name: str = MODEL_FILE):
+    """A model file as rank 0 writes it (syncbn layers: converted with ``norm=sync``)."""
+    torch.manual_seed(epoch)
+    model = build_model(spec.model, data.input_shape, data.num_classes, data.task)
+    model = trained_like(apply_norm(model, spec.norm), data.x_train)
+    metrics = {"test_accuracy": 0.5, "test_loss": 1.0, "test_miou": None}
+    path = tmp_path / name
+    write_model_file(path, model, recipe_for(spec, data, epoch, metrics))
+    return path, model
+
+
+@pytest.mark.parametrize("model", ["auto", "mlp"])
+def test_the_file_is_plain_batchnorm_state_with_the_recipe(tmp_path, digits, model):
+    spec = JobSpec(dataset="digits", model=model, norm="sync", precise_bn_batches=4)
+    path, trained = model_file(tmp_path, digits, spec)
+    recipe = read_recipe(path)
+    assert recipe["model"] == ("resnet" if model == "auto" else "mlp")
+    assert recipe["input_shape"] == [8, 8] and recipe["num_classes"] == 10
+    assert recipe["preprocess"]["standardize"] == {"mean": digits.mean, "std": digits.std}
+    assert recipe["bn_statistics"].startswith("precise")
+    assert JobSpec.model_validate(recipe["spec"]) == spec
+    # Only tensors and JSON metadata: no pickle. It loads into the plain torch model.
+    with safe_open(str(path), framework="pt") as handle:
+        assert set(handle.metadata()) == {RECIPE_KEY}
+    plain = model_from_recipe(recipe)
+    assert not any("syncbn" in type(m).__module__ for m in plain.modules())
+    plain.load_state_dict(load_file(str(path)), strict=True)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(plain.state_dict()[key], value), key
+    assert any(k.endswith("running_var") for k in load_file(str(path)))
+
+
+def test_predict_uses_the_recipe_preprocessing_and_running_statistics(tmp_path, digits):
+    from sklearn.datasets import load_digits as sk_digits
+
+    path, trained = model_file(tmp_path, digits, JobSpec(dataset="digits"))
+    model, recipe = load_model(path)
+    raw = sk_digits().images[:40]
+    out = predict(model, recipe, raw)
+    x = torch.from_numpy(((raw - digits.mean) / digits.std).astype(np.float32))
+    with torch.no_grad():
+        expected = torch.softmax(trained.eval()(x), 1).numpy()
+    np.testing.assert_allclose(out["probabilities"], expected, atol=1e-6)
+    assert (out["predictions"] == expected.argmax(1)).all()
+    # Eval mode: a sample alone gets what it gets inside the batch.
+    for i in (0, 17, 39):
+        alone = predict(model, recipe, raw[i : i + 1])["probabilities"][0]
+        np.testing.assert_allclose(alone, out["probabilities"][i], atol=1e-6, rtol=0)
+
+
+def test_segmentation_predicts_a_class_per_pixel(tmp_path, shapes):
+    path, _ = model_file(tmp_path, shapes, JobSpec(dataset="shapes", batch_size_per_worker=4))
+    model, recipe = load_model(path)
+    assert recipe["task"] == "segmentation" and recipe["class_names"][0] == "background"
+    raw = shapes.x_test * shapes.std + shapes.mean
+    out = predict(model, recipe, raw)
+    assert out["masks"].shape == (8, 24, 24) and out["probabilities"].shape == (8, 4, 24, 24)
+    np.testing.assert_allclose(out["probabilities"].sum(1), 1.0, atol=1e-5)
+    alone = predict(model, recipe, raw[5:6])["probabilities"][0]
+    np.testing.assert_allclose(alone, out["probabilities"][5], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "says"),
+    [
+        ([[1.0, 2.0]], "shape [1, 2]"),
+        ([[[1.0] * 8] * 8, [[1.0] * 8] * 7], "shapes differ"),
+        ([[["a"] * 8] * 8], "of numbers"),
+        ([[[1.0] * 8] * 8] * 5, "at most 4"),
+        ([[[float("nan")] * 8] * 8], "NaN"),
+    ],
+)
+def test_bad_inputs_say_what_is_wrong(inputs, says):
+    recipe = {"input_shape": [8, 8]}
+    with pytest.raises(ValueError, match=re.escape(says)):
+        check_inputs(inputs, recipe, max_samples=4)
+    assert check_inputs([[[1] * 8] * 8], recipe, 4).dtype == np.float64
+
+
+# -- the routes, in process ------------------------------------------------------------------
+@pytest.fixture
+def service(tmp_path):
+    settings = Settings(
+        home=tmp_path, database_url="sqlite:///:memory:", api_token=TOKEN, secret_key="s" * 32
+    )
+    app = create_app(settings, ray=FakeRay(cpus=4))
+    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}), settings
+
+
+def submit(client, **spec) -> str:
+    response = client.post("/v1/jobs", json={"dataset": "digits", "epochs": 3, **spec})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def checkpoint(settings, job_id: str, epoch: int, data) -> None:
+    folder = settings.runs_dir / job_id / f"checkpoint_2026-01-01_00-00-0{epoch}.000000"
+    folder.mkdir(parents=True)
+    model_file(folder, data, JobSpec(dataset="digits"), epoch=epoch)
+
+
+def test_download_lists_serves_and_tags_the_kept_checkpoints(service, digits):
+    client, settings = service
+    job = submit(client)
+    response = client.get(f"/v1/jobs/{job}/model")
+    assert response.status_code == 409 and "no checkpoint yet" in response.json()["detail"]
+    assert client.get(f"/v1/jobs/{job}/models").json()["models"] == []
+    for epoch in (2, 3):
+        checkpoint(settings, job, epoch, digits)
+
+    listing = client.get(f"/v1/jobs/{job}/models").json()
+    assert [m["epoch"] for m in listing["models"]] == [2, 3]
+    assert listing["recipe"]["epoch"] == 3 and listing["recipe"]["model"] == "resnet"
+    newest = client.get(f"/v1/jobs/{job}/model")
+    assert newest.status_code == 200 and newest.headers["x-syncbn-epoch"] == "3"
+    assert newest.headers["etag"] == f'"{listing["models"][1]["sha256"]}"'
+    assert f"{job}-epoch3.safetensors" in newest.headers["content-disposition"]
+    older = client.get(listing["models"][0]["url"])
+    assert older.headers["x-syncbn-epoch"] == "2" and older.content != newest.content
+    again = client.get(f"/v1/jobs/{job}/model", headers={"If-None-Match": newest.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+
+    missing = client.get(f"/v1/jobs/{job}/model", params={"epoch": 1})
+    assert missing.status_code == 404 and "kept epochs: 2, 3" in missing.json()["detail"]
+    assert client.get("/v1/jobs/job-nope/model").status_code == 404
+    assert client.get(f"/v1/jobs/{job}/model", params={"epoch": 0}).status_code == 422
+
+
+def test_a_job_that_ended_without_a_checkpoint_has_no_model(service):
+    client, _ = service
+    job = submit(client)
+    client.post(f"/v1/jobs/{job}/cancel")
+    response = client.post(f"/v1/jobs/{job}/predict", json={"inputs": [[[0] * 8] * 8]})
+    assert response.status_code == 404 and "left no checkpoint" in response.json()["detail"]
+
+
+def test_predict_route_answers_with_classes_and_422s_naming_inputs(service, digits):
+    client, settings = service
+    job = submit(client)
+    checkpoint(settings, job, 1, digits)
+    from sklearn.datasets import load_digits as sk_digits
+
+    raw = sk_digits().images[:6]
+    response = client.post(f"/v1/jobs/{job}/predict", json={"inputs": raw.tolist()})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["epoch"] == 1 and body["task"] == "classification"
+    assert len(body["predictions"]) == 6 and np.shape(body["probabilities"]) == (6, 10)
+    assert "masks" not in body
+    alone = client.post(f"/v1/jobs/{job}/predict", json={"inputs": raw[2:3].tolist()}).json()
+    np.testing.assert_allclose(alone["probabilities"][0], body["probabilities"][2], atol=1e-6)
+
+    for bad in ([[1, 2, 3]], [[["x"] * 8] * 8], [], "digits"):
+        response = client.post(f"/v1/jobs/{job}/predict", json={"inputs": bad})
+        assert response.status_code == 422, bad
+        assert response.json()["detail"][0]["loc"][-1] == "inputs", response.json()
+    too_many = [[[0] * 8] * 8] * (settings.max_predict_samples + 1)
+    response = client.post(f"/v1/jobs/{job}/predict", json={"inputs": too_many})
+    assert response.status_code == 422 and "at most" in response.text

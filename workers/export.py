@@ -1,0 +1,141 @@
+"""The trained model as a file: safetensors weights plus the recipe to rebuild and feed it.
+
+Rank 0 writes ``MODEL_FILE`` into every checkpoint. It holds the model's ``state_dict`` with
+plain BatchNorm state (a ``syncbn.SyncBatchNorm`` has exactly ``torch.nn.BatchNorm*d``'s
+``weight``, ``bias``, ``running_mean``, ``running_var`` and ``num_batches_tracked``), so it
+loads into the model built without syncbn. No pickle: safetensors holds only tensors, and
+the recipe is JSON in the file's metadata (``RECIPE_KEY``):
+
+- ``model`` (the built-in architecture, ``auto`` resolved) or ``code`` and the builder;
+- ``input_shape``, ``num_classes``, ``class_names``, ``task``;
+- ``preprocess``: ``{"standardize": {"mean": m, "std": s}}``, applied to raw samples as
+  ``(raw - m) / s`` (``workers.data.standardize``);
+- ``bn_statistics``: where the running statistics come from;
+- ``spec`` (the JobSpec), ``epoch`` and ``metrics`` (that epoch's evaluation).
+
+``load_model`` rebuilds a built-in model from a file; ``predict`` runs it on raw samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.data import ArrayDataset, standardize
+from workers.models import infer_kind, model_from_recipe
+from workers.spec import JobSpec
+
+MODEL_FILE = "model.safetensors"
+RECIPE_KEY = "syncbn.recipe"
+RECIPE_VERSION = 1
+
+
+def bn_statistics(spec: JobSpec) -> str:
+    """Plain words on whose BatchNorm running statistics a job's file holds."""
+    if spec.precise_bn_batches:
+        return (
+            f"precise: the exact population statistics of {spec.precise_bn_batches} batches "
+            f"per worker on all {spec.workers} workers, under the epoch's final weights"
+        )
+    if spec.norm == "local":
+        return "rank 0's running averages (norm=local: every worker keeps its own)"
+    return "running averages of the synchronized batch statistics (the same on every worker)"
+
+
+def recipe_for(
+    spec: JobSpec, data: ArrayDataset, epoch: int, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The recipe of ``spec`` trained on ``data``, as of ``epoch`` with its ``metrics``."""
+    builtin = spec.builder is None
+    return {
+        "version": RECIPE_VERSION,
+        "model": infer_kind(data.input_shape, data.task) if spec.model == "auto" else spec.model,
+        "code": spec.code,
+        "builtin": builtin,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "class_names": list(data.class_names) if data.class_names else None,
+        "task": data.task,
+        "dataset": data.name,
+        "preprocess": {"standardize": {"mean": data.mean, "std": data.std}},
+        "bn_statistics": bn_statistics(spec),
+        "epoch": epoch,
+        "metrics": metrics,
+        "spec": spec.model_dump(mode="json"),
+    }
+
+
+def write_model_file(path: str | Path, model: nn.Module, recipe: dict[str, Any]) -> Path:
+    """Write ``model``'s weights and buffers (CPU copies) and ``recipe`` as safetensors."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={RECIPE_KEY: json.dumps(recipe)})
+    return Path(path)
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The recipe in a model file's metadata (reads only the header)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if RECIPE_KEY not in metadata:
+        raise ValueError(f"{path}: not a syncbn model file (no {RECIPE_KEY!r} metadata)")
+    return json.loads(metadata[RECIPE_KEY])
+
+
+def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """The trained model of a file, in eval mode, and its recipe.
+
+    A built-in model is rebuilt from the recipe (``workers.models.model_from_recipe``); for a
+    code bundle's model pass ``model``, built by the bundle's builder.
+    """
+    from safetensors.torch import load_file
+
+    recipe = read_recipe(path)
+    if model is None:
+        model = model_from_recipe(recipe)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval(), recipe
+
+
+def check_inputs(raw: Any, recipe: dict[str, Any], max_samples: int) -> np.ndarray:
+    """Raw samples as a float64 array ``(N, *input_shape)``; ValueError saying what is wrong."""
+    shape = tuple(recipe["input_shape"])
+    want = f"a list of samples, each of shape {list(shape)} as the dataset provides them"
+    try:
+        array = np.asarray(raw)
+    except ValueError:
+        raise ValueError(f"must be {want}; the samples' shapes differ") from None
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"must be {want}, of numbers (found {array.dtype.name} values)")
+    if array.ndim != len(shape) + 1 or array.shape[1:] != shape or len(array) == 0:
+        raise ValueError(
+            f"must be {want} (before preprocessing); got an array of shape {list(array.shape)}"
+        )
+    if len(array) > max_samples:
+        raise ValueError(f"{len(array)} samples; at most {max_samples} per request")
+    if not np.isfinite(array).all():
+        raise ValueError("contains NaN or infinite values")
+    return array.astype(np.float64)
+
+
+def predict(model: nn.Module, recipe: dict[str, Any], raw: np.ndarray) -> dict[str, Any]:
+    """Eval-mode predictions for raw samples (preprocessed as in training): ``probabilities``
+    ``(N, K)`` and ``predictions`` ``(N,)``; for segmentation ``probabilities``
+    ``(N, K, H, W)`` and ``masks`` ``(N, H, W)``. Each sample's output is independent of the
+    others (BatchNorm uses its running statistics)."""
+    scale = recipe["preprocess"]["standardize"]
+    x = torch.from_numpy(standardize(raw, scale["mean"], scale["std"]))
+    model.eval()
+    with torch.inference_mode():
+        probabilities = torch.softmax(model(x).float(), dim=1)
+    labels = probabilities.argmax(1).numpy()
+    key = "masks" if recipe["task"] == "segmentation" else "predictions"
+    return {"probabilities": probabilities.numpy(), key: labels}
