@@ -4,7 +4,8 @@
 - the routes in process (``FakeRay``): 201/403/422 answers and the runtime env a job gets;
 - ``check_user_model``: a user's mistakes fail with the tail of their traceback;
 - end to end (real uvicorn and Ray): a bundle's model trains, its BN layers reported by the
-  user's names, and a builder that raises fails the job at once with the user's traceback.
+  user's names, predictions run on Ray with the bundle; a builder that raises fails the job
+  at once with the user's traceback.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
+import torch
 from fakeray import FakeRay
 from fastapi.testclient import TestClient
+from sklearn.datasets import load_digits
 from torch import nn
 
 from service.app import create_app
 from service.code_bundles import BundleError, module_name, unpack
 from service.settings import Settings
+from workers.data import standardize
 from workers.models import apply_norm
 from workers.usercode import UserCodeError, check_user_model
 
@@ -340,7 +345,14 @@ def test_the_readme_example_bundle_passes_the_check(tmp_path, monkeypatch) -> No
 
 
 # -- end to end: real uvicorn, real Ray ---------------------------------------------------------
-def test_a_bundle_trains_and_reports_its_own_layer_names(service) -> None:
+def _scale(service, job_id: str) -> tuple[float, float]:
+    """The standardization in the job's model recipe."""
+    recipe = service.client.get(f"/v1/jobs/{job_id}/models").json()["recipe"]
+    scale = recipe["preprocess"]["standardize"]
+    return scale["mean"], scale["std"]
+
+
+def test_a_bundle_trains_reports_its_own_layer_names_and_predicts_on_ray(service) -> None:
     response = service.client.post(
         "/v1/code", files={"file": ("tinynet.tar.gz", tar_bytes({"tinynet.py": NETWORK}))}
     )
@@ -361,6 +373,27 @@ def test_a_bundle_trains_and_reports_its_own_layer_names(service) -> None:
             worker["bn"]["stem_norm"]["global_count"]
             == 2 * worker["bn"]["stem_norm"]["local_count"]
         )
+
+    # Predictions run on Ray with the bundle (the service never imports it) and equal the
+    # user's network built here from the downloaded file.
+    images = load_digits().images[:4]
+    response = service.client.post(
+        f"/v1/jobs/{job['id']}/predict", json={"inputs": images.tolist()}
+    )
+    assert response.status_code == 200, response.text
+    from ray.job_submission import JobSubmissionClient
+
+    runs = JobSubmissionClient(service.ray_address).list_jobs()
+    assert any(str(r.submission_id).startswith("predict-") for r in runs)
+    namespace: dict = {}
+    exec(NETWORK, namespace)
+    model = namespace["build_model"]((8, 8), 10)
+    weights = service.client.get(f"/v1/jobs/{job['id']}/model").content
+    model.load_state_dict(safetensors.torch.load(weights))
+    x = torch.from_numpy(standardize(images, *_scale(service, job["id"])))
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(x), 1).numpy()
+    np.testing.assert_allclose(response.json()["probabilities"], expected, atol=1e-5)
 
 
 def test_a_builder_that_raises_fails_the_job_at_once_with_its_traceback(service) -> None:
