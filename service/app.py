@@ -19,7 +19,7 @@ from service.deps import Services
 from service.lifecycle import Lifecycle
 from service.observability import BodyLimitMiddleware, ServiceMetrics, TimingMiddleware
 from service.ray_jobs import RayJobs, RayUnavailable
-from service.routers import code, datasets, health, ingest, jobs, trained
+from service.routers import code, datasets, health, ingest, jobs, studies, trained
 from service.scheduler import Scheduler
 from service.settings import Settings
 
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> 
     )
     app.state.settings = settings
     app.state.services = services
-    routers = (jobs, trained, datasets, code, health, ingest)
+    routers = (jobs, trained, studies, datasets, code, health, ingest)
     for module in routers:
         app.include_router(module.router)
 

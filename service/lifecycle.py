@@ -61,9 +61,15 @@ class Lifecycle:
         self.on_report = on_report or (lambda source: None)
 
     # -- from the API ----------------------------------------------------------------------
-    def create(self, session: Session, spec: JobSpec, steps_per_epoch: int) -> Job:
-        """A new ``queued`` job."""
-        return store.create_job(session, spec, steps_per_epoch, JobState.QUEUED)
+    def create(
+        self,
+        session: Session,
+        spec: JobSpec,
+        steps_per_epoch: int,
+        study: tuple[str, str] | None = None,
+    ) -> Job:
+        """A new ``queued`` job (``study``: the study id and arm it belongs to)."""
+        return store.create_job(session, spec, steps_per_epoch, JobState.QUEUED, study)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel (idempotent): a queued job never starts, a submitted one's Ray Job stops.

@@ -1,5 +1,6 @@
 """Tables: jobs, their state transitions, reports with per-worker statistics, evaluations,
-an append-only event log (what ``/events`` streams), uploaded datasets and code bundles."""
+an append-only event log (what ``/events`` streams), uploaded datasets and code bundles, and
+studies (groups of jobs: arms x seeds)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id"), index=True)
+    arm: Mapped[str | None] = mapped_column(String(16))
+    """The study arm (``local``, ``sync``, ``reference``) of a study's job."""
 
     transitions: Mapped[list[Transition]] = relationship(
         order_by="Transition.id", cascade="all, delete-orphan"
@@ -172,3 +176,21 @@ class CodeBundle(Base):
     requirements: Mapped[list[str]] = mapped_column(JSON)
     """The lines of the bundle's ``requirements.txt`` (empty: none)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Study(Base):
+    """A small-batch study: one job per arm and seed (``Job.study_id``, ``Job.arm``)."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The JobSpec fields every arm shares (no ``norm`` and no ``seed``)."""
+    seeds: Mapped[list[int]] = mapped_column(JSON)
+    arms: Mapped[list[str]] = mapped_column(JSON)
+    skipped: Mapped[dict[str, str]] = mapped_column(JSON)
+    """Arms asked for but not run, with the reason."""
+    metric: Mapped[str] = mapped_column(String(16))
+    """What the arms are compared on: ``test_accuracy``, or ``test_miou`` (segmentation)."""
+    cancelled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.states import JobState
 from workers.protocol import WorkerReport
@@ -48,6 +48,8 @@ class JobOut(BaseModel):
     progress: Progress
     result: Result | None = Field(None, description="set when the job succeeded")
     transitions: list[TransitionOut] = []
+    study_id: str | None = Field(None, description="the study this job is an arm x seed of")
+    arm: str | None = None
 
 
 class JobList(BaseModel):
@@ -167,6 +169,80 @@ class PredictOut(BaseModel):
     probabilities: list[Any] = Field(
         description="softmax over the classes: (N, K), or (N, K, H, W) for segmentation"
     )
+
+
+class StudyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base: dict[str, Any] = Field(
+        description="a JobSpec without norm and seed: what every arm shares",
+        examples=[{"dataset": "digits", "workers": 4, "batch_size_per_worker": 2, "epochs": 4}],
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=1, max_length=20)
+    arms: list[Literal["local", "sync", "reference"]] | None = Field(
+        None,
+        min_length=1,
+        description="default: local, sync and reference (1 worker x the global batch)",
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        if any(not 0 <= s <= 2**31 - 1 for s in seeds):
+            raise ValueError("seeds must be in [0, 2**31 - 1]")
+        return seeds
+
+    @field_validator("arms")
+    @classmethod
+    def _distinct_arms(cls, arms: list[str] | None) -> list[str] | None:
+        if arms is not None and len(set(arms)) != len(arms):
+            raise ValueError("arms must be distinct")
+        return arms
+
+
+class CurvePoint(BaseModel):
+    epoch: int
+    mean: float | None
+    std: float | None
+    n: int = Field(description="seeds that reached this epoch")
+
+
+class StudyJobOut(BaseModel):
+    id: str
+    seed: int
+    state: JobState
+    reason: str | None = None
+    metric: float | None = None
+
+
+class ArmOut(BaseModel):
+    name: str
+    spec: JobSpec = Field(description="the arm's JobSpec (seed: the first seed's)")
+    jobs: list[StudyJobOut]
+    metric: str = Field(description="test_accuracy, or test_miou for segmentation")
+    metric_mean: float | None = None
+    metric_std: float | None = None
+    step_time_s_mean: float | None = None
+    sync_time_share: float | None = Field(None, description="syncbn collectives / step time")
+    curve: list[CurvePoint] = Field(description="the test metric by epoch over the seeds")
+
+
+class StudyOut(BaseModel):
+    id: str
+    state: Literal["running", "succeeded", "partially_failed", "failed", "cancelled"]
+    reasons: list[str] = Field(description="why jobs failed, one line each")
+    base: dict[str, Any]
+    seeds: list[int]
+    arms: list[ArmOut]
+    skipped: dict[str, str] = Field(description="arms asked for but not run, and why")
+    verdict: str | None = Field(description="what syncbn bought, in plain words")
+    created_at: datetime
+
+
+class StudyList(BaseModel):
+    studies: list[StudyOut]
 
 
 class IngestAck(BaseModel):

@@ -20,6 +20,7 @@ from service.models import (
     Event,
     Job,
     Report,
+    Study,
     Transition,
     WorkerStats,
     utcnow,
@@ -34,14 +35,26 @@ def new_job_id() -> str:
     return f"j-{secrets.token_hex(6)}"
 
 
-def create_job(session: Session, spec: JobSpec, steps_per_epoch: int, state: JobState) -> Job:
-    """Insert a job in ``state`` (with its first transition)."""
+def new_study_id() -> str:
+    return f"s-{secrets.token_hex(6)}"
+
+
+def create_job(
+    session: Session,
+    spec: JobSpec,
+    steps_per_epoch: int,
+    state: JobState,
+    study: tuple[str, str] | None = None,
+) -> Job:
+    """Insert a job in ``state`` (with its first transition); ``study``: (study id, arm)."""
     job = Job(
         id=new_job_id(),
         state=state,
         reason="waiting for the scheduler",
         spec=spec.model_dump(mode="json"),
         steps_per_epoch=steps_per_epoch,
+        study_id=study[0] if study else None,
+        arm=study[1] if study else None,
     )
     session.add(job)
     session.flush()
@@ -203,6 +216,45 @@ def events_after(session: Session, job_id: str, after: int, limit: int = 500) ->
     return list(session.scalars(query.order_by(Event.id).limit(limit)).all())
 
 
+def add_study(session: Session, study: Study) -> Study:
+    session.add(study)
+    session.flush()
+    return study
+
+
+def get_study(session: Session, study_id: str) -> Study | None:
+    return session.get(Study, study_id)
+
+
+def list_studies(session: Session, limit: int = 100) -> list[Study]:
+    query = select(Study).order_by(Study.created_at.desc(), Study.id.desc()).limit(limit)
+    return list(session.scalars(query).all())
+
+
+def study_jobs(session: Session, study_id: str) -> list[Job]:
+    """The study's jobs in submission order."""
+    query = select(Job).where(Job.study_id == study_id).order_by(Job.created_at, Job.id)
+    return list(session.scalars(query).all())
+
+
+def mean_step_times(
+    session: Session, job_ids: Collection[str]
+) -> dict[str, tuple[float | None, float | None]]:
+    """Per job: the mean ``step_time_s`` and ``sync_time_s`` over its ranks' epoch reports."""
+    query = (
+        select(Report.job_id, func.avg(WorkerStats.step_time_s), func.avg(WorkerStats.sync_time_s))
+        .join(WorkerStats, WorkerStats.report_id == Report.id)
+        .where(Report.job_id.in_(list(job_ids)), Report.kind == "epoch")
+        .group_by(Report.job_id)
+    )
+    return {job_id: (step, sync) for job_id, step, sync in session.execute(query)}
+
+
+def evaluations_of(session: Session, job_ids: Collection[str]) -> list[Evaluation]:
+    query = select(Evaluation).where(Evaluation.job_id.in_(list(job_ids)))
+    return list(session.scalars(query.order_by(Evaluation.job_id, Evaluation.epoch)).all())
+
+
 def add_dataset(session: Session, dataset: Dataset) -> Dataset:
     session.add(dataset)
     return dataset
@@ -258,4 +310,6 @@ def job_out(job: Job, with_transitions: bool = True) -> JobOut:
         transitions=(
             [TransitionOut.model_validate(t) for t in job.transitions] if with_transitions else []
         ),
+        study_id=job.study_id,
+        arm=job.arm,
     )

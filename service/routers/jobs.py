@@ -14,9 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service import store
 from service.auth import require_api_token
-from service.deps import Services, field_error, get_services, job_or_404, not_found
+from service.deps import Services, get_services, job_or_404, not_found
 from service.lifecycle import JobNotFound
-from service.ray_jobs import RayUnavailable
 from service.schemas import (
     ErrorOut,
     EvaluationOut,
@@ -28,8 +27,7 @@ from service.schemas import (
     WorkersOut,
 )
 from service.states import FINAL_STATES, JobState
-from workers.capacity import InfeasibleJobError, check_feasible
-from workers.data import DatasetError, DatasetInfo, builtin_info, steps_per_epoch
+from service.submission import check_queue_room, check_submission, cluster_capacity
 from workers.spec import JobSpec
 
 logger = logging.getLogger("service.jobs")
@@ -44,49 +42,6 @@ NOT_FOUND = {404: {"model": ErrorOut, "description": "no such job"}}
 EVENT_POLL_S = 0.5
 
 
-def _steps_per_epoch(services: Services, spec: JobSpec) -> int:
-    """Check the dataset and model for ``spec`` from the dataset's metadata (422 naming the
-    field, nothing is loaded); the steps per epoch."""
-    from workers.models import check_data  # torch, imported on the first submission
-
-    if spec.is_builtin_dataset:
-        info = builtin_info(spec.dataset)
-    else:
-        with services.db.session() as session:
-            row = store.get_dataset(session, spec.dataset)
-            if row is None:
-                raise field_error("dataset", f"unknown dataset {spec.dataset!r}: upload it first")
-            info = DatasetInfo(
-                row.id,
-                row.n_train,
-                tuple(row.input_shape),
-                row.num_classes,
-                row.task,  # type: ignore[arg-type]
-                tuple(row.class_names) if row.class_names else None,
-            )
-    try:
-        check_data(spec, info)
-    except DatasetError as exc:
-        raise field_error(exc.field, str(exc)) from exc
-    if spec.builder is not None:
-        _check_builder(services, spec, spec.builder[0])
-    return steps_per_epoch(info.n_train, spec.workers, spec.batch_size_per_worker)
-
-
-def _check_builder(services: Services, spec: JobSpec, module: str) -> None:
-    """422 unless ``spec.code`` is an uploaded bundle that has the builder's ``module``."""
-    with services.db.session() as session:
-        bundle = store.get_code_bundle(session, spec.code or "")
-        if bundle is None:
-            raise field_error("code", f"unknown code bundle {spec.code!r}: upload it first")
-        if module not in bundle.modules:
-            raise field_error(
-                "model",
-                f"code bundle {bundle.id} has no module {module!r} "
-                f"(it has: {', '.join(bundle.modules)})",
-            )
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -98,20 +53,10 @@ def _check_builder(services: Services, spec: JobSpec, module: str) -> None:
 )
 def submit_job(spec: JobSpec, services: ServicesDep) -> JobOut:
     """Submit a training job; it starts when the cluster has room (FIFO)."""
-    steps = _steps_per_epoch(services, spec)
-    try:
-        check_feasible(spec, services.ray.capacity())
-    except InfeasibleJobError as exc:
-        raise field_error(exc.field, str(exc)) from exc
-    except RayUnavailable:
-        logger.warning("Ray unreachable: job accepted without the feasibility check")
+    checked = check_submission(services, spec, cluster_capacity(services))
     with services.db.session() as session:
-        if (
-            store.count_by_state(session).get(JobState.QUEUED, 0)
-            >= services.settings.max_queued_jobs
-        ):
-            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "the job queue is full")
-        job = services.lifecycle.create(session, spec, steps)
+        check_queue_room(services, session, 1)
+        job = services.lifecycle.create(session, spec, checked.steps_per_epoch)
         out = store.job_out(job)
     logger.info("job submitted", extra={"job_id": out.id, "spec": spec.model_dump()})
     return out
