@@ -4,28 +4,33 @@
     syncbn submit --file job.json
     syncbn list [--state running]      syncbn show ID      syncbn watch ID
     syncbn cancel ID                   syncbn logs ID      syncbn upload data.npz
-    syncbn datasets
+    syncbn datasets                    syncbn download ID [-o FILE] [--epoch N]
+    syncbn predict ID samples.npy [--epoch N]
 
 ``--url`` (``$SYNCBN_URL``, default ``http://127.0.0.1:8000``) and ``--token``
-(``$SYNCBN_API_TOKEN``) pick the service. ``--json`` prints raw JSON. Exit status: 0 ok,
-1 the job failed or was cancelled (``watch``), 2 rejected by the service (4xx), 3 the service
-is unreachable or failed (5xx).
+(``$SYNCBN_API_TOKEN``) pick the service. ``--json`` (before or after the command) prints raw
+JSON. Exit status: 0 ok, 1 the job failed or was cancelled (``watch``), 2 rejected by the
+service (4xx) or a bad local file, 3 the service is unreachable or failed (5xx).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import httpx
+import numpy as np
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from service.states import JobState
@@ -208,6 +213,97 @@ def watch(client: Client, console: Console, job_id: str) -> int:
     return EXIT_OK if job["state"] == JobState.SUCCEEDED else EXIT_JOB_FAILED
 
 
+def size_text(n: int) -> str:
+    """A byte count as ``"45.1 kB"`` (decimal units)."""
+    for unit in ("B", "kB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def output_path(output: Path | None, disposition: str | None, fallback: str) -> Path:
+    """Where a download goes: ``output`` (a file, or a folder for the server's file name),
+    else the server's file name (``Content-Disposition``) in the current directory."""
+    header = Message()
+    header["content-disposition"] = disposition or ""
+    name = Path(header.get_filename() or fallback).name
+    if output is None:
+        return Path(name)
+    return output / name if output.is_dir() else output
+
+
+def download(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """Stream the job's model file to disk and check it against its ETag (the SHA-256); its
+    entry of ``/models`` with the ``path`` it was saved to."""
+    params = {"epoch": args.epoch} if args.epoch else {}
+    timeout = httpx.Timeout(30.0, read=300.0)
+    url = f"/v1/jobs/{args.job_id}/model"
+    with client.http.stream("GET", url, params=params, timeout=timeout) as response:
+        if response.status_code >= 400:
+            response.read()
+            raise ApiError(response.status_code, describe_error(response))
+        epoch = int(response.headers["x-syncbn-epoch"])
+        path = output_path(
+            args.output,
+            response.headers.get("content-disposition"),
+            f"{args.job_id}-epoch{epoch}.safetensors",
+        )
+        partial, digest, size = path.with_name(path.name + ".part"), hashlib.sha256(), 0
+        try:
+            with partial.open("wb") as handle:
+                for chunk in response.iter_bytes(1 << 20):
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            if response.headers.get("etag", "").strip('"') not in ("", digest.hexdigest()):
+                raise OSError(f"{path}: the download does not match its ETag (incomplete?)")
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+    listing = client.request("GET", f"/v1/jobs/{args.job_id}/models")
+    entry = next((m for m in listing["models"] if m["epoch"] == epoch), {})
+    saved = {"epoch": epoch, "size_bytes": size, "sha256": digest.hexdigest(), "path": str(path)}
+    return {**entry, **saved}
+
+
+def read_samples(path: Path) -> Any:
+    """Raw samples from a ``.npy`` array ``(N, *input_shape)`` or a ``.json`` list of samples
+    (or a predict request body ``{"inputs": [...]}``)."""
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False).tolist()
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        return data["inputs"] if isinstance(data, dict) and "inputs" in data else data
+    raise ValueError(f"{path}: expected a .npy array or a .json list of samples")
+
+
+def predictions_table(out: dict[str, Any]) -> Table:
+    """One row per sample: its class and that class's probability, or for segmentation the
+    mask's shape and its pixels per class."""
+    classes = out.get("classes") or []
+
+    def name(k: int) -> str:
+        known = k < len(classes) and classes[k] != str(k)
+        return escape(f"{k} {classes[k]}" if known else str(k))
+
+    table = Table()
+    table.add_column("sample", justify="right")
+    if out.get("masks") is not None:
+        table.add_column("mask")
+        table.add_column("pixels per class")
+        for i, mask in enumerate(np.asarray(out["masks"])):
+            counts = np.bincount(mask.ravel(), minlength=np.shape(out["probabilities"])[1])
+            pixels = ", ".join(f"{name(k)}: {n}" for k, n in enumerate(counts) if n)
+            table.add_row(str(i), " x ".join(map(str, mask.shape)), pixels)
+        return table
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    for i, (k, p) in enumerate(zip(out["predictions"], out["probabilities"], strict=True)):
+        table.add_row(str(i), name(k), f"{p[k]:.4f}")
+    return table
+
+
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = json.loads(Path(args.file).read_text()) if args.file else {}
     for field in JobSpec.model_fields:
@@ -254,6 +350,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     code.add_argument("path", type=Path)
     sub.add_parser("code", help="list uploaded code bundles")
+    get = sub.add_parser("download", help="download a job's trained model (.safetensors)")
+    get.add_argument("job_id")
+    get.add_argument(
+        "-o", "--output", type=Path, help="file or folder (default: ./JOB-epochN.safetensors)"
+    )
+    predict = sub.add_parser(
+        "predict", help="predict raw samples (.npy or .json list) with a job's model"
+    )
+    predict.add_argument("job_id")
+    predict.add_argument("file", type=Path)
+    for command in (get, predict):
+        command.add_argument("--epoch", type=int, help="a kept checkpoint (default: the newest)")
+    for command in sub.choices.values():  # also after the command; SUPPRESS: absent there,
+        # a --json before the command still counts
+        command.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -285,6 +396,11 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
         out = client.request("GET", "/v1/datasets")
     elif args.command == "code":
         out = client.request("GET", "/v1/code")
+    elif args.command == "download":
+        out = download(client, args)
+    elif args.command == "predict":
+        body = {"inputs": read_samples(args.file), **({"epoch": args.epoch} if args.epoch else {})}
+        out = client.request("POST", f"/v1/jobs/{args.job_id}/predict", json=body, timeout=300)
 
     if args.json:
         print(json.dumps(out, indent=2))
@@ -318,6 +434,21 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
                 f"shape {dataset['input_shape']}",
                 markup=False,
             )
+    elif args.command == "download":  # soft_wrap: a long path or the hash stays one line
+        console.print(f"saved [bold]{escape(out['path'])}[/bold]", soft_wrap=True)
+        console.print(
+            f"  epoch {out['epoch']}, {size_text(out['size_bytes'])}, sha256 {out['sha256']}",
+            soft_wrap=True,
+        )
+        if metric := metric_text(out.get("metrics")):
+            console.print(f"  test {metric}")
+        if out.get("bn_statistics"):
+            console.print(f"  BatchNorm statistics: {out['bn_statistics']}", markup=False)
+    elif args.command == "predict":
+        console.print(
+            f"job [bold]{out['job_id']}[/bold], model of epoch {out['epoch']}: {out['task']}"
+        )
+        console.print(predictions_table(out))
     else:
         show_job(console, out)
     return EXIT_OK
@@ -335,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     except httpx.HTTPError as exc:
         console.print(f"cannot reach the service at {args.url}: {exc}", markup=False, style="red")
         return EXIT_UNAVAILABLE
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # a local file: missing, unreadable, not JSON
         console.print(str(exc), markup=False, style="red")
         return EXIT_REJECTED
 

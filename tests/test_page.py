@@ -7,7 +7,8 @@ cluster, with the API token on. Nothing is mocked: the jobs below really train.
 
 - a small ``synthetic`` job submitted through the form appears in the list; its page fills
   the per-worker table with both ranks from the live event stream, draws the test-accuracy
-  curve, the BN view and the timeline, and shows the accuracy the API reports;
+  curve, the BN view and the timeline, and shows the accuracy the API reports; its Model panel
+  downloads the trained model file (with the token) of the last epoch;
 - a longer job (submitted over the API) is cancelled from its page;
 - server-side validation errors appear next to the right field (submitted with the keyboard);
 - the token dialog rejects a wrong token and remembers the right one; the page fits a
@@ -25,6 +26,7 @@ with the tail of the service's log).
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import textwrap
@@ -36,6 +38,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from safetensors import safe_open
 
 CHROMIUM = Path(os.environ.get("SYNCBN_CHROMIUM", "/usr/bin/chromium"))
 UI_TIMEOUT_MS = 15_000
@@ -180,7 +183,7 @@ def server_errors(service: Any, spec: dict[str, Any]) -> dict[str, str]:
     return {str(e["loc"][-1]): e["msg"] for e in response.json()["detail"]}
 
 
-def test_submit_a_job_and_watch_it_train(page: Page, service: Any) -> None:
+def test_submit_a_job_and_watch_it_train(page: Page, service: Any, tmp_path: Path) -> None:
     open_dashboard(page, service)
     expect(page.get_by_test_id("jobs-table")).to_be_visible()
 
@@ -193,6 +196,7 @@ def test_submit_a_job_and_watch_it_train(page: Page, service: Any) -> None:
         field(page, name).fill(value)
     page.get_by_text("Optimizer, reporting and resources").click()
     field(page, "Report every k steps").fill("8")
+    expect(field(page, "Precise BN batches")).to_have_value("0")  # JobSpec.precise_bn_batches
     page.get_by_test_id("submit-job").click()
 
     submitted = page.get_by_test_id("submitted-link")
@@ -256,6 +260,27 @@ def test_submit_a_job_and_watch_it_train(page: Page, service: Any) -> None:
     for name in ("queued", "running", "succeeded"):
         expect(timeline.locator(f'li[data-state="{name}"]')).to_have_count(1)
     expect(page.get_by_test_id("logs")).not_to_be_empty()
+
+    # The trained model: a button per kept epoch, downloaded with the token (fetch -> blob).
+    models = service.client.get(f"/v1/jobs/{job_id}/models").json()["models"]
+    last = int(SMALL_JOB["epochs"])
+    assert models and models[-1]["epoch"] == last, models
+    expect(page.get_by_test_id("model-panel")).to_be_visible()
+    expect(page.get_by_test_id("model-download")).to_have_count(len(models))
+    expect(page.get_by_test_id("model-bn")).to_contain_text(models[-1]["bn_statistics"])
+    newest = page.locator(f'li[data-epoch="{last}"]')
+    expect(newest.get_by_test_id("model-metric")).to_have_text(
+        re.compile(r"^test accuracy \d+\.\d\d %$")
+    )
+    button = newest.get_by_role("button", name=f"Download epoch {last} (.safetensors, ")
+    expect(button).to_have_text(re.compile(r"\(\.safetensors, \d+(\.\d)? kB\)$"))
+    with page.expect_download() as download:
+        button.click()
+    assert download.value.suggested_filename == f"{job_id}-epoch{last}.safetensors"
+    path = tmp_path / "model.safetensors"
+    download.value.save_as(path)
+    with safe_open(str(path), framework="pt") as handle:
+        assert json.loads(handle.metadata()["syncbn.recipe"])["epoch"] == last
 
     page.get_by_role("link", name="← Jobs").click()
     row = page.locator(f'tr[data-job-id="{job_id}"]')

@@ -1,5 +1,6 @@
-// The REST API: fetch with the bearer token, JSON calls and errors, the OpenAPI description,
-// and the job event stream (text/event-stream read with fetch: EventSource cannot send headers).
+// The REST API: fetch with the bearer token, JSON calls and errors, file downloads, the OpenAPI
+// description, and the job event stream (text/event-stream read with fetch: EventSource cannot
+// send headers).
 
 import { API, OPENAPI_URL } from "./config.js";
 import { getToken, requestToken } from "./token.js";
@@ -25,6 +26,12 @@ export class ApiError extends Error {
 async function readBody(res) {
   const text = await res.text();
   try { return JSON.parse(text); } catch { return text; }
+}
+
+/** The ApiError of a non-2xx answer (FastAPI's `detail`, or the body's text). */
+async function errorOf(res) {
+  const body = await readBody(res);
+  return new ApiError(res.status, body && typeof body === "object" ? body.detail : body);
 }
 
 /** fetch() of `path` (relative to v1/, or a URL) with the token; asks for one and retries on 401. */
@@ -53,9 +60,27 @@ export async function api(path, { method = "GET", json, form, signal } = {}) {
     init.body = form;
   }
   const res = await apiFetch(path, init);
-  const body = await readBody(res);
-  if (!res.ok) throw new ApiError(res.status, body && typeof body === "object" ? body.detail : body);
-  return body;
+  if (!res.ok) throw await errorOf(res);
+  return readBody(res);
+}
+
+/**
+ * Download `path` with the token as a file named like the server says (Content-Disposition),
+ * else `name`: fetch -> blob -> object URL -> a temporary <a download> (a plain link would
+ * not send the Authorization header). Throws ApiError on a non-2xx answer.
+ */
+export async function download(path, name, { signal } = {}) {
+  const res = await apiFetch(path, { signal });
+  if (!res.ok) throw await errorOf(res);
+  const disposition = res.headers.get("Content-Disposition") || "";
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await res.blob());
+  link.download = /filename="?([^";]+)"?/i.exec(disposition)?.[1] || name;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);  // after the browser has saved it
 }
 
 let openapi = null;

@@ -45,6 +45,13 @@ export function rate(x) { return isNum(x) ? (x >= 100 ? x.toFixed(0) : x.toFixed
 /** Seconds as milliseconds ("12.3 ms"), or a dash. */
 export function ms(seconds) { return isNum(seconds) ? `${(seconds * 1000).toFixed(seconds < 0.01 ? 2 : 1)} ms` : dash; }
 
+/** A byte count in decimal units ("45 kB", "1.2 MB"), or a dash. */
+export function bytes(n) {
+  if (!isNum(n)) return dash;
+  const [unit, div] = n < 1e3 ? ["B", 1] : n < 999.5e3 ? ["kB", 1e3] : n < 999.5e6 ? ["MB", 1e6] : ["GB", 1e9];
+  return unit === "B" ? `${n} B` : `${(n / div).toFixed(n / div < 10 ? 1 : 0)} ${unit}`;
+}
+
 /** A Date from an API timestamp (ISO string, UTC when without a zone, or epoch seconds). */
 export function parseTime(value) {
   if (value === null || value === undefined) return null;

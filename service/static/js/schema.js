@@ -34,6 +34,8 @@ const FIELD_UI = {
   max_failures: { label: "Max worker failures", advanced: true },
   cpus_per_worker: { label: "CPUs per worker", advanced: true },
   use_gpu: { label: "Use a GPU per worker", advanced: true },
+  precise_bn_batches: { label: "Precise BN batches", advanced: true,
+    hint: "0: off; else exact BN statistics of this many batches per worker before each evaluation" },
 };
 const ORDER = Object.keys(FIELD_UI);
 

@@ -16,6 +16,7 @@ export function newState() {
     logsTimer: null,
     renderQueued: false,
     jobRefresh: null,
+    modelsRefresh: null,
     cancelling: false,
     ended: false,
   };
@@ -50,7 +51,7 @@ export async function loadJob(ctx) {
   ctx.renderJob();
 }
 
-/** Reload the job, its metrics history and its latest worker report; redraw everything. */
+/** Reload the job, its metrics, its latest worker report and its model files; redraw all. */
 export async function loadAll(ctx) {
   const { v, signal } = ctx;
   const [job, metrics, workers] = await Promise.all([
@@ -69,6 +70,7 @@ export async function loadAll(ctx) {
   ctx.showError(null);
   ctx.renderJob();
   ctx.renderData();
+  ctx.loadModels();
 }
 
 /** Reload the job soon (once for a burst of events). */

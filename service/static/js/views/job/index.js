@@ -10,6 +10,7 @@ import { renderCharts } from "./curves.js";
 import { loadAll, newState } from "./data.js";
 import { renderJob } from "./header.js";
 import { loadLogs, setupLogs } from "./logs.js";
+import { loadModels } from "./model.js";
 import { follow } from "./stream.js";
 import { renderWorkers } from "./workers.js";
 
@@ -52,6 +53,7 @@ export function jobView(jobId) {
       requestAnimationFrame(() => { ctx.v.renderQueued = false; ctx.renderData(); });
     },
     loadLogs: () => loadLogs(ctx),
+    loadModels: () => loadModels(ctx),
   };
 
   setupCancel(ctx);
@@ -80,6 +82,7 @@ export function jobView(jobId) {
       abort.abort();
       clearInterval(ctx.v.logsTimer);
       clearTimeout(ctx.v.jobRefresh);
+      clearTimeout(ctx.v.modelsRefresh);
       for (const box of Object.values(ctx.charts)) unobserveChart(box);
     },
   };

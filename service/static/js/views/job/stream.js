@@ -5,6 +5,7 @@ import { FINAL } from "../../config.js";
 import { sleep } from "../../dom.js";
 import { AuthCancelled } from "../../token.js";
 import { addReport, loadAll, scheduleJobRefresh } from "./data.js";
+import { scheduleModels } from "./model.js";
 
 function onEvent(ctx, { event, data, id }) {
   const { v } = ctx;
@@ -16,6 +17,7 @@ function onEvent(ctx, { event, data, id }) {
     ctx.queueRender();
     ctx.renderJob();
     scheduleJobRefresh(ctx);
+    if (payload.kind === "epoch") scheduleModels(ctx);  // its checkpoint holds a new model file
   } else if (event === "exception") {
     const errors = Object.entries(payload.errors || {}).map(([rank, msg]) => `rank ${rank}: ${msg}`);
     const box = ctx.bind("exception");
