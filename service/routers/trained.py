@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from collections.abc import Iterator
+from typing import Annotated, BinaryIO
 
 import numpy as np
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from service.auth import require_api_token
 from service.deps import Services, field_error, get_services, job_or_404
@@ -34,6 +36,7 @@ NO_MODEL = {
     404: {"model": ErrorOut, "description": "no such job, or no such kept epoch"},
     409: {"model": ErrorOut, "description": "the job has not written its first checkpoint yet"},
 }
+CHUNK_BYTES = 1 << 20
 EpochQuery = Annotated[
     int | None, Query(ge=1, description="a kept checkpoint's epoch (default: the newest)")
 ]
@@ -72,26 +75,30 @@ def list_models(job_id: str, services: ServicesDep) -> ModelsOut:
     with services.db.session() as session:
         job_or_404(session, job_id)
     files = model_files(services.settings.runs_dir, job_id)
-    return ModelsOut(
-        job_id=job_id,
-        models=[
+    models = []
+    for f in files.values():
+        try:
+            size, sha256 = f.size, f.etag
+        except FileNotFoundError:  # removed by Ray Train meanwhile
+            continue
+        models.append(
             ModelFileOut(
                 epoch=f.epoch,
-                size_bytes=f.size,
-                sha256=f.etag,
+                size_bytes=size,
+                sha256=sha256,
                 metrics=f.recipe["metrics"],
                 bn_statistics=f.recipe["bn_statistics"],
                 url=f"/v1/jobs/{job_id}/model?epoch={f.epoch}",
             )
-            for f in files.values()
-        ],
-        recipe=files[max(files)].recipe if files else None,
+        )
+    return ModelsOut(
+        job_id=job_id, models=models, recipe=files[max(files)].recipe if files else None
     )
 
 
 @router.get(
     "/{job_id}/model",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={
         **NO_MODEL,
         200: {
@@ -109,22 +116,43 @@ def download_model(
 ) -> Response:
     """The trained model as safetensors (the newest checkpoint, or ``epoch``'s)."""
     file = _model_file(services, job_id, epoch)
-    etag = f'"{file.etag}"'
-    headers = {"ETag": etag, "X-Syncbn-Epoch": str(file.epoch)}
+    try:  # Ray Train may delete an old checkpoint at any moment: hold the file open
+        handle = file.path.open("rb")
+        etag = f'"{file.etag}"'
+    except FileNotFoundError:
+        raise _removed(file) from None
+    headers = {
+        "ETag": etag,
+        "X-Syncbn-Epoch": str(file.epoch),
+        "Content-Length": str(os.fstat(handle.fileno()).st_size),
+        "Content-Disposition": f'attachment; filename="{job_id}-epoch{file.epoch}.safetensors"',
+    }
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+        handle.close()
+        del headers["Content-Length"]
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    return FileResponse(
-        file.path,
-        media_type="application/octet-stream",
-        filename=f"{job_id}-epoch{file.epoch}.safetensors",
-        headers=headers,
+    return StreamingResponse(
+        _chunks(handle), media_type="application/octet-stream", headers=headers
+    )
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    with handle:
+        while block := handle.read(CHUNK_BYTES):
+            yield block
+
+
+def _removed(file: ModelFile) -> HTTPException:
+    return HTTPException(
+        status.HTTP_404_NOT_FOUND,
+        f"the model file of epoch {file.epoch} was just removed (Ray Train keeps the newest "
+        "checkpoints only): ask again",
     )
 
 
 @router.post(
     "/{job_id}/predict",
     response_model=PredictOut,
-    response_model_exclude_none=True,
     responses={
         **NO_MODEL,
         422: {"description": "inputs of the wrong shape or type, or too many"},
@@ -140,10 +168,13 @@ def predict(job_id: str, body: PredictIn, services: ServicesDep) -> PredictOut:
         raw = check_inputs(body.inputs, recipe, services.settings.max_predict_samples)
     except ValueError as exc:
         raise field_error("inputs", str(exc)) from None
-    if recipe["builtin"]:
-        out = predict_builtin(file, raw)
-    else:
+    if not recipe["builtin"]:
         out = _predict_user_code(services, file, raw)
+    else:
+        try:
+            out = predict_builtin(file, raw)
+        except FileNotFoundError:
+            raise _removed(file) from None
     key = "masks" if recipe["task"] == "segmentation" else "predictions"
     return PredictOut(
         job_id=job_id,
