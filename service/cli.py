@@ -6,11 +6,14 @@
     syncbn cancel ID                   syncbn logs ID      syncbn upload data.npz
     syncbn datasets                    syncbn download ID [-o FILE] [--epoch N]
     syncbn predict ID samples.npy [--epoch N]
+    syncbn study --dataset digits --workers 4 --batch-size 2 --seeds 0 1 2 [--watch]
+    syncbn studies     syncbn study-show ID     syncbn study-watch ID     syncbn study-cancel ID
 
 ``--url`` (``$SYNCBN_URL``, default ``http://127.0.0.1:8000``) and ``--token``
 (``$SYNCBN_API_TOKEN``) pick the service. ``--json`` (before or after the command) prints raw
 JSON. Exit status: 0 ok, 1 the job failed or was cancelled (``watch``), 2 rejected by the
-service (4xx) or a bad local file, 3 the service is unreachable or failed (5xx).
+service (4xx) or a bad local file, 3 the service is unreachable or failed (5xx). A study's
+``--watch`` and ``study-watch`` exit 1 unless every job of the study succeeded.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
@@ -33,7 +37,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from service.states import JobState
+from service.states import FINAL_STATES, JobState
 from workers.cli import ProgressView, worker_table
 from workers.spec import JobSpec
 
@@ -50,11 +54,19 @@ FLAG_NAMES = {"batch_size_per_worker": "--batch-size"}
 """Shorter flags for a few JobSpec fields (every other field ``f`` is ``--f`` with dashes)."""
 
 
-def spec_flags() -> dict[str, dict[str, Any]]:
-    """``argparse`` arguments for every ``JobSpec`` field, derived from the model: a field
-    added to ``JobSpec`` is a ``submit`` flag without editing this file."""
+STUDY_SETS = ("norm", "seed")
+"""JobSpec fields a study sets itself (no ``study`` flags for them)."""
+STUDY_POLL_S = 1.5
+
+
+def spec_flags(leave_out: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """``argparse`` arguments for every ``JobSpec`` field (but ``leave_out``), derived from the
+    model: a field added to ``JobSpec`` is a ``submit`` and ``study`` flag without editing
+    this file."""
     flags: dict[str, dict[str, Any]] = {}
     for name, field in JobSpec.model_fields.items():
+        if name in leave_out:
+            continue
         kinds = [a for a in get_args(field.annotation) if a is not type(None)]
         annotation = kinds[0] if get_origin(field.annotation) in (Union, UnionType) else None
         annotation = annotation or field.annotation
@@ -213,6 +225,133 @@ def watch(client: Client, console: Console, job_id: str) -> int:
     return EXIT_OK if job["state"] == JobState.SUCCEEDED else EXIT_JOB_FAILED
 
 
+def spec_summary(spec: dict[str, Any]) -> str:
+    """``"4x2 local"``: workers x batch per worker, and the norm."""
+    return f"{spec['workers']}x{spec['batch_size_per_worker']} {spec['norm']}"
+
+
+def spread_text(mean: float | None, std: float | None) -> str:
+    """A metric's mean ± std over seeds in percent, or ``-``."""
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * (std or 0):.2f} %"
+
+
+def running_text(job: dict[str, Any]) -> str:
+    """A running job's progress: ``"seed 1: epoch 1/2, 40%"``."""
+    progress = job["progress"]
+    return (
+        f"seed {job['spec']['seed']}: epoch {progress['epoch']}/{progress['epochs']}, "
+        f"{100 * progress['fraction']:.0f}%"
+    )
+
+
+def states_text(states: list[str]) -> str:
+    """``"2 succeeded, 1 running"``: how many jobs are in each state."""
+    counts = {state: states.count(state) for state in dict.fromkeys(states)}
+    return ", ".join(f"{n} {state_text(state)}" for state, n in counts.items())
+
+
+def arms_table(study: dict[str, Any], running: dict[str, dict[str, Any]] | None = None) -> Table:
+    """One row per arm: its spec, jobs, metric over the seeds, step time and sync share; with
+    ``running`` (job id -> job), also the progress of its running jobs."""
+    arms = study["arms"]
+    metric = "mIoU" if arms and arms[0]["metric"] == "test_miou" else "accuracy"
+    table = Table(title=f"study {study['id']}")
+    for column in ("arm", "spec", "jobs"):
+        table.add_column(column, no_wrap=True)
+    for column in (f"test {metric}", "step time", "sync share"):
+        table.add_column(column, no_wrap=True, justify="right")
+    if running is not None:
+        table.add_column("running")
+    for arm in arms:
+        jobs = arm["jobs"]
+        done = sum(j["state"] in FINAL_STATES for j in jobs)
+        share = arm["sync_time_share"]
+        step = arm["step_time_s_mean"]
+        row = [
+            arm["name"],
+            spec_summary(arm["spec"]),
+            f"{done}/{len(jobs)} ({states_text([j['state'] for j in jobs])})",
+            spread_text(arm["metric_mean"], arm["metric_std"]),
+            "-" if step is None else f"{1000 * step:.1f} ms",
+            "-" if share is None else f"{100 * share:.1f} %",
+        ]
+        if running is not None:
+            row.append(
+                ", ".join(running_text(running[j["id"]]) for j in jobs if j["id"] in running)
+            )
+        table.add_row(*row)
+    return table
+
+
+def show_study(console: Console, study: dict[str, Any]) -> None:
+    """The arms table, skipped arms, failure reasons and the verdict."""
+    base = study["base"]
+    console.print(
+        f"study [bold]{study['id']}[/bold]  {state_text(study['state'])}  "
+        f"{escape(str(base.get('dataset', '')))}, seeds {' '.join(map(str, study['seeds']))}"
+    )
+    console.print(arms_table(study))
+    for arm, reason in study["skipped"].items():
+        console.print(f"  skipped {arm}: {reason}", markup=False)
+    for reason in study["reasons"]:
+        console.print(f"  {reason}", markup=False, style="red")
+    if study["verdict"]:
+        console.print(f"verdict: [bold]{escape(study['verdict'])}[/bold]")
+
+
+def studies_table(studies: list[dict[str, Any]]) -> Table:
+    table = Table(title="studies")
+    for column in ("id", "state", "dataset", "workers x batch", "seeds", "arms", "created"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("verdict")
+    for study in studies:
+        spec = study["arms"][0]["spec"] if study["arms"] else study["base"]
+        table.add_row(
+            study["id"],
+            state_text(study["state"]),
+            spec.get("dataset", "-"),
+            f"{spec.get('workers', '-')} x {spec.get('batch_size_per_worker', '-')}",
+            " ".join(map(str, study["seeds"])),
+            ", ".join(a["name"] for a in study["arms"]),
+            study["created_at"][:19].replace("T", " "),
+            escape(study["verdict"] or "-"),
+        )
+    return table
+
+
+def pause() -> None:
+    """The wait between two polls of a study."""
+    time.sleep(STUDY_POLL_S)
+
+
+def watch_study(client: Client, console: Console, study_id: str) -> int:
+    """Follow a study: per arm its jobs done, the running jobs' progress and the metric so far;
+    then the table and the verdict. Exit status 0 only when every job succeeded."""
+    path = f"/v1/studies/{study_id}"
+    study = client.request("GET", path)
+    running: dict[str, dict[str, Any]] = {}
+
+    class Screen:
+        def __rich__(self) -> Group:
+            parts: list[Any] = [f"study {study_id}: {state_text(study['state'])}"]
+            parts.append(arms_table(study, running))
+            if study["verdict"]:
+                parts.append(f"so far: {escape(study['verdict'])}")
+            return Group(*parts)
+
+    with Live(Screen(), console=console, refresh_per_second=4, transient=True) as live:
+        while study["state"] == "running":
+            pause()
+            study = client.request("GET", path)
+            ids = [j["id"] for a in study["arms"] for j in a["jobs"] if j["state"] == "running"]
+            running = {i: client.request("GET", f"/v1/jobs/{i}") for i in ids}
+            live.refresh()
+    show_study(console, study)
+    return EXIT_OK if study["state"] == "succeeded" else EXIT_JOB_FAILED
+
+
 def size_text(n: int) -> str:
     """A byte count as ``"45.1 kB"`` (decimal units)."""
     for unit in ("B", "kB", "MB"):
@@ -326,6 +465,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         submit.add_argument(flag, **options)
     submit.add_argument("--watch", action="store_true", help="then watch it")
 
+    study = sub.add_parser(
+        "study", help="a study: local vs sync BatchNorm (and the 1-worker reference) x seeds"
+    )
+    study.add_argument("--file", help="base JobSpec JSON file (without norm and seed)")
+    for flag, options in spec_flags(STUDY_SETS).items():
+        study.add_argument(flag, **options)
+    study.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
+    study.add_argument("--arms", nargs="+", choices=["local", "sync", "reference"])
+    study.add_argument("--watch", action="store_true", help="then watch it")
+    sub.add_parser("studies", help="list studies").add_argument("--limit", type=int, default=50)
+    for name, text in (
+        ("study-show", "one study: its arms and the verdict"),
+        ("study-watch", "follow a study live"),
+        ("study-cancel", "cancel every unfinished job of a study"),
+    ):
+        sub.add_parser(name, help=text).add_argument("study_id")
+
     listing = sub.add_parser("list", help="list jobs")
     listing.add_argument("--state", choices=sorted(STATE_STYLE))
     listing.add_argument("--limit", type=int, default=50)
@@ -375,6 +531,20 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
         if args.watch and not args.json:
             console.print(f"submitted [bold]{out['id']}[/bold]")
             return watch(client, console, out["id"])
+    elif args.command == "study":
+        body = {"base": spec_from_args(args), "seeds": args.seeds, "arms": args.arms}
+        body = {k: v for k, v in body.items() if v is not None}
+        out = client.request("POST", "/v1/studies", json=body)
+        if args.watch and not args.json:
+            console.print(f"study [bold]{out['id']}[/bold]")
+            return watch_study(client, console, out["id"])
+    elif args.command == "studies":
+        out = client.request("GET", "/v1/studies", params={"limit": args.limit})
+    elif args.command in ("study-show", "study-cancel"):
+        method, action = ("GET", "") if args.command == "study-show" else ("POST", "/cancel")
+        out = client.request(method, f"/v1/studies/{args.study_id}{action}")
+    elif args.command == "study-watch":
+        return watch_study(client, console, args.study_id)
     elif args.command == "list":
         params = {"limit": args.limit, **({"state": args.state} if args.state else {})}
         out = client.request("GET", "/v1/jobs", params=params)
@@ -407,6 +577,17 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
     elif args.command == "list":
         console.print(jobs_table(out["jobs"]))
         console.print(f"{out['total']} job(s)")
+    elif args.command == "study":
+        console.print(
+            f"study [bold]{out['id']}[/bold]: {len(out['arms'])} arm(s) x "
+            f"{len(out['seeds'])} seed(s) queued; follow it with syncbn study-watch {out['id']}"
+        )
+        for arm, reason in out["skipped"].items():
+            console.print(f"  skipped {arm}: {reason}", markup=False)
+    elif args.command == "studies":
+        console.print(studies_table(out["studies"]))
+    elif args.command in ("study-show", "study-cancel"):
+        show_study(console, out)
     elif args.command == "logs":
         print(out["logs"])
     elif args.command == "upload":

@@ -1,5 +1,6 @@
 // The submit form (built from JobSpec's schema in /openapi.json) and the upload forms (a dataset:
-// .npz or image-folder .zip; a code bundle: .zip or .tar.gz with the model's builder).
+// .npz or image-folder .zip; a code bundle: .zip or .tar.gz with the model's builder). "Run as a
+// study" posts the same fields (minus norm and seed) to /v1/studies.
 
 import { api, ApiError, openApi } from "./api.js";
 import { $, $$, h, setHidden } from "./dom.js";
@@ -253,35 +254,60 @@ export function setupJobForm(root, { onSubmitted }) {
     }
   }
 
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  /**
+   * Read the form, `post(spec)` it and `done(answer)`; a problem found here or a 422 goes next
+   * to its field. `extra` = {field: message} found by the caller; `fieldNames`: the fields.
+   */
+  async function send(post, done, extra = {}, fieldNames = names) {
     if (!fields) return;
     clearErrors(form);
     status.textContent = "";
     const { spec, problems } = readSpec(form, fields);
+    Object.assign(problems, extra);
     if (Object.keys(problems).length) {
-      showErrors(form, names, Object.entries(problems).map(([field, msg]) => ({ field, msg })));
+      showErrors(form, fieldNames, Object.entries(problems).map(([field, msg]) => ({ field, msg })));
       return;
     }
-    button.disabled = true;
+    button.disabled = studyButton.disabled = true;
     status.textContent = "Submitting…";
     try {
-      const job = await api("jobs", { method: "POST", json: spec });
+      await done(await post(spec));
+    } catch (err) {
+      status.textContent = "";
+      if (err instanceof ApiError && Array.isArray(err.detail)) {
+        showErrors(form, fieldNames, errorsFromDetail(err.detail));
+      } else {
+        showErrors(form, fieldNames, [], `Not submitted: ${err.message}`);
+      }
+    } finally {
+      button.disabled = studyButton.disabled = false;
+    }
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send((spec) => api("jobs", { method: "POST", json: spec }), async (job) => {
       status.replaceChildren("Submitted ",
         h("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, "data-testid": "submitted-link",
           "data-job-id": job.id }, h("code", {}, job.id)),
         ` (${job.state}${job.reason ? `: ${job.reason}` : ""}).`);
       await onSubmitted(job);
-    } catch (err) {
-      status.textContent = "";
-      if (err instanceof ApiError && Array.isArray(err.detail)) {
-        showErrors(form, names, errorsFromDetail(err.detail));
-      } else {
-        showErrors(form, names, [], `Not submitted: ${err.message}`);
-      }
-    } finally {
-      button.disabled = false;
-    }
+    });
+  });
+
+  // "Run as a study": the form minus norm and seed as the base, once per seed of "Study seeds".
+  const studyButton = $("#submit-study", root);
+  studyButton.addEventListener("click", () => {
+    const text = form.elements.seeds.value.trim();
+    const seeds = text ? text.split(/[\s,]+/).map(Number) : [];
+    const bad = seeds.some((x) => !Number.isInteger(x)) ? { seeds: "Enter whole numbers, e.g. 0 1 2." } : {};
+    send((spec) => {
+      const base = { ...spec };
+      delete base.norm;  // the arms set norm, the seeds set seed
+      delete base.seed;
+      return api("studies", { method: "POST", json: { base, seeds: text ? seeds : undefined } });
+    }, (study) => { location.hash = `#/studies/${encodeURIComponent(study.id)}`; },
+    bad, new Set([...names, "seeds"]));
   });
   form.addEventListener("reset", () => {
     clearErrors(form);

@@ -1,6 +1,7 @@
 // syncbn service dashboard: native ES modules, no build step, no third-party code.
 //
-// Routes (hash): "#/" jobs list + submit form, "#/jobs/<id>" one job.
+// Routes (hash): "#/" jobs list + submit form, "#/jobs/<id>" one job, "#/studies" the studies,
+// "#/studies/<id>" one study.
 // Talks to the REST API under "v1/" (relative to the page), sends the API token from
 // localStorage as "Authorization: Bearer", and asks for it when a call answers 401.
 // The job page follows "v1/jobs/<id>/events" with fetch() and a streaming body reader
@@ -9,12 +10,16 @@
 // Modules: config.js (constants), dom.js (h(), svg, formatting), token.js (token storage and
 // dialog), api.js (fetch wrapper, errors, OpenAPI, event stream), chart.js (SVG line chart),
 // schema.js + form.js (the submit form, built from JobSpec in /openapi.json),
-// views/jobs.js (the jobs page), views/job/*.js (one job's page).
+// views/jobs.js (the jobs page), views/job/*.js (one job's page), views/compare.js (jobs'
+// curves overlaid), views/studies.js and views/study.js (studies), metric-chart.js (the test
+// metric by epoch of several runs).
 
 import { $, $$ } from "./dom.js";
 import { AuthCancelled, initTokenDialog } from "./token.js";
 import { jobView } from "./views/job/index.js";
 import { jobsView } from "./views/jobs.js";
+import { studiesView } from "./views/studies.js";
+import { studyView } from "./views/study.js";
 
 let jobs = null;      // the jobs view is kept (its form and list survive a visit to a job)
 let current = null;
@@ -24,11 +29,17 @@ let started = false;
 function router() {
   const hash = location.hash || "#/";
   if (!hash.startsWith("#/")) return;  // in-page anchors
-  const match = hash.match(/^#\/jobs\/([^/?#]+)/);
+  const match = hash.match(/^#\/(jobs|studies)\/([^/?#]+)/);
+  const studies = hash.startsWith("#/studies");
   current?.leave();
   let view;
   if (match) {
-    view = jobView(decodeURIComponent(match[1]));
+    const id = decodeURIComponent(match[2]);
+    view = match[1] === "jobs" ? jobView(id) : studyView(id);
+    document.title = `${view.title} · syncbn`;
+  } else if (studies) {
+    view = studiesView();
+    document.title = "Studies · syncbn";
   } else {
     jobs ||= jobsView();
     view = jobs;
@@ -36,7 +47,8 @@ function router() {
   }
   current = view;
   $("#main").replaceChildren(view.root);
-  $$("nav a").forEach((a) => a.setAttribute("aria-current", match ? "false" : "page"));
+  const tab = match ? null : studies ? "nav-studies" : "nav-jobs";
+  $$("nav a").forEach((a) => a.setAttribute("aria-current", a.dataset.testid === tab ? "page" : "false"));
   view.enter();
   const heading = $("h1", view.root);
   if (started && heading && !$("#token-dialog").open) heading.focus({ preventScroll: false });

@@ -1,22 +1,24 @@
-// The jobs page: the list (polled, paged, filtered by state) and the submit form.
+// The jobs page: the list (polled, paged, filtered by state, checked rows compared) and the
+// submit form.
 
 import { api } from "../api.js";
 import { LIST_POLL_MS, PAGE_SIZE } from "../config.js";
 import { $, badge, h, isNum, pct, timeEl } from "../dom.js";
 import { setupJobForm } from "../form.js";
 import { isAuthBlocked } from "../token.js";
+import { setupCompare } from "./compare.js";
 
 /** One table row per job, refreshed in place: <tr data-job-id data-testid="job-row">. */
-function row(job) {
+function row(job, compare) {
   const tr = h("tr", { "data-job-id": job.id, "data-testid": "job-row" });
   tr.append(...Array.from({ length: 10 }, () => h("td")));
-  tr.cells[0].append(h("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, "data-testid": "job-link" },
+  tr.cells[0].append(compare.checkbox(job), " ", h("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, "data-testid": "job-link" },
     h("code", {}, job.id)));
   tr.cells[3].dataset.testid = "job-model";
   tr.cells[7].className = "num";
   tr.cells[7].dataset.testid = "job-accuracy";
   tr.addEventListener("click", (event) => {
-    if (!event.target.closest("a") && !getSelection().toString()) location.hash = `#/jobs/${job.id}`;
+    if (!event.target.closest("a, input") && !getSelection().toString()) location.hash = `#/jobs/${job.id}`;
   });
   return tr;
 }
@@ -71,6 +73,7 @@ export function jobsView() {
   const state = { offset: 0, filter: "", rows: new Map(), timer: null, loading: false, again: false };
   const body = $("#jobs-body", root);
 
+  const compare = setupCompare(root);
   const jobForm = setupJobForm(root, {
     onSubmitted: async () => { state.offset = 0; await load(); },
   });
@@ -100,7 +103,7 @@ export function jobsView() {
       data.jobs.forEach((job, i) => {
         seen.add(job.id);
         let tr = state.rows.get(job.id);
-        if (!tr) { tr = row(job); state.rows.set(job.id, tr); }
+        if (!tr) { tr = row(job, compare); state.rows.set(job.id, tr); }
         fill(tr, job);
         if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
       });
