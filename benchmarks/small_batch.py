@@ -17,8 +17,14 @@ With ``--dataset shapes`` (segmentation, the small U-Net ``unet``, whose BatchNo
 2 images per worker) the metric is the test mIoU (mean +- std), with the pixel accuracy
 beside it; epochs and learning rate default to values tuned for it (``DEFAULTS``).
 
+With ``--precise-bn N`` each 4x2 arm also runs ``+ precise``: the same job with
+``precise_bn_batches=N`` (before each evaluation, the BN running statistics become the exact
+population statistics of N training batches per worker over all workers). Training is the
+same, so only the evaluation differs.
+
     python benchmarks/small_batch.py --epochs 4 --seeds 0 1 2 --models resnet mlp
     python benchmarks/small_batch.py --dataset shapes --seeds 0 1 2
+    python benchmarks/small_batch.py --dataset digits --models resnet mlp --precise-bn 50
 """
 
 from __future__ import annotations
@@ -57,6 +63,16 @@ def _mean_std(values: list[float]) -> str:
         return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+
+def configs(precise: int) -> list[tuple[str, dict[str, Any]]]:
+    """``CONFIGS``; with ``precise`` > 0, each multi-worker arm followed by its ``+ precise``."""
+    out = []
+    for label, config in CONFIGS:
+        out.append((label, config))
+        if precise and config["workers"] > 1:
+            out.append((f"{label} + precise", {**config, "precise_bn_batches": precise}))
+    return out
 
 
 def run_one(model: str, config: dict[str, Any], seed: int, args: argparse.Namespace, storage: Path):
@@ -102,6 +118,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=None, help="default: per dataset")
     parser.add_argument("--cpus", type=int, default=4, help="logical CPUs of the local cluster")
+    parser.add_argument(
+        "--precise-bn", type=int, default=0, metavar="N", help="add arms with precise_bn_batches=N"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
     args = parser.parse_args()
     for key, value in DEFAULTS[args.dataset].items():
@@ -115,6 +134,7 @@ def main() -> int:
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     print(
         f"{args.dataset}, {args.epochs} epochs, lr {args.lr} (cosine), seeds {args.seeds}, "
+        f"precise_bn_batches {args.precise_bn}, "
         f"{os.cpu_count()} cores, Ray cluster of {args.cpus} logical CPUs",
         flush=True,
     )
@@ -123,15 +143,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="small-batch-") as tmp:
         for model in args.models:
             for seed in args.seeds:
-                for label, config in CONFIGS:
+                for label, config in configs(args.precise_bn):
                     row = run_one(model, config, seed, args, Path(tmp))
                     raw.setdefault(model, {}).setdefault(label, []).append(row)
-                    print(f"  {model:6s} {label:16s} seed {seed}: {json.dumps(row)}", flush=True)
+                    print(f"  {model:6s} {label:20s} seed {seed}: {json.dumps(row)}", flush=True)
     total = time.perf_counter() - started
 
     metric = "test mIoU" if segmentation else "test accuracy"
     header = (
-        f"{'model':7s} {'config':16s} {metric:>17s} "
+        f"{'model':7s} {'config':20s} {metric:>17s} "
         + (f"{'pixel accuracy':>17s} " if segmentation else "")
         + f"{'wall s':>7s} "
         f"{'samples/s':>10s} {'step ms':>8s} {'sync ms':>8s} {'sync share':>10s} "
@@ -150,7 +170,7 @@ def main() -> int:
             if segmentation:  # mIoU, then the pixel accuracy
                 first = f"{_mean_std([r['test_miou'] for r in rows]):>17s} {first:>17s}"
             print(
-                f"{model:7s} {label:16s} {first:>17s} "
+                f"{model:7s} {label:20s} {first:>17s} "
                 f"{avg('wall_s'):7.1f} {avg('samples_per_s'):10.0f} {avg('step_ms'):8.2f} "
                 f"{avg('sync_ms'):8.2f} {share:10.1%} "
                 f"{(statistics.mean(shifts) if shifts else 0.0):13.3f}"
