@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session
 
 from service import store
+from service.auth import require_api_token
 from service.db import Database
 from service.lifecycle import Lifecycle
 from service.models import Job
 from service.observability import ServiceMetrics
 from service.ray_jobs import RayJobs
 from service.scheduler import Scheduler
+from service.schemas import ErrorOut
 from service.settings import Settings
 
 
@@ -33,6 +35,20 @@ class Services:
 
 def get_services(request: Request) -> Services:
     return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+"""A route's ``services`` parameter."""
+
+
+def api_router(prefix: str, tag: str) -> APIRouter:
+    """A ``/v1`` router whose every route needs the API token (401 documented)."""
+    return APIRouter(
+        prefix=prefix,
+        tags=[tag],
+        dependencies=[Depends(require_api_token)],
+        responses={401: {"model": ErrorOut}},
+    )
 
 
 def field_error(field: str, message: str, kind: str = "value_error") -> RequestValidationError:

@@ -12,6 +12,7 @@ import shlex
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from workers.capacity import Capacity
@@ -160,6 +161,12 @@ def entrypoint(
             *(["--resume"] if resume else []),
         ]
     )
+
+
+def predict_entrypoint(python: str, model: Path, inputs: Path, outputs: Path) -> str:
+    """The Ray Job command that predicts the raw samples ``inputs`` (.npy) with the model file
+    ``model`` into ``outputs`` (.npz)."""
+    return shlex.join([python, "-m", "workers", "predict", str(model), str(inputs), str(outputs)])
 
 
 def parse_outcome(logs: str) -> RayOutcome | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import shlex
 import shutil
 import time
 import uuid
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from service.ray_jobs import RayJobs, is_terminal
+from service.ray_jobs import RayJobs, is_terminal, predict_entrypoint
 from workers.export import MODEL_FILE, load_model, predict, read_recipe
 
 INPUTS_FILE, OUTPUTS_FILE = "inputs.npy", "outputs.npz"
@@ -92,21 +91,6 @@ def predict_builtin(file: ModelFile, raw: np.ndarray) -> dict[str, np.ndarray]:
     return predict(model, file.recipe, raw)
 
 
-def predict_entrypoint(python: str, model: Path, folder: Path) -> str:
-    """The Ray Job command that predicts ``folder/INPUTS_FILE`` into ``folder/OUTPUTS_FILE``."""
-    return shlex.join(
-        [
-            python,
-            "-m",
-            "workers",
-            "predict",
-            str(model),
-            str(folder / INPUTS_FILE),
-            str(folder / OUTPUTS_FILE),
-        ]
-    )
-
-
 def predict_on_ray(
     ray: RayJobs,
     python: str,
@@ -123,7 +107,7 @@ def predict_on_ray(
     folder.mkdir(parents=True)
     try:
         np.save(folder / INPUTS_FILE, raw)
-        command = predict_entrypoint(python, file.path, folder)
+        command = predict_entrypoint(python, file.path, folder / INPUTS_FILE, folder / OUTPUTS_FILE)
         ray.submit(run_id, command, {}, runtime_env)
         deadline = time.monotonic() + timeout_s
         status = ray.status(run_id)

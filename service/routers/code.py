@@ -10,24 +10,17 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, HTTPException, UploadFile, status
+from fastapi import File, HTTPException, UploadFile, status
 
 from service import store
-from service.auth import require_api_token
 from service.code_bundles import BundleError, unpack
-from service.deps import Services, field_error, get_services, not_found
+from service.deps import ServicesDep, api_router, field_error, not_found
 from service.models import CodeBundle
 from service.schemas import CodeBundleList, CodeBundleOut, ErrorOut
 from service.uploads import receive
 
 logger = logging.getLogger("service.code")
-router = APIRouter(
-    prefix="/v1/code",
-    tags=["code"],
-    dependencies=[Depends(require_api_token)],
-    responses={401: {"model": ErrorOut}},
-)
-ServicesDep = Annotated[Services, Depends(get_services)]
+router = api_router("/v1/code", "code")
 
 
 @router.post(

@@ -9,24 +9,17 @@ import secrets
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile, status
+from fastapi import File, Form, UploadFile, status
 
 from service import store
-from service.auth import require_api_token
-from service.deps import Services, field_error, get_services
+from service.deps import ServicesDep, api_router, field_error
 from service.models import Dataset
 from service.schemas import DatasetList, DatasetOut, ErrorOut
 from service.settings import Settings
 from service.uploads import receive
 
 logger = logging.getLogger("service.datasets")
-router = APIRouter(
-    prefix="/v1/datasets",
-    tags=["datasets"],
-    dependencies=[Depends(require_api_token)],
-    responses={401: {"model": ErrorOut}},
-)
-ServicesDep = Annotated[Services, Depends(get_services)]
+router = api_router("/v1/datasets", "datasets")
 
 
 @router.post(

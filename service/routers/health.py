@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import require_api_token
-from service.deps import Services, get_services
+from service.deps import ServicesDep
 from service.schemas import ErrorOut, Health
 
 router = APIRouter(tags=["health"])
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 @router.get("/healthz", response_model=Health)

@@ -7,13 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, status
 
 from service.auth import require_ingest_token
-from service.deps import Services, get_services, not_found
+from service.deps import ServicesDep, not_found
 from service.lifecycle import JobNotFound
 from service.schemas import ErrorOut, IngestAck
 from workers.protocol import Event
 
 router = APIRouter(prefix="/v1/internal", tags=["internal"])
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 @router.post(

@@ -8,13 +8,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
+from fastapi import Header, HTTPException, Query, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from service import store
-from service.auth import require_api_token
-from service.deps import Services, get_services, job_or_404, not_found
+from service.deps import Services, ServicesDep, api_router, job_or_404, not_found
 from service.lifecycle import JobNotFound
 from service.schemas import (
     ErrorOut,
@@ -31,13 +30,7 @@ from service.submission import check_queue_room, check_submission, cluster_capac
 from workers.spec import JobSpec
 
 logger = logging.getLogger("service.jobs")
-router = APIRouter(
-    prefix="/v1/jobs",
-    tags=["jobs"],
-    dependencies=[Depends(require_api_token)],
-    responses={401: {"model": ErrorOut}},
-)
-ServicesDep = Annotated[Services, Depends(get_services)]
+router = api_router("/v1/jobs", "jobs")
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such job"}}
 EVENT_POLL_S = 0.5
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import Query, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service import store
-from service.auth import require_api_token
-from service.deps import Services, field_error, get_services, not_found
+from service.deps import ServicesDep, api_router, field_error, not_found
 from service.models import Job, Study
 from service.schemas import ArmOut, ErrorOut, StudyIn, StudyJobOut, StudyList, StudyOut
 from service.states import FINAL_STATES, JobState
@@ -28,13 +27,7 @@ from service.studies import (
 from service.submission import check_queue_room, check_submission, cluster_capacity
 from workers.spec import JobSpec
 
-router = APIRouter(
-    prefix="/v1/studies",
-    tags=["studies"],
-    dependencies=[Depends(require_api_token)],
-    responses={401: {"model": ErrorOut}},
-)
-ServicesDep = Annotated[Services, Depends(get_services)]
+router = api_router("/v1/studies", "studies")
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such study"}}
 
 
@@ -52,15 +45,7 @@ def _arm_specs(body: StudyIn) -> dict[str, JobSpec]:
     for key in SET_BY_STUDY:
         if key in body.base:
             what = "the arms set norm" if key == "norm" else "use seeds"
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": ("body", "base", key),
-                        "msg": f"a study sets {key} itself: leave it out ({what})",
-                        "type": "value_error",
-                    }
-                ]
-            )
+            raise _in_base(field_error(key, f"a study sets {key} itself: leave it out ({what})"))
     specs = {}
     for arm in body.arms or ARMS:
         try:

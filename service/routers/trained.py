@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from typing import Annotated, BinaryIO
 
 import numpy as np
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response, status
+from fastapi import Header, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 
-from service.auth import require_api_token
-from service.deps import Services, field_error, get_services, job_or_404
+from service.deps import Services, ServicesDep, api_router, field_error, job_or_404
 from service.ray_jobs import RayUnavailable
 from service.schemas import ErrorOut, ModelFileOut, ModelsOut, PredictIn, PredictOut
 from service.states import JobState
@@ -25,13 +24,7 @@ from service.trained_models import (
 from workers.export import check_inputs
 from workers.spec import JobSpec
 
-router = APIRouter(
-    prefix="/v1/jobs",
-    tags=["models"],
-    dependencies=[Depends(require_api_token)],
-    responses={401: {"model": ErrorOut}},
-)
-ServicesDep = Annotated[Services, Depends(get_services)]
+router = api_router("/v1/jobs", "models")
 NO_MODEL = {
     404: {"model": ErrorOut, "description": "no such job, or no such kept epoch"},
     409: {"model": ErrorOut, "description": "the job has not written its first checkpoint yet"},
