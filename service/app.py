@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> 
     def body_limit(path: str, method: str) -> int:
         if path.startswith(("/v1/datasets", "/v1/internal/")):
             return settings.max_upload_bytes
-        if path.endswith("/predict"):
+        if path.endswith(("/predict", "/predict/images")):
             return settings.max_predict_bytes
         return settings.max_body_bytes
 

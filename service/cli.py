@@ -5,7 +5,7 @@
     syncbn list [--state running]      syncbn show ID      syncbn watch ID
     syncbn cancel ID                   syncbn logs ID      syncbn upload data.npz
     syncbn datasets                    syncbn download ID [-o FILE] [--epoch N]
-    syncbn predict ID samples.npy [--epoch N]
+    syncbn predict ID samples.npy [--epoch N]     syncbn predict ID a.png b.jpg ...
     syncbn study --dataset digits --workers 4 --batch-size 2 --seeds 0 1 2 [--watch]
     syncbn studies     syncbn study-show ID     syncbn study-watch ID     syncbn study-cancel ID
 
@@ -39,6 +39,7 @@ from rich.table import Table
 
 from service.states import FINAL_STATES, JobState
 from workers.cli import ProgressView, worker_table
+from workers.imagefolder import IMAGE_EXTENSIONS
 from workers.spec import JobSpec
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_REJECTED, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -417,6 +418,20 @@ def read_samples(path: Path) -> Any:
     raise ValueError(f"{path}: expected a .npy array or a .json list of samples")
 
 
+def predict(client: Client, args: argparse.Namespace) -> Any:
+    """``POST /predict`` with a ``.npy``/``.json`` file's samples, or ``/predict/images`` with
+    image files (for a model trained on an image folder)."""
+    epoch = {"epoch": args.epoch} if args.epoch else {}
+    path = f"/v1/jobs/{args.job_id}/predict"
+    if all(f.suffix.lower() in IMAGE_EXTENSIONS for f in args.files):
+        files = [("files", (f.name, f.read_bytes())) for f in args.files]
+        return client.request("POST", f"{path}/images", files=files, data=epoch, timeout=300)
+    if len(args.files) != 1:
+        raise ValueError("give one .npy or .json file, or image files")
+    body = {"inputs": read_samples(args.files[0]), **epoch}
+    return client.request("POST", path, json=body, timeout=300)
+
+
 def predictions_table(out: dict[str, Any]) -> Table:
     """One row per sample: its class and that class's probability, or for segmentation the
     mask's shape and its pixels per class."""
@@ -512,10 +527,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-o", "--output", type=Path, help="file or folder (default: ./JOB-epochN.safetensors)"
     )
     predict = sub.add_parser(
-        "predict", help="predict raw samples (.npy or .json list) with a job's model"
+        "predict", help="predict raw samples (.npy or .json list) or image files with a job's model"
     )
     predict.add_argument("job_id")
-    predict.add_argument("file", type=Path)
+    predict.add_argument(
+        "files", type=Path, nargs="+", help="one .npy or .json file, or image files (any number)"
+    )
     for command in (get, predict):
         command.add_argument("--epoch", type=int, help="a kept checkpoint (default: the newest)")
     for command in sub.choices.values():  # also after the command; SUPPRESS: absent there,
@@ -569,8 +586,7 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
     elif args.command == "download":
         out = download(client, args)
     elif args.command == "predict":
-        body = {"inputs": read_samples(args.file), **({"epoch": args.epoch} if args.epoch else {})}
-        out = client.request("POST", f"/v1/jobs/{args.job_id}/predict", json=body, timeout=300)
+        out = predict(client, args)
 
     if args.json:
         print(json.dumps(out, indent=2))

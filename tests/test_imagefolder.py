@@ -8,6 +8,7 @@ end-to-end training run on ``service``.
 from __future__ import annotations
 
 import io
+import json
 import stat
 import struct
 import warnings
@@ -23,6 +24,7 @@ from servicekit import ServiceProcess
 from workers.data import DatasetError, load_npz
 from workers.imagefolder import (
     ImageFolderArrays,
+    decode_image,
     is_image_folder,
     parse_size,
     read_image_folder,
@@ -483,7 +485,7 @@ def _pattern(kind: int, rng: np.random.Generator) -> bytes:
     return encode(Image.fromarray(pixels))
 
 
-def test_an_uploaded_image_folder_trains_end_to_end(service):
+def test_an_uploaded_image_folder_trains_end_to_end_and_predicts_image_files(service, tmp_path):
     rng = np.random.default_rng(0)
     names = ["dark", "light", "stripes"]
     members = {f"{names[k]}/{i:03d}.png": _pattern(k, rng) for k in range(3) for i in range(40)}
@@ -495,3 +497,17 @@ def test_an_uploaded_image_folder_trains_end_to_end(service):
     done = service.wait_final(job["id"])
     assert done["state"] == "succeeded", done
     assert done["result"]["test_accuracy"] > 0.6  # chance: 1/3
+
+    # Predict image files with the CLI: decoded (gray -> RGB) as the upload was.
+    for name in ("dark/000.png", "stripes/001.png"):
+        (tmp_path / name.replace("/", "-")).write_bytes(members[name])
+    images = sorted(tmp_path.glob("*.png"))
+    cli = service.cli("predict", job["id"], *map(str, images), "--json")
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    answer = json.loads(cli.stdout)
+    assert answer["classes"] == names and len(answer["predictions"]) == 2
+    arrays = [decode_image(p.read_bytes(), p.name, (3, 12, 12), 10**6) for p in images]
+    same = service.client.post(
+        f"/v1/jobs/{job['id']}/predict", json={"inputs": np.stack(arrays).tolist()}
+    )
+    np.testing.assert_allclose(answer["probabilities"], same.json()["probabilities"], atol=1e-6)

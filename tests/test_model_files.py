@@ -5,19 +5,22 @@ the CLI) is in ``test_model_e2e.py``."""
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 from fakeray import FakeRay
 from fastapi.testclient import TestClient
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from service.app import create_app
 from service.settings import Settings
-from workers.data import load_digits, make_shapes
+from workers.data import load_digits, load_npz, make_shapes
 from workers.export import (
     MODEL_FILE,
     RECIPE_KEY,
@@ -28,6 +31,7 @@ from workers.export import (
     recipe_for,
     write_model_file,
 )
+from workers.imagefolder import decode_image, read_image_folder, write_npz
 from workers.models import apply_norm, build_model, model_from_recipe
 from workers.spec import JobSpec
 
@@ -212,3 +216,54 @@ def test_predict_route_answers_with_classes_and_422s_naming_inputs(service, digi
     too_many = [[[0] * 8] * 8] * (settings.max_predict_samples + 1)
     response = client.post(f"/v1/jobs/{job}/predict", json={"inputs": too_many})
     assert response.status_code == 422 and "at most" in response.text
+    images = client.post(
+        f"/v1/jobs/{job}/predict/images", files=[("files", ("a.png", png(np.zeros((8, 8)))))]
+    )
+    assert images.status_code == 422 and "trained on arrays" in images.text
+    assert images.json()["detail"][0]["loc"][-1] == "files"
+
+
+def png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_model_of_an_image_folder_predicts_image_files(service, tmp_path):
+    """Image files are decoded, converted and resized as the upload was, then predicted."""
+    rng = np.random.default_rng(0)
+    members = {
+        f"{name}/{i}.png": png(rng.integers(lo, lo + 100, (10, 12, 3)))
+        for name, lo in (("dark", 0), ("light", 150))
+        for i in range(6)
+    }
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name, data in members.items():
+            zipped.writestr(name, data)
+    write_npz(read_image_folder(archive, size=(8, 6)), tmp_path / "pics.npz")
+    data = load_npz(tmp_path / "pics.npz")
+    assert data.from_images and data.input_shape == (3, 6, 8)
+    client, settings = service
+    job = submit(client)
+    folder = settings.runs_dir / job / "checkpoint_2026-01-01_00-00-01.000000"
+    folder.mkdir(parents=True)
+    model_file(folder, data, JobSpec(dataset="pics", batch_size_per_worker=4))
+
+    # A gray image and an RGB one of another size: converted to RGB and resized to 8x6.
+    gray, colour = png(rng.integers(0, 256, (20, 30))), members["light/0.png"]
+    answer = client.post(
+        f"/v1/jobs/{job}/predict/images",
+        files=[("files", ("g.png", gray)), ("files", ("c.png", colour))],
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["classes"] == ["dark", "light"]
+    decoded = [decode_image(b, "x", (3, 6, 8), 10**6) for b in (gray, colour)]
+    same = client.post(f"/v1/jobs/{job}/predict", json={"inputs": np.stack(decoded).tolist()})
+    np.testing.assert_allclose(
+        answer.json()["probabilities"], same.json()["probabilities"], atol=1e-6
+    )
+    bad = client.post(
+        f"/v1/jobs/{job}/predict/images", files=[("files", ("notes.png", b"not an image"))]
+    )
+    assert bad.status_code == 422 and "notes.png" in bad.json()["detail"][0]["msg"]

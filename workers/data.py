@@ -7,7 +7,8 @@
   images of circles, squares and triangles on noisy, textured backgrounds, with a contrast
   that changes from image to image, and their per-pixel masks (0 background, 1 circle,
   2 square, 3 triangle).
-- uploaded ``.npz`` files (``x``, ``y``, optional ``x_test``/``y_test`` and ``classes``),
+- uploaded ``.npz`` files (``x``, ``y``, optional ``x_test``/``y_test``, ``classes`` and
+  ``images``, True when ``x`` holds decoded image files, as image-folder uploads do),
   validated by ``load_npz`` before any worker starts; every problem is a ``DatasetError``
   naming the array. The task is inferred from ``y``'s shape: ``(N,)`` one label per sample
   (classification), ``(N, H, W)`` integer masks matching the images' spatial size
@@ -39,7 +40,7 @@ SPLIT_SEED = 0
 """Seed of the fixed train/test splits (independent of the job seed)."""
 SHAPES_CLASSES = ("background", "circle", "square", "triangle")
 REQUIRED_KEYS = ("x", "y")
-OPTIONAL_KEYS = ("x_test", "y_test", "classes")
+OPTIONAL_KEYS = ("x_test", "y_test", "classes", "images")
 IGNORE_LABEL = 255
 """Segmentation masks: pixels with this label count neither in the loss nor in the metrics."""
 Task = Literal["classification", "segmentation"]
@@ -92,6 +93,8 @@ class ArrayDataset:
     mean: float = 0.0
     std: float = 1.0
     """The standardization applied to the raw samples: ``x = (raw - mean) / std``."""
+    from_images: bool = False
+    """The raw samples are decoded image files (an image-folder upload)."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -414,7 +417,7 @@ def load_npz(
             if unknown:
                 raise DatasetError(
                     f"{path.name}: unexpected array(s) {', '.join(unknown)}; "
-                    "allowed: x, y, x_test, y_test"
+                    "allowed: x, y, x_test, y_test, classes"
                 )
             if ("x_test" in keys) != ("y_test" in keys):
                 raise DatasetError(f"{path.name}: x_test and y_test must be given together")
@@ -451,6 +454,7 @@ def load_npz(
         what = "all labels are 0" if num_classes == 1 else f"every pixel is {IGNORE_LABEL}"
         raise DatasetError(f"y: need at least 2 classes ({what})")
     class_names = _class_names(arrays.get("classes"), num_classes)
+    from_images = _flag("images", arrays.get("images"))
     if class_names is not None:
         num_classes = len(class_names)
     scaled = _standardize(x_train, x_test)
@@ -463,8 +467,18 @@ def load_npz(
         num_classes,
         task=task,
         class_names=class_names,
+        from_images=from_images,
         **scaled.scale,
     )
+
+
+def _flag(key: str, value: np.ndarray | None) -> bool:
+    """An optional 0-d boolean array (False when absent)."""
+    if value is None:
+        return False
+    if value.dtype != np.bool_ or value.ndim != 0:
+        raise DatasetError(f"{key}: must be a single boolean, got {value.dtype} {value.shape}")
+    return bool(value)
 
 
 def _class_names(names: np.ndarray | None, num_classes: int) -> tuple[str, ...] | None:

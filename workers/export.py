@@ -7,7 +7,9 @@ loads into the model built without syncbn. No pickle: safetensors holds only ten
 the recipe is JSON in the file's metadata (``RECIPE_KEY``):
 
 - ``model`` (the built-in architecture, ``auto`` resolved) or ``code`` and the builder;
-- ``input_shape``, ``num_classes``, ``class_names``, ``task``;
+- ``input_shape``, ``num_classes``, ``class_names``, ``task``, and ``inputs``: ``images``
+  when the raw samples were image files (decoded as ``workers.imagefolder.decode_image``
+  does), else ``arrays``;
 - ``preprocess``: ``{"standardize": {"mean": m, "std": s}}``, applied to raw samples as
   ``(raw - m) / s`` (``workers.data.standardize``);
 - ``bn_statistics``: where the running statistics come from;
@@ -62,6 +64,7 @@ def recipe_for(
         "class_names": list(data.class_names) if data.class_names else None,
         "task": data.task,
         "dataset": data.name,
+        "inputs": "images" if data.from_images else "arrays",
         "preprocess": {"standardize": {"mean": data.mean, "std": data.std}},
         "bn_statistics": bn_statistics(spec),
         "epoch": epoch,

@@ -152,16 +152,21 @@ def read_image_folder(
                 f"{len(images)} images of shape {shape} decode to about {need} bytes, more than "
                 f"the limit of {max_bytes}: use fewer or smaller images (or a smaller image_size)"
             )
-        x, y = _decode(archive, train, shape, size, max_pixels)
+        x, y = _decode(archive, train, shape, max_pixels)
         if not test:
             return ImageFolderArrays(x, y, classes)
-        x_test, y_test = _decode(archive, test, shape, size, max_pixels)
+        x_test, y_test = _decode(archive, test, shape, max_pixels)
         return ImageFolderArrays(x, y, classes, x_test, y_test)
 
 
 def write_npz(arrays: ImageFolderArrays, target: str | os.PathLike | IO[bytes]) -> None:
     """Save as the ``.npz`` ``workers.data.load_npz`` reads (``classes`` as a unicode array)."""
-    payload = {"x": arrays.x, "y": arrays.y, "classes": np.array(arrays.classes, dtype=np.str_)}
+    payload = {
+        "x": arrays.x,
+        "y": arrays.y,
+        "classes": np.array(arrays.classes, dtype=np.str_),
+        "images": np.array(True),  # the samples are decoded images (predict takes image files)
+    }
     if arrays.x_test is not None and arrays.y_test is not None:
         payload.update(x_test=arrays.x_test, y_test=arrays.y_test)
     if isinstance(target, str | os.PathLike):
@@ -379,10 +384,8 @@ def _decode(
     archive: zipfile.ZipFile,
     images: list[_Image],
     shape: tuple[int, ...],
-    size: tuple[int, int] | None,
     max_pixels: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    colour = len(shape) == 3
     x = np.empty((len(images), *shape), dtype=np.uint8)
     y = np.array([item.label for item in images], dtype=np.int64)
     for i, item in enumerate(images):
@@ -390,17 +393,26 @@ def _decode(
             data = archive.read(item.info)
         except Exception as exc:  # bad CRC, truncated member
             raise DatasetError(f"{item.name}: cannot read from the archive ({exc})") from exc
-        with _open(io.BytesIO(data), item.name, max_pixels) as im:
-            try:
-                im.load()
-                pixels = _convert(im, colour)
-            except Exception as exc:
-                raise DatasetError(f"{item.name}: cannot decode image ({exc})") from exc
-        if size is not None and pixels.size != size:
-            pixels = pixels.resize(size, Image.Resampling.BILINEAR)
-        array = np.asarray(pixels)
-        x[i] = array.transpose(2, 0, 1) if colour else array
+        x[i] = decode_image(data, item.name, shape, max_pixels)
     return x, y
+
+
+def decode_image(data: bytes, name: str, shape: tuple[int, ...], max_pixels: int) -> np.ndarray:
+    """One image file's bytes as a uint8 sample of ``shape`` (``(H, W)`` gray or
+    ``(3, H, W)`` RGB): converted as the module doc says and resized (bilinear) when its size
+    differs. ``DatasetError`` naming ``name`` when it cannot be decoded."""
+    colour = len(shape) == 3
+    size = (shape[-1], shape[-2])
+    with _open(io.BytesIO(data), name, max_pixels) as image:
+        try:
+            image.load()
+            pixels = _convert(image, colour)
+        except Exception as exc:
+            raise DatasetError(f"{name}: cannot decode image ({exc})") from exc
+    if pixels.size != size:
+        pixels = pixels.resize(size, Image.Resampling.BILINEAR)
+    array = np.asarray(pixels)
+    return array.transpose(2, 0, 1) if colour else array
 
 
 def _convert(image: Image.Image, colour: bool) -> Image.Image:
@@ -421,6 +433,7 @@ def _convert(image: Image.Image, colour: bool) -> Image.Image:
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolderArrays",
+    "decode_image",
     "is_image_folder",
     "parse_size",
     "read_image_folder",

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated, BinaryIO
 
 import numpy as np
-from fastapi import Header, HTTPException, Query, Response, status
+from fastapi import File, Form, Header, HTTPException, Query, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from service.deps import Services, ServicesDep, api_router, field_error, job_or_404
@@ -21,7 +21,9 @@ from service.trained_models import (
     predict_builtin,
     predict_on_ray,
 )
+from workers.data import DatasetError
 from workers.export import check_inputs
+from workers.imagefolder import decode_image
 from workers.spec import JobSpec
 
 router = api_router("/v1/jobs", "models")
@@ -156,11 +158,58 @@ def predict(job_id: str, body: PredictIn, services: ServicesDep) -> PredictOut:
     """Predict raw samples with the trained model in eval mode (BatchNorm uses its running
     statistics, so each sample's output is independent of the others in the request)."""
     file = _model_file(services, job_id, body.epoch)
-    recipe = file.recipe
     try:
-        raw = check_inputs(body.inputs, recipe, services.settings.max_predict_samples)
+        raw = check_inputs(body.inputs, file.recipe, services.settings.max_predict_samples)
     except ValueError as exc:
         raise field_error("inputs", str(exc)) from None
+    return _answer(services, job_id, file, raw)
+
+
+@router.post(
+    "/{job_id}/predict/images",
+    response_model=PredictOut,
+    responses={
+        **NO_MODEL,
+        422: {"description": "not image files, undecodable, too many, or a model of arrays"},
+        502: {"model": ErrorOut, "description": "a code bundle's model failed on Ray"},
+    },
+)
+def predict_images(
+    job_id: str,
+    services: ServicesDep,
+    files: Annotated[list[UploadFile], File(description="image files, one sample each")],
+    epoch: Annotated[int | None, Form(ge=1)] = None,
+) -> PredictOut:
+    """Predict image files with a model trained on an image-folder upload: each is decoded,
+    converted (gray or RGB) and resized as the upload was, then predicted like ``/predict``."""
+    file = _model_file(services, job_id, epoch)
+    recipe, settings = file.recipe, services.settings
+    if recipe.get("inputs") != "images":
+        raise field_error(
+            "files",
+            f"job {job_id}'s model was trained on arrays, not image files: POST "
+            f'/v1/jobs/{job_id}/predict with {{"inputs": [...]}}',
+        )
+    if len(files) > settings.max_predict_samples:
+        raise field_error(
+            "files", f"{len(files)} images; at most {settings.max_predict_samples} per request"
+        )
+    shape = tuple(recipe["input_shape"])
+    try:
+        raw = np.stack(
+            [
+                decode_image(f.file.read(), f.filename or "image", shape, settings.max_image_pixels)
+                for f in files
+            ]
+        )
+    except DatasetError as exc:
+        raise field_error("files", str(exc)) from None
+    return _answer(services, job_id, file, raw)
+
+
+def _answer(services: Services, job_id: str, file: ModelFile, raw: np.ndarray) -> PredictOut:
+    """Predict raw samples with ``file``'s model: a built-in one here, a code bundle's on Ray."""
+    recipe = file.recipe
     if not recipe["builtin"]:
         out = _predict_user_code(services, file, raw)
     else:
