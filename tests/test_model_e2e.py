@@ -71,6 +71,8 @@ def test_download_load_with_plain_torch_and_predict(service, tmp_path) -> None:
     assert recipe["epoch"] == 2 and recipe["model"] == "resnet"
     first = service.client.get(f"/v1/jobs/{job['id']}/model", params={"epoch": 1})
     assert first.headers["x-syncbn-epoch"] == "1" and first.content != path.read_bytes()
+    gone = service.client.get(f"/v1/jobs/{job['id']}/model", params={"epoch": 3})
+    assert gone.status_code == 404 and "kept epochs: 1, 2" in gone.json()["detail"]
     etag = service.client.get(f"/v1/jobs/{job['id']}/model").headers["etag"]
     assert etag == f'"{listing["models"][1]["sha256"]}"'
     cached = service.client.get(f"/v1/jobs/{job['id']}/model", headers={"If-None-Match": etag})
