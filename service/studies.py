@@ -164,10 +164,24 @@ def verdict(
         )
     elif reference is not None and reference.metrics:
         gap = reference.metric_mean - local.metric_mean  # type: ignore[operator]
-        text = (
-            f"syncbn recovers {_points(gain)} of the {_points(gap)}-point {metric} gap between "
-            f"per-worker BN and the {reference_label} reference ({seeds}; {noise})"
-        )
+        between = f"per-worker BN and the {reference_label} reference"
+        if gap <= 0:
+            text = (
+                f"per-worker BN is not behind the {reference_label} reference here "
+                f"({_points(local.metric_mean)} vs {_points(reference.metric_mean)} {metric} "
+                f"points); syncbn {'gains' if gain >= 0 else 'loses'} {_points(abs(gain))} "
+                f"points over it ({seeds}; {noise})"
+            )
+        elif gain >= gap:
+            text = (
+                f"syncbn closes the whole {_points(gap)}-point {metric} gap between {between}, "
+                f"ending {_points(gain - gap)} points above the reference ({seeds}; {noise})"
+            )
+        else:
+            text = (
+                f"syncbn recovers {_points(gain)} of the {_points(gap)}-point {metric} gap "
+                f"between {between} ({seeds}; {noise})"
+            )
     else:
         verb = "gains" if gain >= 0 else "loses"
         text = (

@@ -48,6 +48,27 @@ def test_the_verdict_says_what_syncbn_recovers_and_what_it_costs():
     assert [p["epoch"] for p in curve] == [1, 2] and curve[1]["n"] == 3
 
 
+def test_the_verdict_says_when_syncbn_closes_the_gap_or_there_is_none():
+    local, sync = arm("local", [0.60, 0.61, 0.62]), arm("sync", [0.975, 0.98, 0.985])
+    closed = verdict(
+        {"local": local, "sync": sync, "reference": arm("reference", [0.97, 0.975, 0.98])},
+        "accuracy",
+        "1x8",
+        pending=0,
+    )
+    assert closed.startswith(
+        "syncbn closes the whole 36.5-point accuracy gap between per-worker BN and the 1x8 "
+        "reference, ending 0.5 points above the reference (3 seeds; ranges do not overlap)"
+    )
+    none = verdict(
+        {"local": local, "sync": sync, "reference": arm("reference", [0.55, 0.56, 0.57])},
+        "accuracy",
+        "1x8",
+        pending=0,
+    )
+    assert none.startswith("per-worker BN is not behind the 1x8 reference here (61.0 vs 56.0")
+
+
 def test_the_verdict_is_honest_about_seed_noise():
     arms = {"local": arm("local", [0.90, 0.93]), "sync": arm("sync", [0.92, 0.94])}
     text = verdict(arms, "mIoU", "1x8", pending=0)
