@@ -70,8 +70,7 @@ def create_study(body: StudyIn, services: ServicesDep) -> StudyOut:
     capacity = cluster_capacity(services)
     skipped: dict[str, str] = {}
     if "reference" in specs:
-        shared = specs.get("sync") or specs.get("local") or arm_spec(body.base, "sync", 0)
-        reason = reference_skip_reason(shared, capacity)
+        reason = reference_skip_reason(arm_spec(body.base, "sync", body.seeds[0]))
         if reason is not None:
             skipped["reference"] = reason
             del specs["reference"]
