@@ -3,7 +3,9 @@
 - ``RayHead``: ``ray start --head --block`` in its own process session, so it outlives a
   crashed service (as a real cluster would). Every port is picked free, it has its own short
   temp dir, and token auth with a token of its own: given to ``ray start`` and to every client
-  as ``RAY_AUTH_TOKEN``, so nothing is read from or written to ``~/.ray``.
+  as ``RAY_AUTH_TOKEN``, so nothing is read from or written to ``~/.ray``. It is a one-machine
+  cluster that listens on loopback only (node address 127.0.0.1) and has no Ray Client server
+  unless asked for one (``ray_client=True``).
 - ``EmbeddedRay``: the head of one home. It records the head (pid, addresses, token) in
   ``$SYNCBN_HOME/ray/head.json`` (mode 0600); when the service starts again after a crash it
   re-attaches to that head if it is still alive, so there is never a second one.
@@ -29,16 +31,41 @@ import psutil
 
 from service.ray_jobs import RayJobs
 
+LOOPBACK = "127.0.0.1"
 PORT_FLAGS = (
     "--port",
     "--dashboard-port",
-    "--ray-client-server-port",
     "--dashboard-agent-listen-port",
     "--dashboard-agent-grpc-port",
     "--runtime-env-agent-port",
     "--metrics-export-port",
     "--node-manager-port",
     "--object-manager-port",
+)
+CLIENT_PORT_FLAG = "--ray-client-server-port"  # only with RayHead(ray_client=True)
+# Ports Ray reads from the environment only (else fixed: 44227 and 44217, clashing between
+# heads): the Prometheus endpoints of the dashboard and of the autoscaler monitor.
+PORT_VARS = ("DASHBOARD_METRIC_PORT", "AUTOSCALER_METRIC_PORT")
+# Loopback only. ``ray start`` replaces a node address of 127.0.0.1 with the machine's address
+# (``services.resolve_ip_for_localhost``) unless Ray thinks it is on a laptop, where it keeps
+# loopback and refuses to join other nodes: this variable tells it so on Linux too. Every Ray
+# process then has 127.0.0.1 as its node address, and each listens on 127.0.0.1 because of
+# that (gcs_server, raylet and core worker gRPC servers, dashboard agent, runtime env agent,
+# metrics endpoints, Ray Client server); with the machine's address they listen on all
+# interfaces instead. The Ray processes inherit it, so their ``ray.init`` keeps 127.0.0.1 too.
+LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Gloo (the Train workers' torch.distributed on CPU) listens on the address of this interface;
+# by default on the one the host name resolves to, which may be the machine's address.
+GLOO_INTERFACE_VAR = "GLOO_SOCKET_IFNAME"
+# ``ray start`` without the Ray Client server: ``ray start --head`` starts one whenever the
+# Ray Client's dependency (grpc) imports, on port 10001 if none is given, and no value of
+# ``--ray-client-server-port`` turns it off; so its CLI runs with that check answering
+# "missing" (the name is read first, so a Ray that renames it fails here, not silently).
+RAY_START_WITHOUT_CLIENT = (
+    "import sys; import ray.scripts.scripts as cli; "
+    "cli.get_ray_client_dependency_error; "
+    "cli.get_ray_client_dependency_error = lambda: ImportError('no Ray Client server'); "
+    "sys.argv[0] = 'ray'; sys.exit(cli.main())"
 )
 RECORD_FILE = "head.json"
 INHERITED_RAY_VARS = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
@@ -72,6 +99,14 @@ def ray_env(token: str | None = None) -> dict[str, str]:
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")  # stop at once (no 30 s drain)
     return env
+
+
+def loopback_interface() -> str | None:
+    """The name of the network interface that has 127.0.0.1 ("lo", "lo0" on macOS)."""
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(address.address == LOOPBACK for address in addresses):
+            return name
+    return None
 
 
 def use_token(token: str) -> None:
@@ -152,35 +187,56 @@ class RayHead:
         extra_args: list[str] | None = None,
         startup_timeout_s: float = 120.0,
         token: str | None = None,
+        ray_client: bool = False,
     ) -> None:
         self.cwd = Path(cwd)
         self.num_cpus = num_cpus
         self.extra_args = extra_args or []
         self.startup_timeout_s = startup_timeout_s
         self.token = token or new_token()
+        self.ray_client = ray_client
         self.pid: int | None = None
-        ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        flags = PORT_FLAGS + ((CLIENT_PORT_FLAG,) if ray_client else ())
+        free = free_ports(len(flags) + len(PORT_VARS))
+        ports = dict(zip(flags, free[: len(flags)], strict=True))
         self.ports = ports
-        self.gcs_address = f"127.0.0.1:{ports['--port']}"
-        self.dashboard_url = f"http://127.0.0.1:{ports['--dashboard-port']}"
+        self.port_vars = dict(zip(PORT_VARS, free[len(flags) :], strict=True))
+        self.gcs_address = f"{LOOPBACK}:{ports['--port']}"
+        self.dashboard_url = f"http://{LOOPBACK}:{ports['--dashboard-port']}"
+        self.client_address = f"ray://{LOOPBACK}:{ports[CLIENT_PORT_FLAG]}" if ray_client else None
         self.temp_dir: Path | None = None  # made by start()
 
     @classmethod
     def attach(cls, record: HeadRecord, cwd: str | os.PathLike) -> RayHead:
         """The head described by ``record`` (already running)."""
         head = cls(cwd, startup_timeout_s=60.0, token=record.token)
-        head.ports = {}
+        head.ports, head.port_vars = {}, {}
         head.gcs_address, head.dashboard_url = record.gcs_address, record.dashboard_url
         head.pid, head.temp_dir = record.pid, Path(record.temp_dir)
         return head
 
     def env(self) -> dict[str, str]:
+        """The environment of its clients."""
         return ray_env(self.token)
 
+    def head_env(self) -> dict[str, str]:
+        """The environment of ``ray start``, and so of every Ray process and Ray Job: a
+        client's, plus loopback only and the ports Ray takes from variables."""
+        env = self.env()
+        env[LOCAL_ONLY_VAR] = "0"
+        env.update((name, str(port)) for name, port in self.port_vars.items())
+        interface = loopback_interface()
+        if interface is not None:
+            env[GLOO_INTERFACE_VAR] = interface
+        return env
+
     def command(self) -> list[str]:
-        ray = str(Path(sys.executable).parent / "ray")
-        args = [ray, "start", "--head", "--block", "--include-dashboard=true"]
-        args += ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
+        if self.ray_client:
+            args = [str(Path(sys.executable).parent / "ray")]
+        else:
+            args = [sys.executable, "-c", RAY_START_WITHOUT_CLIENT]
+        args += ["start", "--head", "--block", "--include-dashboard=true"]
+        args += [f"--node-ip-address={LOOPBACK}", f"--dashboard-host={LOOPBACK}"]
         args += ["--disable-usage-stats", f"--temp-dir={self.temp_dir}"]
         args += [f"{flag}={port}" for flag, port in self.ports.items()]
         if self.num_cpus is not None:
@@ -207,7 +263,7 @@ class RayHead:
             process = subprocess.Popen(
                 self.command(),
                 cwd=self.cwd,  # not /tmp: a /tmp/ray directory would shadow the ray package
-                env=self.env(),
+                env=self.head_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

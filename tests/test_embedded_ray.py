@@ -5,21 +5,36 @@ empty directory and no ``RAY_*`` variables, so nothing can come from ``~/.ray`` 
 run. Then it crashes the service (SIGKILL) while a job runs and starts it again on the same
 ``SYNCBN_HOME``: with the head still alive the service re-attaches to it; with the head killed
 too (a machine restart) the job is resubmitted and resumes from its last checkpoint.
+
+The head listens on loopback only: while a Ray Job with an actor runs on the session's
+``ray_head``, every listening socket of every process of the head's session is on 127.0.0.1
+(or ::1), and there is no Ray Client server.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 from servicekit import ServiceProcess
 
-from service.embedded_ray import RECORD_FILE, HeadRecord, kill_session
+from service.embedded_ray import (
+    CLIENT_PORT_FLAG,
+    LOCAL_ONLY_VAR,
+    PORT_VARS,
+    RECORD_FILE,
+    HeadRecord,
+    RayHead,
+    kill_session,
+)
 
 JOB = {
     "dataset": "synthetic",
@@ -44,7 +59,7 @@ def heads_of(service: ServiceProcess) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline", "cwd"]):
         cmdline = process.info["cmdline"] or []
-        is_ray = any("ray" in arg for arg in cmdline[:2])
+        is_ray = any("ray" in arg for arg in cmdline[:3])  # ray, or python -c "...ray..."
         is_head = is_ray and "start" in cmdline and "--head" in cmdline
         if is_head and process.info["cwd"] == str(service.home / "ray"):
             found.append(process)
@@ -154,3 +169,136 @@ def test_head_killed_too_job_is_resubmitted_and_resumes_from_its_checkpoint(embe
     epoch_lines = [r for r in stats_lines(service, job["id"]) if r.get("kind") == "epoch"]
     assert sorted(r["epoch"] for r in epoch_lines) == [1, 2], epoch_lines
     assert [p.pid for p in heads_of(service)] == [second.pid], "exactly one head"
+
+
+# 127.0.0.1 as gRPC binds it (an IPv6 socket for IPv4-mapped 127.0.0.1: IPv4 loopback only).
+LOOPBACK_ADDRESSES = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+RAY_CLIENT_DEFAULT_PORT = 10001
+ACTOR_JOB = """
+import pathlib, sys, time
+import ray
+ray.init()
+@ray.remote(num_cpus=0)
+class Probe:
+    def ping(self):
+        return 1
+probe = Probe.remote()
+ray.get(probe.ping.remote())
+pathlib.Path(sys.argv[1]).touch()
+time.sleep(120)
+"""
+
+
+@dataclass(frozen=True)
+class Listener:
+    pid: int
+    process: str  # Ray's process title (ray::JobSupervisor), else what it runs (dashboard.py)
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.process} (pid {self.pid}) on {self.ip}:{self.port}"
+
+
+def session_processes(pid: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == pid:
+                found.append(process)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def title(process: psutil.Process) -> str:
+    """``ray::Probe``, ``raylet``, ``python dashboard.py``, ``python -m ray.util.client.server``."""
+    cmdline, name = process.cmdline(), process.name()
+    if cmdline and cmdline[0].startswith("ray::"):
+        return cmdline[0]
+    if name.startswith("python"):
+        for arg, following in zip(cmdline, [*cmdline[1:], ""], strict=True):
+            if arg.endswith(".py"):
+                return f"python {Path(arg).name}"
+            if arg in ("-m", "-c"):
+                return f"python {arg} {following[:40]}"
+    return name
+
+
+def listeners(processes: list[psutil.Process]) -> list[Listener]:
+    """The listening TCP sockets of ``processes``."""
+    found = []
+    for process in processes:
+        try:
+            label = title(process)
+            for conn in process.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.append(Listener(process.pid, label, conn.laddr.ip, conn.laddr.port))
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_head_command_loopback_only_and_ray_client_only_when_asked(tmp_path):
+    head = RayHead(tmp_path)
+    head.temp_dir = tmp_path
+    command, env = head.command(), head.head_env()
+    assert "--node-ip-address=127.0.0.1" in command and "--dashboard-host=127.0.0.1" in command
+    assert not any(arg.startswith(CLIENT_PORT_FLAG) for arg in command)
+    assert head.client_address is None
+    assert env[LOCAL_ONLY_VAR] == "0" and LOCAL_ONLY_VAR not in head.env()
+    assert {env[name] for name in PORT_VARS} == {str(port) for port in head.port_vars.values()}
+
+    with_client = RayHead(tmp_path, ray_client=True)
+    with_client.temp_dir = tmp_path
+    port = with_client.ports[CLIENT_PORT_FLAG]
+    assert f"{CLIENT_PORT_FLAG}={port}" in with_client.command()
+    assert with_client.client_address == f"ray://127.0.0.1:{port}"
+    ports = [*with_client.ports.values(), *with_client.port_vars.values()]
+    assert len(set(ports)) == len(ports), "every port picked free, none twice"
+
+
+@pytest.mark.timeout(120)
+def test_head_listens_on_loopback_only_while_a_job_runs(ray_head, tmp_path):
+    from ray.job_submission import JobSubmissionClient
+
+    started = tmp_path / "actor-started"
+    client = JobSubmissionClient(ray_head.dashboard_url)  # this process has the head's token
+    entrypoint = shlex.join([sys.executable, "-c", ACTOR_JOB, str(started)])
+    job_id = client.submit_job(entrypoint=entrypoint)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            status = client.get_job_status(job_id)
+            assert not status.is_terminal(), f"{status}: {client.get_job_logs(job_id)}"
+            assert time.monotonic() < deadline, f"no actor after 60 s: {status}"
+            time.sleep(0.2)
+
+        processes = session_processes(ray_head.pid)
+        found = listeners(processes)
+        offenders = [str(listener) for listener in found if listener.ip not in LOOPBACK_ADDRESSES]
+        assert not offenders, "listening beyond loopback:\n" + "\n".join(offenders)
+
+        # The check saw the processes that listened on all interfaces before.
+        ports = {listener.port for listener in found}
+        assert int(ray_head.gcs_address.rsplit(":", 1)[1]) in ports  # gcs_server
+        assert {ray_head.ports["--node-manager-port"], ray_head.ports["--dashboard-port"]} <= ports
+        titles = {listener.process for listener in found}
+        assert {"raylet", "ray::DashboardAgent", "ray::JobSupervisor", "ray::Probe"} <= titles
+
+        # No Ray Client server: not asked for.
+        client_servers = []
+        for process in processes:
+            try:
+                if "ray.util.client.server" in " ".join(process.cmdline()):
+                    client_servers.append(process.pid)
+            except psutil.Error:
+                continue
+        assert not client_servers, f"Ray Client server processes: {client_servers}"
+        assert RAY_CLIENT_DEFAULT_PORT not in ports
+    finally:
+        client.stop_job(job_id)
+        deadline = time.monotonic() + 30
+        while not client.get_job_status(job_id).is_terminal():
+            assert time.monotonic() < deadline, "the Ray Job did not stop"
+            time.sleep(0.2)
