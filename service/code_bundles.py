@@ -6,38 +6,50 @@ the job's ``runtime_env["working_dir"]``: Ray ships it to every node and puts it
 workers' ``sys.path``. An optional top-level ``requirements.txt`` becomes the runtime env's
 ``pip`` list.
 
-Every problem is a ``BundleError`` whose message names the member at fault.
+Every problem is a ``BundleError`` whose message names the member at fault; one over a limit
+also names the setting (``BundleError.setting``).
+
+The work is bounded before it is done, not only the bytes on the wire (a few KiB of zip can
+hold megabytes of source, and parsing costs up to ~1 KiB of memory per byte of source):
+
+- the archive: its entries, its bytes and its headers, as ``service.bundle_archives`` reads
+  it (a zip's index before ``zipfile`` parses it, a tar stream as it is decompressed);
+- source: a per-file and a total budget on what is parsed (``.py`` files and
+  ``requirements.txt``), checked from the index before anything is read, and a budget on the
+  f-strings whose parsing Python 3.11 does in quadratic time.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
-import stat
-import tarfile
-import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO
+
+from service.bundle_archives import (
+    ArchiveLimits,
+    BundleError,  # raised here, and imported from here by the routes
+    Member,
+    open_bundle_archive,
+)
 
 REQUIREMENTS = "requirements.txt"
 RESERVED_MODULES = frozenset({"syncbn", "workers", "service", "torch", "numpy", "ray"})
 """Top-level names a bundle may not use: they would shadow what the job itself imports."""
-SKIPPED = ("__MACOSX", "__pycache__", ".DS_Store")
 
-
-class BundleError(ValueError):
-    """A bundle that cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class Member:
-    """One regular file of an archive, by its path inside the bundle."""
-
-    path: PurePosixPath
-    size: int
+DEFAULT_MAX_SOURCE_BYTES = 1 << 20
+"""All ``.py`` files of a bundle together. Parsing hostile source (``a,`` on each line) costs
+up to ~3.5 s of CPU per MiB; real code costs 10-30 times less."""
+DEFAULT_MAX_FILE_SOURCE_BYTES = 200 << 10
+"""One ``.py`` file (or ``requirements.txt``). Parsing holds up to ~1 KiB of memory per byte of
+hostile source, all at once (~200 MiB here); real code takes 15-30 times less."""
+FSTRING_WORK = 1 << 28
+"""Most (replacement fields x bytes) of the bundle's f-strings, all together. Python 3.11 parses
+an f-string in time proportional to that product (each field scans the literal from its start):
+one 256 KiB f-string of ``{a}`` takes ~5 s. The largest real modules found score ~3e5."""
 
 
 @dataclass(frozen=True)
@@ -47,40 +59,6 @@ class BundleInfo:
     files: int
     modules: list[str]
     requirements: list[str]
-
-
-def _checked_path(name: str) -> PurePosixPath:
-    path = PurePosixPath(name)
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise BundleError(f"{name}: absolute paths are not allowed in a bundle")
-    if ".." in path.parts:
-        raise BundleError(f"{name}: '..' is not allowed in a bundle's paths")
-    return path
-
-
-def _zip_members(archive: zipfile.ZipFile) -> Iterator[tuple[Member, Any]]:
-    for info in archive.infolist():
-        path = _checked_path(info.filename)
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            raise BundleError(f"{info.filename}: links are not allowed in a bundle")
-        if not info.is_dir():
-            yield Member(path, info.file_size), info
-
-
-def _tar_members(archive: tarfile.TarFile) -> Iterator[tuple[Member, Any]]:
-    for info in archive.getmembers():
-        path = _checked_path(info.name)
-        if info.issym() or info.islnk():
-            raise BundleError(f"{info.name}: links are not allowed in a bundle")
-        if info.isfile():
-            yield Member(path, info.size), info
-        elif not info.isdir():
-            raise BundleError(f"{info.name}: only files and folders are allowed in a bundle")
-
-
-def _skipped(path: PurePosixPath) -> bool:
-    return any(part in SKIPPED or part.startswith("._") for part in path.parts)
 
 
 def _common_root(paths: list[PurePosixPath]) -> PurePosixPath | None:
@@ -112,6 +90,46 @@ def _check_python(path: PurePosixPath, source: bytes) -> None:
         raise BundleError(f"{path}: line {exc.lineno}: {exc.msg}") from exc
     except ValueError as exc:  # null bytes
         raise BundleError(f"{path}: not a Python source file ({exc})") from exc
+    except (MemoryError, RecursionError) as exc:
+        # The parser's own guards against deep nesting (``-`` * 100000, ``a.a.a...``) raise
+        # these; the partial tree is freed as the exception unwinds, so nothing is kept (and
+        # ``from None`` keeps no frame holding the source).
+        kind = type(exc).__name__
+        raise BundleError(f"{path}: too deeply nested or too large to parse ({kind})") from None
+
+
+# An f-string's extent, found as Python's tokenizer finds it (comments and other strings are
+# skipped; where this differs from the tokenizer it can only see a longer f-string). Possessive
+# quantifiers keep every match linear, and an unterminated string ends the scan (the parse
+# fails there too), so the scan is linear in the source.
+_STRING_START = re.compile(rb"""\#|(?<![\w\x80-\xff])([bBrRuUfF]{1,2})?('''|\"\"\"|'|")""")
+_STRING_REST = {
+    b"'''": re.compile(rb"(?:[^\\']++|\\.|'(?!''))*+'''", re.S),
+    b'"""': re.compile(rb'(?:[^\\"]++|\\.|"(?!""))*+"""', re.S),
+    b"'": re.compile(rb"(?:[^\\'\r\n]++|\\(?:\r\n|.))*+'", re.S),
+    b'"': re.compile(rb'(?:[^\\"\r\n]++|\\(?:\r\n|.))*+"', re.S),
+}
+
+
+def _fstring_work(source: bytes) -> int:
+    """Sum over the f-strings of ``source`` of (``{`` in it) x (its length): a bound on the
+    work Python 3.11's parser does for them."""
+    work, pos = 0, 0
+    while (start := _STRING_START.search(source, pos)) is not None:
+        quote = start.group(2)
+        if quote is None:  # a comment
+            newline = source.find(b"\n", start.end())
+            if newline < 0:
+                break
+            pos = newline + 1
+            continue
+        rest = _STRING_REST[quote].match(source, start.end())
+        if rest is None:
+            break
+        if b"f" in (start.group(1) or b"").lower():
+            work += source.count(b"{", start.end(), rest.end()) * (rest.end() - start.start())
+        pos = rest.end()
+    return work
 
 
 def _requirements(text: str) -> list[str]:
@@ -125,70 +143,126 @@ def _requirements(text: str) -> list[str]:
     return lines
 
 
-def unpack(archive_path: Path, target: Path, *, max_bytes: int, max_files: int) -> BundleInfo:
+def unpack(
+    archive_path: Path,
+    target: Path,
+    *,
+    max_bytes: int,
+    max_files: int,
+    max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES,
+    max_file_source_bytes: int = DEFAULT_MAX_FILE_SOURCE_BYTES,
+) -> BundleInfo:
     """Validate the archive at ``archive_path`` and unpack it into the new folder ``target``.
 
-    Raises ``BundleError`` (and leaves no ``target``) for: not a zip or tar.gz, absolute paths,
-    ``..``, links or special files, more than ``max_files`` files or ``max_bytes`` unpacked,
-    no ``.py`` file, a syntax error, a module shadowing ``RESERVED_MODULES``, pip options in
-    ``requirements.txt``.
+    Raises ``BundleError`` (and leaves no ``target``) for: not a zip or tar(.gz, .bz2, .xz),
+    absolute paths, ``..``, links or special files, more than ``max_files`` files or
+    ``max_bytes`` unpacked (``setting`` ``max_code_files`` / ``max_code_bytes``), a ``.py`` file
+    (or ``requirements.txt``) over ``max_file_source_bytes`` or ``.py`` files over
+    ``max_source_bytes`` together (``max_source_file_bytes`` / ``max_source_bytes``), no
+    ``.py`` file, a syntax error or source too deeply nested to parse, a module shadowing
+    ``RESERVED_MODULES``, pip options in ``requirements.txt``. Every limit is checked before
+    the work it bounds: counts and sizes from the archive's index before any file is read,
+    the tar stream's bytes and headers as it is read.
     """
-    with _open_archive(archive_path) as archive:
-        try:
-            if isinstance(archive, zipfile.ZipFile):
-                members = list(_zip_members(archive))
-            else:
-                members = list(_tar_members(archive))
-        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise BundleError(f"cannot read the archive ({exc})") from exc
-        members = [(m, info) for m, info in members if not _skipped(m.path)]
+    with open_bundle_archive(archive_path, ArchiveLimits(max_bytes, max_files)) as members:
         if len(members) > max_files:
-            raise BundleError(f"{len(members)} files, more than the limit of {max_files}")
-        total = sum(m.size for m, _ in members)
+            raise BundleError(
+                f"{len(members)} files, more than the limit of {max_files}",
+                setting="max_code_files",
+            )
+        total = sum(m.size for m in members)
         if total > max_bytes:
-            raise BundleError(f"{total} bytes unpacked, more than the limit of {max_bytes}")
-        root = _common_root([m.path for m, _ in members])
+            raise BundleError(
+                f"{total} bytes unpacked, more than the limit of {max_bytes}",
+                setting="max_code_bytes",
+            )
+        root = _common_root([m.path for m in members])
+        _check_source_sizes(members, root, max_source_bytes, max_file_source_bytes)
         try:
-            return _extract(archive, members, root, target)
+            return _extract(members, root, target)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
 
 
-def _open_archive(path: Path) -> zipfile.ZipFile | tarfile.TarFile:
-    if zipfile.is_zipfile(path):
-        return zipfile.ZipFile(path)
-    try:
-        return tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise BundleError("not a .zip or .tar.gz archive") from exc
+def _parsed(path: PurePosixPath) -> bool:
+    """Whether the service reads and parses the file (at ``path`` relative to the root)."""
+    return path.suffix == ".py" or path == PurePosixPath(REQUIREMENTS)
 
 
-def _open(archive: zipfile.ZipFile | tarfile.TarFile, info: Any) -> IO[bytes]:
-    if isinstance(archive, zipfile.ZipFile):
-        return archive.open(info)
-    handle = archive.extractfile(info)
-    assert handle is not None
-    return handle
-
-
-def _extract(
-    archive: zipfile.ZipFile | tarfile.TarFile,
-    members: list[tuple[Member, Any]],
+def _check_source_sizes(
+    members: list[Member],
     root: PurePosixPath | None,
-    target: Path,
-) -> BundleInfo:
+    max_source_bytes: int,
+    max_file_source_bytes: int,
+) -> None:
+    total = 0
+    for member in members:
+        path = member.path.relative_to(root) if root else member.path
+        if not _parsed(path):
+            continue
+        if member.size > max_file_source_bytes:
+            what = "of Python source" if path.suffix == ".py" else "of requirements"
+            raise BundleError(
+                f"{member.path}: {member.size} bytes {what}, more than the limit of "
+                f"{max_file_source_bytes} for one file",
+                setting="max_source_file_bytes",
+            )
+        if path.suffix == ".py":
+            total += member.size
+    if total > max_source_bytes:
+        raise BundleError(
+            f"{total} bytes of Python source, more than the limit of {max_source_bytes}",
+            setting="max_source_bytes",
+        )
+
+
+def _unpack_file(member: Member, out: Path, keep: bool) -> bytes:
+    """Copy one file out of the archive to ``out`` (new), its size checked against the index
+    (``Member.chunks``); return its bytes when ``keep`` (then it is at most
+    ``max_file_source_bytes``, checked from the index), else copy it in chunks (b"")."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(out, "xb")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise BundleError(f"{member.path}: cannot unpack ({exc.strerror})") from exc
+    with handle:
+        kept = []
+        for chunk in member.chunks():
+            if keep:
+                kept.append(chunk)
+            else:
+                _write(handle, chunk, member)
+        data = b"".join(kept)
+        _write(handle, data, member)
+    os.chmod(out, 0o644)
+    return data
+
+
+def _write(handle: IO[bytes], data: bytes, member: Member) -> None:
+    try:
+        handle.write(data)
+    except OSError as exc:
+        raise BundleError(f"{member.path}: cannot unpack ({exc.strerror})") from exc
+
+
+def _extract(members: list[Member], root: PurePosixPath | None, target: Path) -> BundleInfo:
     target.mkdir(parents=True)
     modules, requirements = [], []
-    for member, info in members:
+    fstring_work = 0
+    for member in members:
         path = member.path.relative_to(root) if root else member.path
-        with _open(archive, info) as source:
-            data = source.read(member.size + 1)
-        if len(data) != member.size:
-            raise BundleError(f"{member.path}: size differs from the archive's index")
-        name = module_name(path)
+        data = _unpack_file(member, target.joinpath(*path.parts), _parsed(path))
         if path.suffix == ".py":
+            fstring_work += _fstring_work(data)
+            if fstring_work > FSTRING_WORK:
+                raise BundleError(
+                    f"{member.path}: f-strings too long to check (the bundle's f-strings "
+                    f"cost {fstring_work} replacement fields x bytes, more than the limit of "
+                    f"{FSTRING_WORK}); split the longest ones"
+                )
             _check_python(member.path, data)
+        name = module_name(path)
         if name is not None:
             top = name.split(".")[0]
             if top in RESERVED_MODULES:
@@ -199,14 +273,6 @@ def _extract(
             modules.append(name)
         if path == PurePosixPath(REQUIREMENTS):
             requirements = _requirements(data.decode("utf-8", errors="replace"))
-        out = target.joinpath(*path.parts)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with open(out, "xb") as handle:
-                handle.write(data)
-        except OSError as exc:
-            raise BundleError(f"{member.path}: cannot unpack ({exc.strerror})") from exc
-        os.chmod(out, 0o644)
     if not modules:
         raise BundleError("no importable .py files in the bundle")
     return BundleInfo(len(members), sorted(modules), requirements)

@@ -25,11 +25,26 @@ colour, every image is RGB and ``x`` is ``(N, 3, H, W)`` (channels first). 32-bi
 images (mode F) are rejected. All images must have one size, unless ``size`` (width,
 height) is given: then each is resized to it (bilinear).
 
-Limits, all checked before anything is decoded: ``max_images`` images; ``max_pixels`` pixels
-per image (from its header, and for ``size``); ``max_bytes`` both for the archive's
-uncompressed size and for the decoded arrays (the ``.npz`` this makes). Every problem is a
-``workers.data.DatasetError`` naming the member at fault (``field="image_size"`` when the
-size is what is wrong).
+Limits, all checked before anything is decoded: the zip's entry count, from its end record
+before its directory is parsed (``image_folder_members(max_images)``); ``max_images`` images;
+``max_pixels`` pixels per image (from its header, and for ``size``); ``max_decoded_pixels``
+for the sum of all images' pixels (from their headers: what decoding costs, in time and in
+memory, whatever the files' compressed size); ``max_bytes`` for the archive's uncompressed
+size and for the decoded arrays (the ``.npz`` this makes); ``max_memory`` for the memory they
+need in training (``workers.data.dataset_memory``: the arrays and the float32 copy training
+makes of them); and JPEG files of at most
+``MAX_JPEG_SCANS`` scans (each scan of a progressive JPEG is a pass over the whole image).
+Every problem is a ``workers.data.DatasetError`` naming the member at fault
+(``field="image_size"`` when the size is what is wrong); a limit's error names the service
+setting in ``setting`` (``max_upload_images``, ``max_image_pixels``, ``max_decoded_pixels``,
+``max_upload_bytes``, ``max_dataset_memory``).
+
+``decode_images`` applies the same per-image and summed pixel limits to the image files of a
+predict request, all headers first.
+
+Decoding costs about 2 to 18 ms of CPU per megapixel with Pillow 13 on one core of the
+machine this was measured on (PNG, JPEG, WebP, TIFF; RGBA and RGB PNGs the slowest), so the
+default ``MAX_DECODED_PIXELS`` (128 Mi pixels) is at most a few seconds of CPU per request.
 """
 
 from __future__ import annotations
@@ -45,9 +60,10 @@ from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from workers.data import MAX_CLASSES, DatasetError
+from workers.archives import ArchiveTooLarge, open_zip
+from workers.data import MAX_CLASSES, MAX_DATASET_MEMORY, DatasetError, dataset_memory
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """torchvision's ``IMG_EXTENSIONS`` (compared case-insensitively)."""
@@ -59,10 +75,26 @@ GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;
 NPZ_OVERHEAD = 4096
 """Bytes of .npy headers and zip records counted on top of the arrays against ``max_bytes``."""
 SIZE_RE = re.compile(r"^\s*(\d{1,6})\s*(?:[xX]\s*(\d{1,6}))?\s*$")
+MAX_IMAGES = 50_000
+"""Default ``max_images`` (the service's ``max_upload_images``)."""
+MAX_PIXELS = 4096 * 4096
+"""Default ``max_pixels`` per image (the service's ``max_image_pixels``)."""
+MAX_DECODED_PIXELS = 128 * 1024 * 1024
+"""Default ``max_decoded_pixels``: the pixels (width x height) of all images of one upload or
+predict request together, about 134 M: 50,000 images of 32x32 (51 M) or 5,000 of 128x128
+(82 M) fit; at the slowest decoding measured (about 18 ms per megapixel) it is 2.4 s of CPU."""
+MAX_JPEG_SCANS = 100
+"""Most scans (SOS markers) in a JPEG file. A progressive JPEG's decoder makes a pass over the
+whole image per scan, and a scan can take a few bytes: a 1 MiB file of 30,000 scans of a
+4096x4096 image costs some 40 s of CPU. Encoders write about 10 (libjpeg's progressive
+script); 100 is libtiff's default limit for the JPEG data in TIFF files."""
 
 Source = str | os.PathLike | IO[bytes]
 
 Image.init()  # register every plugin: Image.open(formats=...) only loads the common five
+# Pillow inflates a PNG's compressed text chunks when it opens the file, up to 64 MB an image
+# by default: a few KB of zlib each. 4 MB of text an image is ample for real metadata (XMP).
+PngImagePlugin.MAX_TEXT_MEMORY = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -101,16 +133,29 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return width, height
 
 
-def is_image_folder(source: Source) -> bool:
+def image_folder_members(max_images: int) -> int:
+    """Zip entries allowed in an image folder of at most ``max_images`` images: each image,
+    its ``__MACOSX/._`` twin (what macOS's Compress adds), class and split folders (twice
+    too), and a few more ignored files."""
+    return 2 * max_images + 4 * MAX_CLASSES + 64
+
+
+def is_image_folder(source: Source, max_members: int = image_folder_members(MAX_IMAGES)) -> bool:
     """Whether ``source`` is a zip to read as an image folder rather than as an ``.npz``.
 
     An ``.npz`` is a zip of ``.npy`` members: a zip with any ``.npy`` member, an empty zip and
-    anything that is not a zip are not image folders (``load_npz`` says what is wrong).
+    anything that is not a zip are not image folders (``inspect_npz`` says what is wrong). A
+    zip of more than ``max_members`` entries (pass ``image_folder_members(max_images)``) is
+    not inspected (its directory is not parsed): it is too large for an ``.npz`` (six arrays
+    at most), so it counts as an image folder, which ``read_image_folder`` then refuses,
+    naming the limit. Never raises.
     """
     try:
-        with zipfile.ZipFile(source) as archive:
+        with open_zip(source, max_members) as archive:
             names = [i.filename for i in archive.infolist() if not i.is_dir()]
-    except (zipfile.BadZipFile, EOFError, ValueError):
+    except ArchiveTooLarge:
+        return True
+    except Exception:  # not a zip, or one zipfile cannot parse: inspect_npz says so
         return False
     finally:
         if hasattr(source, "seek"):
@@ -122,36 +167,64 @@ def read_image_folder(
     source: Source,
     *,
     size: tuple[int, int] | None = None,
-    max_images: int = 50_000,
-    max_pixels: int = 4096 * 4096,
+    max_images: int = MAX_IMAGES,
+    max_pixels: int = MAX_PIXELS,
     max_bytes: int = 256 << 20,
+    max_decoded_pixels: int = MAX_DECODED_PIXELS,
+    max_memory: int = MAX_DATASET_MEMORY,
 ) -> ImageFolderArrays:
     """Decode the image folder zip ``source`` (a path or a binary file); see the module doc."""
     if size is not None and size[0] * size[1] > max_pixels:
         raise DatasetError(
             f"size {size[0]}x{size[1]} has more than the limit of {max_pixels} pixels",
             field="image_size",
+            setting="max_image_pixels",
         )
     try:
-        archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        archive = open_zip(source, image_folder_members(max_images))
+    except ArchiveTooLarge as exc:
+        raise DatasetError(
+            f"the archive has {exc}: too many for an image folder of at most {max_images} images",
+            setting="max_upload_images",
+        ) from exc
+    except Exception as exc:  # BadZipFile, or whatever a malformed archive raises
         raise DatasetError(f"not a .zip archive ({exc})") from exc
     with archive:
         train, test, classes = _layout(archive, max_bytes)
         images = train + test
         if len(images) > max_images:
             raise DatasetError(
-                f"{len(images)} images, more than the limit of {max_images} per upload"
+                f"{len(images)} images, more than the limit of {max_images} per upload",
+                setting="max_upload_images",
             )
-        shape = _check_headers(archive, images, size, max_pixels)
-        per_image = int(np.prod(shape)) + 8  # pixels, and the int64 label
-        names = np.array(classes, dtype=np.str_)
-        need = len(images) * per_image + names.nbytes + NPZ_OVERHEAD
-        if need > max_bytes:
+        shape, pixels = _check_headers(archive, images, size, max_pixels)
+        if pixels > max_decoded_pixels:
             raise DatasetError(
-                f"{len(images)} images of shape {shape} decode to about {need} bytes, more than "
-                f"the limit of {max_bytes}: use fewer or smaller images (or a smaller image_size)"
+                f"{len(images)} images of {pixels} pixels in all (width x height, summed), more "
+                f"than the limit of {max_decoded_pixels} decoded per upload: use fewer or "
+                "smaller images",
+                setting="max_decoded_pixels",
             )
+        values = len(images) * int(np.prod(shape))
+        names = np.array(classes, dtype=np.str_)
+        stored = values + len(images) * 8 + names.nbytes + NPZ_OVERHEAD  # and int64 labels
+        need = dataset_memory(stored, values, len(images))
+        for amount, limit, what, setting in (
+            (stored, max_bytes, "the uint8 pixels", "max_upload_bytes"),
+            (
+                need,
+                max_memory,
+                "the pixels and the float32 copy training makes",
+                "max_dataset_memory",
+            ),
+        ):
+            if amount > limit:
+                raise DatasetError(
+                    f"{len(images)} images of shape {shape} decode to about {amount} bytes "
+                    f"({what}), more than the limit of {limit}: use fewer or smaller images "
+                    "(or a smaller image_size)",
+                    setting=setting,
+                )
         x, y = _decode(archive, train, shape, max_pixels)
         if not test:
             return ImageFolderArrays(x, y, classes)
@@ -216,7 +289,8 @@ def _members(
             folders.update(parts[:i] for i in range(1, len(parts)))
     if total > max_bytes:
         raise DatasetError(
-            f"the archive unpacks to {total} bytes, more than the limit of {max_bytes}"
+            f"the archive unpacks to {total} bytes, more than the limit of {max_bytes}",
+            setting="max_upload_bytes",
         )
     return files, folders
 
@@ -320,7 +394,10 @@ def _open(handle: IO[bytes], name: str, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(handle, formats=PIL_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise DatasetError(f"{name}: more than the limit of {max_pixels} pixels ({exc})") from exc
+        raise DatasetError(
+            f"{name}: more than the limit of {max_pixels} pixels ({exc})",
+            setting="max_image_pixels",
+        ) from exc
     except (zipfile.BadZipFile, zlib.error) as exc:  # the member itself, read while parsing
         raise DatasetError(f"{name}: cannot read from the archive ({exc})") from exc
     except UnidentifiedImageError as exc:
@@ -334,7 +411,8 @@ def _open(handle: IO[bytes], name: str, max_pixels: int) -> Image.Image:
         image.close()
         raise DatasetError(
             f"{name}: {width}x{height} is {width * height} pixels, more than the limit of "
-            f"{max_pixels}"
+            f"{max_pixels}",
+            setting="max_image_pixels",
         )
     if image.mode == "F":
         image.close()
@@ -360,11 +438,14 @@ def _check_headers(
     images: list[_Image],
     size: tuple[int, int] | None,
     max_pixels: int,
-) -> tuple[int, ...]:
-    """The shape of one decoded sample: ``(H, W)`` or ``(3, H, W)``."""
+) -> tuple[tuple[int, ...], int]:
+    """The shape of one decoded sample (``(H, W)`` or ``(3, H, W)``), and the pixels of all
+    images (what decoding them costs)."""
     first: tuple[str, tuple[int, int]] | None = None
     colour = False
+    pixels = 0
     for name, image_size, mode in _headers(archive, images, max_pixels):
+        pixels += image_size[0] * image_size[1]
         colour = colour or mode not in GRAY_MODES
         if first is None:
             first = (name, image_size)
@@ -377,7 +458,7 @@ def _check_headers(
             )
     assert first is not None
     width, height = size or first[1]
-    return (3, height, width) if colour else (height, width)
+    return ((3, height, width) if colour else (height, width)), pixels
 
 
 def _decode(
@@ -397,13 +478,50 @@ def _decode(
     return x, y
 
 
+def decode_images(
+    items: list[tuple[str, bytes]],
+    shape: tuple[int, ...],
+    max_pixels: int,
+    max_decoded_pixels: int,
+) -> np.ndarray:
+    """Image files (name, bytes) as uint8 samples ``(N, *shape)``, as ``decode_image`` makes
+    them, once every header has been read: each image of at most ``max_pixels`` pixels, all
+    of them of at most ``max_decoded_pixels`` together (``DatasetError`` naming the limit)."""
+    pixels = 0
+    for name, data in items:
+        with _open(io.BytesIO(data), name, max_pixels) as image:
+            width, height = image.size
+        pixels += width * height
+    if pixels > max_decoded_pixels:
+        raise DatasetError(
+            f"{len(items)} images of {pixels} pixels in all (width x height, summed), more "
+            f"than the limit of {max_decoded_pixels} decoded per request: send fewer or "
+            "smaller images",
+            setting="max_decoded_pixels",
+        )
+    out = np.empty((len(items), *shape), dtype=np.uint8)
+    for i, (name, data) in enumerate(items):
+        out[i] = decode_image(data, name, shape, max_pixels)
+    return out
+
+
 def decode_image(data: bytes, name: str, shape: tuple[int, ...], max_pixels: int) -> np.ndarray:
     """One image file's bytes as a uint8 sample of ``shape`` (``(H, W)`` gray or
     ``(3, H, W)`` RGB): converted as the module doc says and resized (bilinear) when its size
-    differs. ``DatasetError`` naming ``name`` when it cannot be decoded."""
+    differs. ``DatasetError`` naming ``name`` when it cannot be decoded (or is over
+    ``max_pixels``, or is a JPEG of more than ``MAX_JPEG_SCANS`` scans)."""
     colour = len(shape) == 3
     size = (shape[-1], shape[-2])
     with _open(io.BytesIO(data), name, max_pixels) as image:
+        if image.format in ("JPEG", "MPO"):
+            # Every SOS marker: entropy-coded data stuffs 0xFF as FF 00, so only headers
+            # (an EXIF thumbnail's, say) can add to the count, never hide a scan.
+            scans = data.count(b"\xff\xda")
+            if scans > MAX_JPEG_SCANS:
+                raise DatasetError(
+                    f"{name}: a JPEG of {scans} scans, more than the limit of {MAX_JPEG_SCANS} "
+                    "(each scan is a pass over the whole image)"
+                )
         try:
             image.load()
             pixels = _convert(image, colour)
@@ -419,8 +537,13 @@ def _convert(image: Image.Image, colour: bool) -> Image.Image:
     """8-bit gray (``L``) or ``RGB``, as the module doc says."""
     mode = image.mode
     if mode.startswith("I"):  # 16-bit (or 32-bit integer) gray: scale 0..65535 to 0..255
-        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
-        gray = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+        wide = np.asarray(image)
+        narrow = np.empty(wide.shape, dtype=np.uint8)
+        rows = max(1, (1 << 20) // max(1, wide.shape[1]))  # int64 temporaries of 8 MiB at most
+        for start in range(0, len(wide), rows):
+            band = np.clip(wide[start : start + rows].astype(np.int64), 0, 65535)
+            narrow[start : start + rows] = (band * 255 + 32767) // 65535
+        gray = Image.fromarray(narrow)
     elif mode in GRAY_MODES:
         gray = image.convert("L")
     elif mode in ("P", "PA"):
@@ -432,8 +555,14 @@ def _convert(image: Image.Image, colour: bool) -> Image.Image:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_DECODED_PIXELS",
+    "MAX_IMAGES",
+    "MAX_JPEG_SCANS",
+    "MAX_PIXELS",
     "ImageFolderArrays",
     "decode_image",
+    "decode_images",
+    "image_folder_members",
     "is_image_folder",
     "parse_size",
     "read_image_folder",

@@ -1,0 +1,386 @@
+"""Uploads bounded by the work they cause, not only by their bytes (no Ray, no service).
+
+Hostile inputs are small: a lying ``.npy`` header, 60 kB of compressed zeros, flat 4096x4096
+PNGs of a few kB, progressive JPEGs of thousands of scans, zips listing 300,000 entries. Each
+must be refused (or accepted) before the costly part, with a ``DatasetError`` whose
+``setting`` names the service setting of the limit. The costliest are measured in a fresh
+process: peak RSS over the baseline (an upper bound: ``VmHWM`` after the call minus
+``VmRSS`` before it) and CPU seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import time
+import zipfile
+from pathlib import Path
+
+import hostile
+import numpy as np
+import pytest
+from PIL import Image
+
+from workers.data import DatasetError, NpzInfo, inspect_npz, load_npz
+from workers.imagefolder import (
+    MAX_DECODED_PIXELS,
+    MAX_JPEG_SCANS,
+    decode_image,
+    decode_images,
+    image_folder_members,
+    is_image_folder,
+    read_image_folder,
+    write_npz,
+)
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[1]
+LINUX = Path("/proc/self/status").exists()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def measure(call: str, **variables: object) -> dict:
+    """Run ``call`` (an expression over ``data``, ``imagefolder``, ``np`` and ``variables``)
+    in a fresh Python; its DatasetError (or value), CPU seconds and peak RSS delta in MiB."""
+    setup = "import numpy as np\nfrom workers import data, imagefolder\n"
+    setup += "".join(f"{name} = {value!r}\n" for name, value in variables.items())
+    return hostile.cost_in_subprocess(setup, call)
+
+
+def npy(shape: tuple[int, ...], descr: str, data: bytes) -> bytes:
+    """A version 1.0 ``.npy`` file claiming ``shape`` and ``descr``, holding ``data``."""
+    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + data
+
+
+def npy_of(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def labels(n: int) -> bytes:
+    return npy_of(np.arange(n) % 2)
+
+
+def many_entries_zip(n: int) -> bytes:
+    """A zip whose central directory lists ``n`` empty files (zip64 end records, as zipfile
+    writes past 65,535 entries): some 47 bytes an entry, parsed by zipfile into ``n``
+    ``ZipInfo`` objects (about 500 bytes each) if nothing stops it first."""
+    record = struct.pack(
+        "<4s4B4HL2L5HLL", b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0
+    )
+    directory = record + b"a"
+    body = directory * n
+    end64 = struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, len(body), 0
+    )  # zip64 end of central directory, at offset len(body)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, len(body), 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return body + end64 + locator + end
+
+
+def png(mode: str, size: tuple[int, int], value) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, value).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def image_zip(images: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in images.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def scan_bomb(side: int, extra_scans: int) -> bytes:
+    """A progressive gray JPEG with ``extra_scans`` copies of one of its AC scans appended:
+    libjpeg decodes each (a warning, not an error), a pass over the whole image every time."""
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 7).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    scans = []  # (start, end) of every scan: its SOS, entropy-coded data and tables before it
+    at = previous = data.index(b"\xff\xda")
+    while data[at + 1] != 0xD9:
+        end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if data[at + 1] == 0xDA:
+            while not (data[end] == 0xFF and data[end + 1] not in (0x00, *range(0xD0, 0xD8))):
+                end += 1
+            scans.append((previous, end))
+            previous = end
+        at = end
+    start, end = min(scans[1:], key=lambda s: s[1] - s[0])  # a small AC scan
+    return data[:-2] + data[start:end] * extra_scans + b"\xff\xd9"
+
+
+# -- .npz ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reader", [inspect_npz, load_npz], ids=["inspect", "load"])
+def test_a_lying_npy_header_is_refused_before_anything_is_allocated(tmp_path, reader):
+    path = write_zip(
+        tmp_path / "lying.npz", {"x.npy": npy((10**10, 1), "<f8", bytes(80)), "y.npy": labels(10)}
+    )
+    with pytest.raises(DatasetError, match=r"declares shape \(10000000000, 1\)") as error:
+        reader(path)  # np.load tried to allocate 74.5 GiB: MemoryError, an HTTP 500
+    assert "holds 80 bytes" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (npy((2, 1), "<f8", bytes(80)), "declares shape (2, 1) of float64 (16 bytes)"),
+        (npy((4, -2), "<f8", b""), "declares shape (4, -2)"),
+        (npy((4, 2), "|O", bytes(64)), "dtype object cannot be used"),
+        (npy((4,), [("a", "<f8"), ("b", "<i4")], bytes(48)), "cannot be used"),
+        (npy((4,), "|V8", bytes(32)), "cannot be used"),
+        (b"not an npy file at all", "cannot read arrays (x: "),
+        (npy((4, 2), "<f8", bytes(64))[:70], "cannot read arrays (x: "),
+    ],
+    ids=["too-many-bytes", "negative-dim", "object", "structured", "void", "not-npy", "short"],
+)
+def test_bad_npy_members_are_dataset_errors(tmp_path, member, message):
+    path = write_zip(tmp_path / "bad.npz", {"x.npy": member, "y.npy": labels(4)})
+    for reader in (inspect_npz, load_npz):
+        with pytest.raises(DatasetError) as error:
+            reader(path)
+        assert message in str(error.value)
+
+
+def test_npz_memory_counts_the_float32_copy_training_makes(tmp_path):
+    x = np.zeros((1000, 10), np.uint8)  # 10 kB stored; 50 kB with its float32 copy
+    path = tmp_path / "u8.npz"
+    np.savez(path, x=x, y=np.arange(1000) % 2)
+    need = x.nbytes + 8 * 1000 + 4 * x.size + 8 * 1000  # stored x and y, then float32 and int64
+    assert inspect_npz(path, memory_limit=need).n_train == 800
+    with pytest.raises(DatasetError, match=f"need {need} bytes in memory") as error:
+        inspect_npz(path, memory_limit=need - 1)
+    assert error.value.setting == "max_dataset_memory"
+    with pytest.raises(DatasetError, match="file is") as error:  # the file itself
+        load_npz(path, limit=1000)
+    assert error.value.setting == "max_upload_bytes"
+
+
+@pytest.mark.skipif(not LINUX, reason="measures RSS from /proc")
+def test_60_kb_of_compressed_zeros_is_refused_cheaply_and_checked_within_budget(tmp_path):
+    """64 MiB of uint8 zeros compress to some 65 kB. Against a 64 MiB memory limit it is
+    refused from the headers: its float32 copy alone needs 256 MiB (load_npz used to take
+    900 MiB and 3 s of CPU to accept it). Within the upload limit (64 MiB) and the default
+    memory limit (512 MiB), inspect_npz holds it as stored and checks it in chunks: well under
+    the 256 MiB / 5 s budget of a request."""
+    path = tmp_path / "zeros.npz"
+    n = 63 * 1024
+    np.savez_compressed(path, x=np.zeros((n, 1024), np.uint8), y=np.arange(n) % 2)
+    assert path.stat().st_size < 100_000
+
+    refused = measure("data.inspect_npz(path, memory_limit=64 << 20)", path=str(path))
+    assert refused["setting"] == "max_dataset_memory", refused
+    assert "need" in refused["error"] and "more than the limit of 67108864" in refused["error"]
+    assert refused["rss_mib"] < 16 and refused["cpu_s"] < 1, refused
+
+    accepted = measure("data.inspect_npz(path, limit=64 << 20)", path=str(path))
+    n_test = math.ceil(0.2 * n)
+    assert accepted["error"] is None, accepted
+    assert f"n_train={n - n_test}, n_test={n_test}" in accepted["value"], accepted
+    assert accepted["rss_mib"] < 128 and accepted["cpu_s"] < 5, accepted
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 7, 10, 11, 101])
+def test_inspect_npz_tells_what_load_npz_loads(tmp_path, n):
+    rng = np.random.default_rng(n)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=rng.normal(size=(n, 3)), y=np.arange(n) % 2, classes=np.array(["a", "b"]))
+    info, data = inspect_npz(path, name="ds"), load_npz(path, name="ds")
+    assert isinstance(info, NpzInfo)
+    assert (info.n_train, info.n_test) == (len(data.x_train), len(data.x_test))
+    assert info.n_test == math.ceil(0.2 * n)
+    assert info.info == data.info and not info.from_images
+
+    masks = rng.integers(0, 3, (n, 4, 5)).astype(np.uint8)
+    np.savez(path, x=rng.normal(size=(n, 4, 5)), y=masks, x_test=np.zeros((2, 4, 5)),
+             y_test=np.full((2, 4, 5), 255, np.uint8))  # fmt: skip
+    info, data = inspect_npz(path), load_npz(path)
+    assert (info.n_train, info.n_test, info.task) == (n, 2, "segmentation")
+    assert info.num_classes == data.num_classes == int(masks.max()) + 1
+
+
+def test_nan_and_mask_checks_run_in_chunks_with_the_same_messages(tmp_path):
+    x = np.zeros((3000, 1000), np.float32)  # 3 M values: several chunks
+    x[0, 0] = x[-1, -1] = np.nan
+    x[1500, 7] = np.inf
+    path = tmp_path / "nan.npz"
+    np.savez(path, x=x, y=np.arange(3000) % 2)
+    with pytest.raises(DatasetError, match="x: contains 3 NaN or infinite values"):
+        inspect_npz(path)
+    y = np.zeros((40, 256, 256), np.int16)  # 2.6 M labels
+    y[0, 0, :3] = (300, 255, 1)
+    y[-1, -1, -2:] = (-4, 400)
+    np.savez(path, x=np.zeros((40, 256, 256), np.float32), y=y)
+    with pytest.raises(DatasetError, match=r"3 pixels have other values, e\.g\. \[-4, 300, 400\]"):
+        inspect_npz(path)
+
+
+# -- zips listing too many entries ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def entries_zip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("entries") / "entries.zip"
+    path.write_bytes(many_entries_zip(300_000))
+    return path
+
+
+@pytest.mark.skipif(not LINUX, reason="measures RSS from /proc")
+def test_300k_entries_are_refused_before_zipfile_parses_them(entries_zip):
+    """zipfile would make 300,000 ZipInfo objects (150 MiB, 2 s: what is_image_folder and
+    np.load used to do); the end record's count refuses it first."""
+    found = measure("imagefolder.is_image_folder(path)", path=str(entries_zip))
+    assert found["value"] == "True", found  # too large to inspect: read as an image folder
+    assert found["rss_mib"] < 16 and found["cpu_s"] < 0.5, found
+
+    folder = measure("imagefolder.read_image_folder(path)", path=str(entries_zip))
+    assert folder["setting"] == "max_upload_images", folder
+    limit = image_folder_members(50_000)
+    assert f"300000 entries, more than the limit of {limit}" in folder["error"]
+    assert "at most 50000 images" in folder["error"]
+    assert folder["rss_mib"] < 16 and folder["cpu_s"] < 0.5, folder
+
+    npz = measure("data.inspect_npz(path, limit=64 << 20)", path=str(entries_zip))
+    assert "not an .npz archive (300000 entries" in npz["error"], npz
+    assert npz["rss_mib"] < 16 and npz["cpu_s"] < 0.5, npz
+
+
+def test_is_image_folder_is_bounded_and_never_raises(entries_zip):
+    assert is_image_folder(entries_zip)
+    blob = io.BytesIO(entries_zip.read_bytes())
+    assert is_image_folder(blob) and blob.tell() == 0
+    small = image_zip({f"{c}/{i}.png": png("L", (2, 2), i) for c in "ab" for i in range(3)})
+    assert is_image_folder(io.BytesIO(small))
+    assert is_image_folder(io.BytesIO(small), max_members=3)  # over: an image folder to refuse
+    with pytest.raises(DatasetError, match="6 images, more than the limit of 1") as error:
+        read_image_folder(io.BytesIO(small), max_images=1)
+    assert error.value.setting == "max_upload_images"
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, 46, 10**9, 0)
+    for garbage in [b"", b"PK", b"PK\x05\x06", end, b"\0" * 100 + end, b"PK\x03\x04" * 100]:
+        assert not is_image_folder(io.BytesIO(garbage))
+
+
+# -- image folders --------------------------------------------------------------------------------
+@pytest.mark.skipif(not LINUX, reason="measures RSS from /proc")
+def test_flat_4096_pngs_are_refused_from_their_headers(tmp_path):
+    """40 flat 4096x4096 PNGs zip to some 20 kB and took 13 s of CPU to decode at size 1x1;
+    their headers add up to 671 M pixels, over the decoded-pixel budget."""
+    flat = png("L", (4096, 4096), 9)
+    path = tmp_path / "flat.zip"
+    path.write_bytes(image_zip({f"{'ab'[i % 2]}/{i}.png": flat for i in range(40)}))
+    assert path.stat().st_size < 100_000
+    result = measure("imagefolder.read_image_folder(path, size=(1, 1))", path=str(path))
+    assert result["setting"] == "max_decoded_pixels", result
+    assert f"{40 * 4096 * 4096} pixels in all" in result["error"]
+    assert f"more than the limit of {MAX_DECODED_PIXELS}" in result["error"]
+    assert result["rss_mib"] < 32 and result["cpu_s"] < 1, result
+
+
+def test_the_decoded_pixel_budget_is_the_sum_of_all_images():
+    members = {f"{c}/{i}.png": png("RGB", (8, 6), (i, 2, 3)) for c in "ab" for i in range(3)}
+    blob = image_zip(members)
+    arrays = read_image_folder(io.BytesIO(blob), max_decoded_pixels=6 * 48)
+    assert arrays.x.shape == (6, 3, 6, 8)
+    with pytest.raises(DatasetError, match="6 images of 288 pixels in all") as error:
+        read_image_folder(io.BytesIO(blob), size=(1, 1), max_decoded_pixels=6 * 48 - 1)
+    assert error.value.setting == "max_decoded_pixels" and error.value.field == "dataset"
+
+
+@pytest.mark.parametrize(
+    ("blob", "kwargs", "setting", "field"),
+    [
+        (image_zip({"a/0.png": png("L", (4, 4), 1), "b/0.png": png("L", (4, 4), 2)}),
+         {"max_pixels": 15}, "max_image_pixels", "dataset"),
+        (image_zip({"a/0.png": png("L", (4, 4), 1), "b/0.png": png("L", (4, 4), 2)}),
+         {"size": (5, 5), "max_pixels": 24}, "max_image_pixels", "image_size"),
+        (image_zip({f"{c}/{i}.png": png("L", (4, 4), i) for c in "ab" for i in range(2)}),
+         {"max_images": 3}, "max_upload_images", "dataset"),
+        (image_zip({"a/0.png": png("L", (4, 4), 1), "b/0.bmp": bytes(5000)}),
+         {"max_bytes": 4000}, "max_upload_bytes", "dataset"),
+        (image_zip({"a/0.png": png("L", (4, 4), 1), "b/0.png": png("L", (4, 4), 2)}),
+         {"size": (40, 40), "max_memory": 16_000}, "max_dataset_memory", "dataset"),
+    ],
+    ids=["image-pixels", "size-pixels", "images", "unpacked-bytes", "decoded-memory"],
+)  # fmt: skip
+def test_limit_errors_name_their_setting(blob, kwargs, setting, field):
+    with pytest.raises(DatasetError) as error:
+        read_image_folder(io.BytesIO(blob), **kwargs)
+    assert (error.value.setting, error.value.field) == (setting, field)
+
+
+def test_a_decoded_folder_within_its_limits_passes_inspect_npz_with_those_limits(tmp_path):
+    images = {f"{c}/{i}.png": png("RGB", (16, 12), (i, 9, 9)) for c in "ab" for i in range(5)}
+    blob = image_zip(images)
+    with pytest.raises(DatasetError, match=r"decode to about (\d+) bytes") as error:
+        read_image_folder(io.BytesIO(blob), max_memory=1000)
+    assert error.value.setting == "max_dataset_memory"
+    need = int(str(error.value).split("decode to about ")[1].split()[0])
+    assert need > 5 * 10 * 3 * 12 * 16  # the uint8 pixels and their float32 copy
+    with pytest.raises(DatasetError, match=r"decode to about (\d+) bytes") as error:
+        read_image_folder(io.BytesIO(blob), max_bytes=need // 4)
+    assert error.value.setting == "max_upload_bytes"
+    stored = int(str(error.value).split("decode to about ")[1].split()[0])
+    arrays = read_image_folder(io.BytesIO(blob), max_bytes=stored, max_memory=need)
+    write_npz(arrays, tmp_path / "converted.npz")
+    info = inspect_npz(tmp_path / "converted.npz", limit=stored, memory_limit=need)
+    assert (info.n_train, info.n_test, info.input_shape) == (8, 2, (3, 12, 16))
+    assert info.from_images and info.class_names == ("a", "b")
+
+
+def test_16_bit_images_convert_in_bands_exactly():
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 65536, (1100, 2048), dtype=np.uint16)  # 3 bands of 512 rows
+    wide[0, :3] = (0, 65535, 32768)
+    image = Image.fromarray(wide)
+    assert image.mode == "I;16"
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    got = decode_image(buffer.getvalue(), "w.png", (1100, 2048), 2048 * 1100)
+    expected = ((wide.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    assert np.array_equal(got, expected)
+
+
+# -- predict with image files ---------------------------------------------------------------------
+def test_decode_images_reads_every_header_before_decoding_anything(monkeypatch):
+    items = [(f"{i}.png", png("RGB", (10, 10), (i, 0, 0))) for i in range(3)]
+    shape = (3, 4, 4)
+    x = decode_images(items, shape, max_pixels=100, max_decoded_pixels=300)
+    assert x.dtype == np.uint8 and x.shape == (3, *shape)
+    assert np.array_equal(x, np.stack([decode_image(d, n, shape, 100) for n, d in items]))
+
+    def no_decoding(*args):
+        raise AssertionError("decoded before the budget was checked")
+
+    monkeypatch.setattr("workers.imagefolder.decode_image", no_decoding)
+    with pytest.raises(DatasetError, match="3 images of 300 pixels in all") as error:
+        decode_images(items, shape, max_pixels=100, max_decoded_pixels=299)
+    assert error.value.setting == "max_decoded_pixels"
+    with pytest.raises(DatasetError, match=r"0\.png: 10x10 is 100 pixels") as error:
+        decode_images(items, shape, max_pixels=99, max_decoded_pixels=10**9)
+    assert error.value.setting == "max_image_pixels"
+    with pytest.raises(DatasetError, match=r"bad\.png: cannot decode image"):
+        decode_images([*items, ("bad.png", b"\x89PNG no")], shape, 100, 10**9)
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding():
+    bomb = scan_bomb(256, 3 * MAX_JPEG_SCANS)
+    start = time.process_time()
+    with pytest.raises(DatasetError, match=f"scans, more than the limit of {MAX_JPEG_SCANS}"):
+        decode_image(bomb, "bomb.jpg", (8, 8), 10**8)
+    assert time.process_time() - start < 0.5
+    fine = scan_bomb(256, MAX_JPEG_SCANS - 20)  # a few more scans than encoders write: decoded
+    assert decode_image(fine, "ok.jpg", (8, 8), 10**8).shape == (8, 8)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(buffer, "JPEG", progressive=True)
+    assert decode_image(buffer.getvalue(), "p.jpg", (3, 48, 64), 10**8).shape == (3, 48, 64)
