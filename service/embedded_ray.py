@@ -110,15 +110,20 @@ def loopback_interface() -> str | None:
 
 
 def use_token(token: str) -> None:
-    """Make this process a client of a head with ``token`` (before Ray first reads it)."""
+    """Make this process a client of a local head with ``token`` (before Ray first reads
+    it): a driver's ``ray.init(address="127.0.0.1:...")`` then keeps 127.0.0.1, where the
+    head listens, instead of swapping in the machine's address."""
     _set_token(os.environ, token)
 
 
 def _set_token(env: MutableMapping[str, str], token: str) -> None:
-    """Token auth with ``token`` in ``env``, and no inherited Ray address, token or path."""
+    """Token auth with ``token`` in ``env``, no inherited Ray address, token or path, and
+    loopback addresses kept as they are (``LOCAL_ONLY_VAR``): the environment of a local
+    head and of its clients."""
     for name in INHERITED_RAY_VARS:
         env.pop(name, None)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    env[LOCAL_ONLY_VAR] = "0"
 
 
 def _running(pid: int, create_time: float | None = None) -> bool:
@@ -221,9 +226,8 @@ class RayHead:
 
     def head_env(self) -> dict[str, str]:
         """The environment of ``ray start``, and so of every Ray process and Ray Job: a
-        client's, plus loopback only and the ports Ray takes from variables."""
+        client's (loopback only, its token), plus the ports Ray takes from variables."""
         env = self.env()
-        env[LOCAL_ONLY_VAR] = "0"
         env.update((name, str(port)) for name, port in self.port_vars.items())
         interface = loopback_interface()
         if interface is not None:

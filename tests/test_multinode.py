@@ -154,6 +154,8 @@ def two_node_cluster() -> Iterator[TwoNodeCluster]:
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
         RAY_USAGE_STATS_ENABLED="0",
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1",  # a real multi-node cluster (the embedded head's
+        # clients, this process included, keep to loopback with "0")
         **{MARKER_ENV: marker},
     )
     common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
