@@ -22,15 +22,19 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 from servicekit import ServiceProcess
 
 from service import store
 from service.db import Database
-from service.embedded_ray import RayHead
+from service.embedded_ray import RayHead, new_token, use_token
 from service.states import JobState
 from workers.spec import JobSpec
+
+# The head's own token, given to this process before Ray reads it (as make run does): nothing
+# comes from ~/.ray, so it runs from a fresh clone with an empty HOME.
+RAY_TOKEN = new_token()
+use_token(RAY_TOKEN)
 
 FINAL = ("succeeded", "failed", "cancelled")
 LUA_IDS = """
@@ -102,7 +106,10 @@ def main() -> int:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
 
-    with tempfile.TemporaryDirectory() as tmp, RayHead(Path(tmp) / "ray", num_cpus=1) as head:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        RayHead(Path(tmp) / "ray", num_cpus=1, token=RAY_TOKEN) as head,
+    ):
         home = Path(tmp) / "home"
         home.mkdir()
         ids = seed(home / "syncbn.db", args.jobs)

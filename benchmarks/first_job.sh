@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Time from a fresh clone to the first finished job, as a new user gets it: a clone of this
 # repository, an empty HOME (no pip cache, no ~/.ray), no RAY_* variables, then `make run` and
-# the README's first job (digits, 2 workers x 8, 3 epochs) over REST.
+# the README's first job (digits, 2 workers x 8, 3 epochs) over REST, with the API token the
+# service made in .syncbn/api-token.
 #
 #   bash benchmarks/first_job.sh            # prints the timings; leaves nothing running
 set -euo pipefail
@@ -39,17 +40,18 @@ until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do
     sleep 1
 done
 up="$(since "$start")"
-job="$(curl -sf -X POST "http://127.0.0.1:$port/v1/jobs" -H 'Content-Type: application/json' \
+auth="Authorization: Bearer $(cat .syncbn/api-token)"  # made by the service on first start
+job="$(curl -sf -X POST "http://127.0.0.1:$port/v1/jobs" -H "$auth" -H 'Content-Type: application/json' \
     -d '{"dataset": "digits", "workers": 2, "batch_size_per_worker": 8, "epochs": 3}' |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
 submitted="$(now)"
 while true; do
-    state="$(curl -sf "http://127.0.0.1:$port/v1/jobs/$job" |
+    state="$(curl -sf -H "$auth" "http://127.0.0.1:$port/v1/jobs/$job" |
         python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["state"])')"
     case "$state" in succeeded | failed | cancelled) break ;; esac
     sleep 1
 done
-accuracy="$(curl -sf "http://127.0.0.1:$port/v1/jobs/$job" |
+accuracy="$(curl -sf -H "$auth" "http://127.0.0.1:$port/v1/jobs/$job" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["result"]["test_accuracy"])')"
 echo "fresh clone -> service up (make run: venv, install, Ray head): $up"
 echo "job $job: $state in $(since "$submitted"), test accuracy $accuracy"

@@ -4,6 +4,10 @@ With ``RAY_ADDRESS`` unset it uses the embedded local Ray head of ``$SYNCBN_HOME
 earlier run left running (after a crash), else a new one with a token of its own; it is
 stopped on exit, also on Ctrl-C. With ``RAY_ADDRESS`` set it uses that cluster (the Ray
 dashboard/Jobs URL) with the user's own Ray token settings.
+
+Before anything starts, an exposed listener without a real API token is refused (exit 2,
+``service.credentials.check_exposure``); without ``SYNCBN_API_TOKEN`` the token is read from
+or made into ``$SYNCBN_HOME/api-token`` and a login link is printed.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import signal
 import sys
 from contextlib import ExitStack
 
+from service.credentials import UnsafeStart, check_exposure, ensure_api_token, login_url
 from service.embedded_ray import EmbeddedRay
 from service.observability import log_config
 from service.settings import Settings
@@ -21,23 +26,36 @@ from service.settings import Settings
 logger = logging.getLogger("service")
 
 
-def banner(settings: Settings) -> str:
+def banner(settings: Settings, token: str, generated: bool) -> str:
+    """What ``make run`` prints: where it runs and how to log in. The login link (the token in
+    its fragment) only for a generated token: an operator's token is never printed (logs are
+    collected), the page asks for it instead."""
     url = f"http://{settings.host}:{settings.port}"
-    auth = ' -H "Authorization: Bearer $SYNCBN_API_TOKEN"' if settings.api_token else ""
+    login = (
+        f"Open the dashboard (the link logs you in with the token in {settings.api_token_file}):\n"
+        f"  {login_url(settings, token)}\n"
+        if generated
+        else f"Open {url}/ and give it the API token (SYNCBN_API_TOKEN).\n"
+    )
     return (
-        f"\nsyncbn-service on {url}  (page: {url}/  API docs: {url}/docs)\n"
-        f"Ray: {settings.ray_address}   data: {settings.home.resolve()}\n\n"
-        "Submit a job:\n"
-        f"  curl -s -X POST {url}/v1/jobs{auth} -H 'Content-Type: application/json' \\\n"
-        '       -d \'{"dataset": "digits", "workers": 2, "batch_size_per_worker": 8, '
-        '"epochs": 3}\'\n'
-        f"Watch it:  .venv/bin/syncbn watch <job id>      (Ctrl-C stops everything)\n"
+        f"\nsyncbn-service on {url}  (API docs: {url}/docs)\n"
+        f"Ray: {settings.ray_address}   data: {settings.home.resolve()}\n\n{login}\n"
+        "Submit a job (the CLI on this machine finds the token itself):\n"
+        "  .venv/bin/syncbn submit --dataset digits --workers 2 --batch-size 8 --epochs 3 --watch\n"
+        "(Ctrl-C stops everything)\n"
     )
 
 
 def main() -> int:
     settings = Settings()
     logging.config.dictConfig(log_config(os.environ.get("SYNCBN_LOG_LEVEL", "INFO")))
+    try:
+        check_exposure(settings)
+    except UnsafeStart as exc:
+        print(f"syncbn-service: {exc}", file=sys.stderr, flush=True)
+        return 2
+    generated = not settings.api_token
+    token = ensure_api_token(settings)
     with ExitStack() as stack:
         if not settings.ray_address:
             print(f"embedded Ray head of {settings.home.resolve()} ...", flush=True)
@@ -54,7 +72,7 @@ def main() -> int:
         from service.app import create_app
 
         app = create_app(settings)
-        print(banner(settings), flush=True)
+        print(banner(settings, token, generated), flush=True)
         # uvicorn handles SIGTERM/SIGINT itself, then re-raises the signal once it has shut
         # down: turn that into SystemExit so the ExitStack still stops the embedded Ray head.
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))

@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from service import store
+from service.credentials import ensure_api_token
 from service.db import Database
 from service.deps import Services
+from service.housekeeping import sweep
 from service.lifecycle import Lifecycle
-from service.observability import BodyLimitMiddleware, ServiceMetrics, TimingMiddleware
+from service.middleware import (
+    Gate,
+    HostOriginMiddleware,
+    HostPolicy,
+    RequestLimitsMiddleware,
+    RouteLimits,
+)
+from service.observability import ServiceMetrics, TimingMiddleware
 from service.ray_jobs import RayJobs, RayUnavailable
 from service.routers import code, datasets, health, ingest, jobs, studies, trained
 from service.scheduler import Scheduler
@@ -25,6 +38,59 @@ from service.settings import Settings
 
 logger = logging.getLogger("service")
 STATIC_DIR = Path(__file__).parent / "static"
+MULTIPART_OVERHEAD = 64 << 10
+"""Bytes of a multipart body beside its file (boundaries, part headers, form fields)."""
+
+
+def route_limits(settings: Settings) -> Callable[[str, str], RouteLimits]:
+    """Each route's body limit and concurrency gate: uploads and predictions their own, JSON
+    the rest."""
+    upload = RouteLimits(
+        settings.max_upload_bytes + MULTIPART_OVERHEAD, "max_upload_bytes", "upload"
+    )
+    code = RouteLimits(settings.max_code_bytes + MULTIPART_OVERHEAD, "max_code_bytes", "upload")
+    ingest = RouteLimits(settings.max_ingest_bytes, "max_ingest_bytes")
+    predict = RouteLimits(settings.max_predict_bytes, "max_predict_bytes", "predict")
+    plain = RouteLimits(settings.max_body_bytes, "max_body_bytes")
+
+    def limits_for(method: str, path: str) -> RouteLimits:
+        if path == "/v1/datasets":
+            return upload
+        if path == "/v1/code":
+            return code
+        if path.startswith("/v1/internal/"):
+            return ingest
+        if path.startswith("/v1/jobs/") and path.endswith(("/predict", "/predict/images")):
+            return predict
+        return plain
+
+    return limits_for
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as strings (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, made safe to encode: it echoes the input, which may hold a NaN (Python's
+    JSON parser reads one) that would otherwise turn the answer into a 500."""
+    content = {"detail": _json_safe(jsonable_encoder(exc.errors()))}
+    return JSONResponse(status_code=422, content=content)
+
+
+def gates(settings: Settings) -> dict[str, Gate]:
+    """The concurrency caps of heavy requests (429 beyond them)."""
+    return {
+        "predict": Gate("predict", settings.max_concurrent_predicts, "max_concurrent_predicts"),
+        "upload": Gate("upload", settings.max_concurrent_uploads, "max_concurrent_uploads"),
+    }
 
 
 def build_services(settings: Settings, ray: RayJobs | None = None) -> Services:
@@ -66,12 +132,15 @@ async def scheduler_loop(services: Services) -> None:
 
 def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> FastAPI:
     """The service; ``settings`` default to the environment, ``ray`` to a Ray Jobs client of
-    ``settings.ray_address``."""
+    ``settings.ray_address``. Without ``settings.api_token`` the token of
+    ``$SYNCBN_HOME/api-token`` is used (made on first start)."""
     settings = settings or Settings()
+    ensure_api_token(settings)
     services = build_services(settings, ray)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(sweep, settings)
         task = asyncio.create_task(scheduler_loop(services), name="scheduler")
         try:
             yield
@@ -89,18 +158,15 @@ def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> 
     )
     app.state.settings = settings
     app.state.services = services
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     routers = (jobs, trained, studies, datasets, code, health, ingest)
     for module in routers:
         app.include_router(module.router)
 
-    def body_limit(path: str, method: str) -> int:
-        if path.startswith(("/v1/datasets", "/v1/internal/")):
-            return settings.max_upload_bytes
-        if path.endswith(("/predict", "/predict/images")):
-            return settings.max_predict_bytes
-        return settings.max_body_bytes
-
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    # The last added runs first: timing sees every answer, the host check comes before all.
+    limits = route_limits(settings)
+    app.add_middleware(RequestLimitsMiddleware, limits_for=limits, gates=gates(settings))
+    app.add_middleware(HostOriginMiddleware, policy=HostPolicy(settings))
     app.add_middleware(TimingMiddleware, metrics=services.metrics)
 
     if STATIC_DIR.is_dir():

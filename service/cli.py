@@ -8,11 +8,14 @@
     syncbn predict ID samples.npy [--epoch N]     syncbn predict ID a.png b.jpg ...
     syncbn study --dataset digits --workers 4 --batch-size 2 --seeds 0 1 2 [--watch]
     syncbn studies     syncbn study-show ID     syncbn study-watch ID     syncbn study-cancel ID
+    syncbn delete job|study|dataset|code ID
 
 ``--url`` (``$SYNCBN_URL``, default ``http://127.0.0.1:8000``) and ``--token``
-(``$SYNCBN_API_TOKEN``) pick the service. ``--json`` (before or after the command) prints raw
-JSON. Exit status: 0 ok, 1 the job failed or was cancelled (``watch``), 2 rejected by the
-service (4xx) or a bad local file, 3 the service is unreachable or failed (5xx). A study's
+(``$SYNCBN_API_TOKEN``; for a service on this machine, else the token ``make run`` keeps in
+``$SYNCBN_HOME/api-token``, ``.syncbn/api-token`` by default) pick the service. ``--json``
+(before or after the command) prints raw JSON. Exit status: 0 ok, 1 the job failed or was
+cancelled (``watch``), 2 rejected by the service (4xx) or a bad local file, 3 the service is
+unreachable or failed (5xx); a busy service (429) is asked again a few times first. A study's
 ``--watch`` and ``study-watch`` exit 1 unless every job of the study succeeded.
 """
 
@@ -37,6 +40,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from service.credentials import read_token_file
+from service.settings import API_TOKEN_FILE, DEFAULT_HOME, is_loopback
 from service.states import FINAL_STATES, JobState
 from workers.cli import ProgressView, worker_table
 from workers.imagefolder import IMAGE_EXTENSIONS
@@ -58,6 +63,12 @@ FLAG_NAMES = {"batch_size_per_worker": "--batch-size"}
 STUDY_SETS = ("norm", "seed")
 """JobSpec fields a study sets itself (no ``study`` flags for them)."""
 STUDY_POLL_S = 1.5
+DELETE_PATHS = {
+    "job": "/v1/jobs",
+    "study": "/v1/studies",
+    "dataset": "/v1/datasets",
+    "code": "/v1/code",
+}
 
 
 def spec_flags(leave_out: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
@@ -105,18 +116,36 @@ def describe_error(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {detail}"
 
 
+def local_token(url: str) -> str | None:
+    """The token ``make run`` made, when ``url`` is a service on this machine (a token file is
+    never sent elsewhere): ``$SYNCBN_HOME/api-token`` (default ``.syncbn``)."""
+    if not is_loopback(httpx.URL(url).host):
+        return None
+    home = Path(os.environ.get("SYNCBN_HOME", DEFAULT_HOME))
+    return read_token_file(home / API_TOKEN_FILE)
+
+
 class Client:
-    """A thin httpx client for the REST API."""
+    """A thin httpx client for the REST API; a 429 (the service is busy) is retried after
+    its ``Retry-After``, a few times."""
+
+    RETRIES = 5
 
     def __init__(self, url: str, token: str | None, timeout_s: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, path, **kwargs)
+        for attempt in range(self.RETRIES + 1):
+            response = self.http.request(method, path, **kwargs)
+            if response.status_code != 429 or attempt == self.RETRIES:
+                break
+            for upload in (kwargs.get("files") or {}).values():
+                upload[1].seek(0)  # an upload is sent again from its start
+            time.sleep(float(response.headers.get("Retry-After", "1")))
         if response.status_code >= 400:
             raise ApiError(response.status_code, describe_error(response))
-        return response.json()
+        return response.json() if response.content else None
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(event, data)`` from the job's Server-Sent Events stream until it ends."""
@@ -469,8 +498,17 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="syncbn", description="client of syncbn-service")
-    parser.add_argument("--url", default=os.environ.get("SYNCBN_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--token", default=os.environ.get("SYNCBN_API_TOKEN"))
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("SYNCBN_URL", "http://127.0.0.1:8000"),
+        help="the service (default: $SYNCBN_URL, else http://127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("SYNCBN_API_TOKEN"),
+        help="API token (default: $SYNCBN_API_TOKEN, else for a service on this machine the "
+        "one in $SYNCBN_HOME/api-token)",
+    )
     parser.add_argument("--json", action="store_true", help="print raw JSON")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -516,6 +554,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     upload.add_argument("path", type=Path)
     upload.add_argument("--image-size", help="image folders: resize every image, e.g. 32x32")
     sub.add_parser("datasets", help="list uploaded datasets")
+    remove = sub.add_parser(
+        "delete", help="delete a job or study that is over, a dataset or a code bundle, with files"
+    )
+    remove.add_argument("kind", choices=sorted(DELETE_PATHS))
+    remove.add_argument("id")
     code = sub.add_parser(
         "upload-code", help="upload a .zip/.tar.gz of Python files with a model builder"
     )
@@ -583,6 +626,9 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
         out = client.request("GET", "/v1/datasets")
     elif args.command == "code":
         out = client.request("GET", "/v1/code")
+    elif args.command == "delete":
+        client.request("DELETE", f"{DELETE_PATHS[args.kind]}/{args.id}")
+        out = {"deleted": args.id, "kind": args.kind}
     elif args.command == "download":
         out = download(client, args)
     elif args.command == "predict":
@@ -631,6 +677,8 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
                 f"shape {dataset['input_shape']}",
                 markup=False,
             )
+    elif args.command == "delete":
+        console.print(f"deleted {args.kind} [bold]{escape(args.id)}[/bold]")
     elif args.command == "download":  # soft_wrap: a long path or the hash stays one line
         console.print(f"saved [bold]{escape(out['path'])}[/bold]", soft_wrap=True)
         console.print(
@@ -654,7 +702,7 @@ def run(args: argparse.Namespace, client: Client, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=args.json)
-    client = Client(args.url, args.token)
+    client = Client(args.url, args.token or local_token(args.url))
     try:
         return run(args, client, console)
     except ApiError as exc:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session
 
@@ -56,8 +57,47 @@ def field_error(field: str, message: str, kind: str = "value_error") -> RequestV
     return RequestValidationError([{"loc": ("body", field), "msg": message, "type": kind}])
 
 
+def limit_error(field: str, message: str, setting: str | None) -> RequestValidationError:
+    """A 422 on ``field`` for a request over a limit, naming the setting that sets it."""
+    if setting:
+        message = f"{message} (set by {Settings.env_name(setting)})"
+    return field_error(field, message, "limit_exceeded" if setting else "value_error")
+
+
 def not_found(what: str, ident: Any) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} not found")
+
+
+def delete_upload(
+    services: Services,
+    get: Callable[[Session, str], Any],
+    key: str,
+    ident: str,
+    remove: Callable[[Settings, str], None],
+) -> Response:
+    """``DELETE`` of an upload (a dataset or a code bundle, named by the spec field ``key``):
+    404 when unknown, 409 while a job that is not over uses it; else its row, then its files."""
+    what = key if key == "dataset" else "code bundle"
+    with services.db.session() as session:
+        row = get(session, ident)
+        if row is None:
+            raise not_found(what, ident)
+        refuse_in_use(session, key, ident, what)
+        store.delete_row(session, row)
+    remove(services.settings, ident)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def refuse_in_use(session: Session, key: str, value: str, what: str) -> None:
+    """409 while a job that is not over uses ``value`` as its spec's ``key``."""
+    users = [job.id for job in store.jobs_using(session, key, value)]
+    if users:
+        shown = ", ".join(users[:5]) + (" ..." if len(users) > 5 else "")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"{what} {value} is used by {len(users)} job(s) not over yet ({shown}): "
+            "cancel them or wait for them to end",
+        )
 
 
 def job_or_404(session: Session, job_id: str) -> Job:

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service import store
-from service.auth import ingest_token
+from service.auth import new_ingest_token
 from service.code_bundles import runtime_env
 from service.db import Database
 from service.models import Job
@@ -45,6 +45,19 @@ LOST = "LOST"
 
 class JobNotFound(LookupError):
     """No job with this id."""
+
+
+class ReportRefused(ValueError):
+    """A report the job cannot have made (``field`` names what is wrong), or one for a job
+    that is over (``closed``)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    @property
+    def closed(self) -> bool:
+        return self.field is None
 
 
 class Lifecycle:
@@ -89,12 +102,19 @@ class Lifecycle:
             return job
 
     def record(self, job_id: str, event: ReportEvent | ExceptionEvent, source: str) -> bool:
-        """Store a report or worker failure (a report once); False for a duplicate."""
+        """Store a report or worker failure (a report once); False for a duplicate.
+
+        ``ReportRefused`` for a job that is over (its result is final) or a report beyond its
+        spec (epochs, steps, workers)."""
         with self.db.session() as session:
             job = self._get(session, job_id)
+            state = JobState(job.state)
+            if state.is_final:
+                raise ReportRefused(f"job {job_id} is {state.value}: its reports are closed")
             if isinstance(event, ExceptionEvent):
                 store.add_exception(session, job, event)
                 return True
+            check_report(job, event)
             stored = store.add_report(session, job, event)
             if stored and job.state == JobState.PENDING:
                 self._move(session, job, JobState.RUNNING)
@@ -103,28 +123,49 @@ class Lifecycle:
         return stored
 
     # -- from the scheduler ----------------------------------------------------------------
-    def start(self, session: Session, job: Job, resume: bool = False) -> None:
-        """Hand ``job`` to Ray as its own Ray Job and mark it pending; ``resume`` continues
-        its run from the last checkpoint in the run storage."""
+    def start(self, job_id: str, resume: bool = False) -> None:
+        """Hand the job to Ray as its own Ray Job and mark it pending; ``resume`` continues
+        its run from the last checkpoint in the run storage.
+
+        Ray is called outside any database transaction (a slow submit, which uploads a code
+        bundle, never holds the database's write lock). A job cancelled meanwhile has its
+        new Ray Job stopped at once."""
+        token, digest = new_ingest_token()
+        with self.db.session() as session:
+            job = self._get(session, job_id)
+            if JobState(job.state).is_final or job.cancel_requested:
+                return
+            spec = JobSpec.model_validate(job.spec)
+            ray_env = self.runtime_env(session, spec)
+            job.ingest_token_sha256 = digest  # before Ray runs it: its first report may be fast
         settings = self.settings
-        spec = JobSpec.model_validate(job.spec)
         command = entrypoint(
             settings.worker_python,
             spec.model_dump_json(),
-            job.id,
+            job_id,
             str(settings.runs_dir),
             str(settings.datasets_dir),
             resume=resume,
         )
         env = {
-            INGEST_URL_ENV: f"{settings.ingest_base_url}/v1/internal/jobs/{job.id}/events",
-            INGEST_TOKEN_ENV: ingest_token(settings.secret(), job.id),
+            INGEST_URL_ENV: f"{settings.ingest_base_url}/v1/internal/jobs/{job_id}/events",
+            INGEST_TOKEN_ENV: token,
+            # the limits the upload was checked against, so the job reads what was accepted
+            "SYNCBN_MAX_DATASET_BYTES": str(settings.max_upload_bytes),
+            "SYNCBN_MAX_DATASET_MEMORY": str(settings.max_dataset_memory),
         }
-        self.ray.submit(job.id, command, env, self.runtime_env(session, spec))
-        job.ray_status = "PENDING"
-        reason = f"{RESUBMITTED}; resuming from the last checkpoint" if resume else SUBMITTED
-        self._move(session, job, JobState.PENDING, reason)
-        logger.info("submitted job %s to Ray%s", job.id, " (resume)" if resume else "")
+        self.ray.submit(job_id, command, env, ray_env)
+        with self.db.session() as session:
+            job = self._get(session, job_id)
+            cancelled = JobState(job.state).is_final or job.cancel_requested
+            if not cancelled:
+                job.ray_status = "PENDING"
+                reason = f"{RESUBMITTED}; resuming from the last checkpoint"
+                self._move(session, job, JobState.PENDING, reason if resume else SUBMITTED)
+        if cancelled:
+            self.ray.stop(job_id)
+            return
+        logger.info("submitted job %s to Ray%s", job_id, " (resume)" if resume else "")
 
     def runtime_env(self, session: Session, spec: JobSpec) -> dict[str, Any] | None:
         """A code bundle's ``working_dir`` (and ``pip``) for the job's Ray Jobs (training and
@@ -148,7 +189,10 @@ class Lifecycle:
         finished = status is None or is_terminal(status)
         if finished:
             self.backfill(job_id)
+        failed = finished and status not in (None, "SUCCEEDED", "STOPPED")
         logs = self.ray.logs(job_id) if finished and status is not None else ""
+        message = self.ray.info_message(job_id) if failed else None
+        resubmit = False
         with self.db.session() as session:
             job = store.get_job(session, job_id)
             if job is None:
@@ -162,9 +206,8 @@ class Lifecycle:
             if not JobState(job.state).on_ray:
                 return  # e.g. cancelled: only the Ray status needed updating
             if status is None:
-                if store.count_transitions(job, RESUBMITTED) < MAX_RESUBMISSIONS:
-                    self.start(session, job, resume=True)
-                else:
+                resubmit = store.count_transitions(job, RESUBMITTED) < MAX_RESUBMISSIONS
+                if not resubmit:
                     self._move(session, job, JobState.FAILED, "Ray has no record of this job")
             elif status == "SUCCEEDED":
                 outcome = parse_outcome(logs)
@@ -176,8 +219,10 @@ class Lifecycle:
                 self._move(session, job, JobState.CANCELLED, reason)
             else:
                 outcome = parse_outcome(logs)
-                reason = (outcome.error if outcome else None) or self.ray.info_message(job_id)
+                reason = (outcome.error if outcome else None) or message
                 self._move(session, job, JobState.FAILED, (reason or "failed in Ray")[-2000:])
+        if resubmit:
+            self.start(job_id, resume=True)
 
     def backfill(self, job_id: str) -> int:
         """Store the reports of ``<runs>/<job>/stats.jsonl`` the database lacks; how many."""
@@ -221,3 +266,36 @@ class Lifecycle:
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+
+def check_report(job: Job, event: ReportEvent) -> None:
+    """``ReportRefused`` naming the field when ``event`` lies outside what ``job`` can report:
+    an epoch past its spec's, a step past its last, more workers than it has."""
+    spec = JobSpec.model_validate(job.spec)
+    steps = spec.epochs * job.steps_per_epoch
+    if event.epoch > spec.epochs:
+        raise ReportRefused(f"epoch {event.epoch} is past the job's {spec.epochs} epochs", "epoch")
+    if event.step > steps:
+        raise ReportRefused(f"step {event.step} is past the job's {steps} steps", "step")
+    if len(event.workers) > spec.workers:
+        raise ReportRefused(
+            f"{len(event.workers)} worker reports for a job of {spec.workers} workers", "workers"
+        )
+    for i, worker in enumerate(event.workers):
+        if worker.rank >= spec.workers or worker.epoch > spec.epochs or worker.step > steps:
+            raise ReportRefused(
+                f"rank {worker.rank} at epoch {worker.epoch}, step {worker.step} is outside the "
+                f"job ({spec.workers} workers, {spec.epochs} epochs, {steps} steps)",
+                f"workers.{i}",
+            )
+
+
+def why_kept(job: Job) -> str | None:
+    """Why ``job`` may not be deleted yet (None: it may): it is not over, or its Ray Job is
+    still stopping (it could still write to the run folder)."""
+    state = JobState(job.state)
+    if not state.is_final:
+        return f"job {job.id} is {state.value}: cancel it first"
+    if job.ray_status is not None and job.ray_status != LOST and not is_terminal(job.ray_status):
+        return f"job {job.id} is still stopping on Ray ({job.ray_status}): retry in a moment"
+    return None

@@ -56,6 +56,8 @@ class Job(Base):
     ray_status: Mapped[str | None] = mapped_column(String(16))
     """Last status Ray reported for the job's Ray Job (None: not submitted)."""
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    ingest_token_sha256: Mapped[str | None] = mapped_column(String(64))
+    """SHA-256 of the token its Ray Job posts reports with (set when handed to Ray)."""
     steps_per_epoch: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     step: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,5 +1,5 @@
-"""Prometheus metrics, request timing, body-size limits and JSON logs (pure ASGI middleware,
-so streaming responses such as the event stream pass through untouched)."""
+"""Prometheus metrics, request timing and JSON logs (pure ASGI middleware, so streaming
+responses such as the event stream pass through untouched)."""
 
 from __future__ import annotations
 
@@ -83,63 +83,6 @@ class TimingMiddleware:
             self.metrics.requests.labels(scope["method"], route, str(status)).observe(
                 time.perf_counter() - started
             )
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimitMiddleware:
-    """413 for bodies over the limit: by ``Content-Length`` up front, else while streaming.
-
-    ``limit_for(path, method)`` gives the limit (uploads get a larger one than JSON bodies).
-    """
-
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], int]) -> None:
-        self.app, self.limit_for = app, limit_for
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        limit = self.limit_for(scope["path"], scope["method"])
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            await _too_large(send, limit)
-            return
-        seen, started = 0, False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await _too_large(send, limit)
-
-
-async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class JsonFormatter(logging.Formatter):

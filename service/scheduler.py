@@ -6,6 +6,10 @@
 2. admit: the queued jobs, the cluster's capacity and the jobs on Ray go through the pure
    ``admission.admit``, and each decision is applied (start, wait with a reason, reject).
 
+No Ray call happens inside a database transaction: Ray is asked first (capacity, status) or
+after the decisions are committed (a submit uploads a code bundle and may take seconds; the
+database's write lock, which every report needs, is never held meanwhile).
+
 ``reconcile()`` at start-up backfills every job Ray may still run and follows them, so a
 restarted service loses nothing (Ray Jobs outlive the service).
 """
@@ -62,24 +66,31 @@ class Scheduler:
             self.lifecycle.follow(job_id, status)
 
     def admit_queued(self) -> None:
+        """Decide for every queued job in one short transaction, then start the admitted
+        ones, each calling Ray outside any transaction (``Lifecycle.start``)."""
+        with self.db.session() as session:
+            if not store.jobs_in(session, {JobState.QUEUED}):
+                return
+        capacity = self.ray.capacity()
+        admitted = []
         with self.db.session() as session:
             queued = store.jobs_in(session, {JobState.QUEUED})
-            if not queued:
-                return
             on_ray = [JobSpec.model_validate(job.spec) for job in self._on_ray(session)]
             decisions = admit(
                 [(job.id, JobSpec.model_validate(job.spec)) for job in queued],
-                self.ray.capacity(),
+                capacity,
                 on_ray,
                 self.settings.max_running_jobs,
             )
             for job, decision in zip(queued, decisions, strict=True):
                 if isinstance(decision, Admit):
-                    self.lifecycle.start(session, job)
+                    admitted.append(job.id)
                 elif isinstance(decision, Wait):
                     self.lifecycle.wait(job, decision.reason)
                 elif isinstance(decision, Reject):  # the cluster shrank since submission
                     self.lifecycle.reject(session, job, decision.reason)
+        for job_id in admitted:
+            self.lifecycle.start(job_id)
 
     @staticmethod
     def _on_ray(session: Session) -> list[Job]:

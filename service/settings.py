@@ -1,38 +1,32 @@
 """Service configuration, from environment variables (pydantic-settings).
 
-| variable | default | meaning |
-|---|---|---|
-| ``SYNCBN_HOME`` | ``.syncbn`` | data directory: SQLite file, run storage, uploaded datasets |
-| ``SYNCBN_HOST`` / ``PORT`` | ``127.0.0.1`` / ``8000`` | where uvicorn listens |
-| ``RAY_ADDRESS`` | unset | Ray Jobs (dashboard) URL, e.g. ``http://head:8265``; unset: embedded |
-| ``DATABASE_URL`` | ``sqlite:///$SYNCBN_HOME/syncbn.db`` | any SQLAlchemy URL (PostgreSQL too) |
-| ``SYNCBN_API_TOKEN`` | unset | when set, every endpoint but ``/healthz`` needs the bearer token |
-| ``SYNCBN_PUBLIC_URL`` | ``http://127.0.0.1:$PORT`` | how Ray nodes reach the ingest endpoint |
-| ``SYNCBN_MAX_UPLOAD_BYTES`` | 64 MiB | largest dataset upload (image folders: unpacked, decoded) |
-| ``SYNCBN_MAX_UPLOAD_IMAGES`` | ``50000`` | most images in one image-folder ``.zip`` upload |
-| ``SYNCBN_MAX_IMAGE_PIXELS`` | ``16777216`` (4096x4096) | most pixels of one uploaded image |
-| ``SYNCBN_MAX_CODE_BYTES`` / ``_FILES`` | 16 MiB / 2000 | code bundle limits (unpacked) |
-| ``SYNCBN_MAX_PREDICT_SAMPLES`` / ``_BYTES`` | 1024 / 16 MiB | one prediction request at most |
-| ``SYNCBN_PREDICT_TIMEOUT_S`` | ``120`` | a code bundle model's prediction on Ray at most |
-
-Uploading code (``POST /v1/code``) runs it on the Ray cluster, by design: it is allowed only
-when the API needs a token (``SYNCBN_API_TOKEN``) or the service listens on loopback only.
+Each field is ``SYNCBN_<FIELD>`` (``PORT``, ``RAY_ADDRESS`` and ``DATABASE_URL`` also plain);
+its description says what it sets. Unset ``RAY_ADDRESS``: ``python -m service`` starts an
+embedded Ray head. Every limit, its default and why: ``docs/security.md``. There is always an
+API token (``service.credentials``); listening beyond loopback needs a real one in
+``SYNCBN_API_TOKEN``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_HOME = ".syncbn"
+API_TOKEN_FILE = "api-token"
+"""The generated API token's file in ``$SYNCBN_HOME``."""
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+"""Host names that always mean this machine."""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only."""
+    if host in LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -45,38 +39,76 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SYNCBN_", extra="ignore")
 
-    home: Path = Field(Path(".syncbn"), description="data directory")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, validation_alias=AliasChoices("PORT", "SYNCBN_PORT"))
+    home: Path = Field(Path(DEFAULT_HOME), description="data directory")
+    host: str = Field(
+        "127.0.0.1", description="address uvicorn listens on (beyond loopback: a real token)"
+    )
+    port: int = Field(
+        8000,
+        validation_alias=AliasChoices("PORT", "SYNCBN_PORT"),
+        description="port uvicorn listens on (PORT)",
+    )
     ray_address: str | None = Field(
-        None, validation_alias=AliasChoices("RAY_ADDRESS", "SYNCBN_RAY_ADDRESS")
+        None,
+        validation_alias=AliasChoices("RAY_ADDRESS", "SYNCBN_RAY_ADDRESS"),
+        description="Ray dashboard / Jobs URL (RAY_ADDRESS; unset: an embedded Ray head)",
     )
     database_url: str | None = Field(
-        None, validation_alias=AliasChoices("DATABASE_URL", "SYNCBN_DATABASE_URL")
+        None,
+        validation_alias=AliasChoices("DATABASE_URL", "SYNCBN_DATABASE_URL"),
+        description="SQLAlchemy URL (DATABASE_URL; unset: SQLite in $SYNCBN_HOME)",
     )
-    api_token: str | None = Field(None, description="bearer token for the REST API")
+    api_token: str | None = Field(
+        None, description="bearer token of the REST API (unset: $SYNCBN_HOME/api-token)"
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names answered besides loopback and the public URL's ('*': any)",
+    )
     public_url: str | None = Field(None, description="service URL as seen from Ray nodes")
     worker_python: str = Field("python", description="python on the Ray nodes (entry point)")
     embedded_ray_cpus: int | None = Field(None, description="CPUs of the embedded Ray head")
 
-    secret_key: str | None = Field(
-        None, description="signs per-job ingest tokens (default: $SYNCBN_HOME/secret_key)"
+    max_body_bytes: int = Field(1 << 20, gt=0, description="largest JSON request body")
+    max_ingest_bytes: int = Field(
+        8 << 20, gt=0, description="largest report a job posts to the ingest endpoint"
     )
-
-    max_body_bytes: int = Field(1 << 20, description="largest JSON request body")
     max_upload_bytes: int = Field(
-        64 << 20, description="largest dataset upload (image folders: also unpacked and decoded)"
+        64 << 20, gt=0, description="largest dataset upload (also unpacked and decoded)"
+    )
+    max_dataset_memory: int = Field(
+        512 << 20, gt=0, description="most memory one copy of a dataset takes in training"
     )
     max_upload_images: int = Field(
         50_000, ge=1, description="most images in one image-folder .zip upload"
     )
     max_image_pixels: int = Field(
-        4096 * 4096, ge=1, description="most pixels (width x height) of one uploaded image"
+        4096 * 4096, ge=1, description="most pixels (width x height) of one image"
     )
-    max_code_bytes: int = Field(16 << 20, gt=0, description="largest code bundle, unpacked")
+    max_decoded_pixels: int = Field(
+        128 << 20, ge=1, description="most pixels decoded by one request, all images together"
+    )
+    max_code_bytes: int = Field(
+        16 << 20, gt=0, description="largest code bundle (the upload, and unpacked)"
+    )
     max_code_files: int = Field(2000, gt=0, description="most files in a code bundle")
+    max_source_bytes: int = Field(
+        1 << 20, gt=0, description="most bytes of Python source in a code bundle, all files"
+    )
+    max_source_file_bytes: int = Field(
+        200 << 10, gt=0, description="most bytes of one Python file in a code bundle"
+    )
     max_predict_samples: int = Field(1024, ge=1, description="samples in one predict request")
     max_predict_bytes: int = Field(16 << 20, gt=0, description="largest predict request body")
+    max_predict_values: int = Field(
+        1 << 21, ge=1, description="most numbers one prediction takes in and gives back"
+    )
+    max_concurrent_predicts: int = Field(
+        2, ge=1, description="predict requests served at once (more: 429 with Retry-After)"
+    )
+    max_concurrent_uploads: int = Field(
+        2, ge=1, description="dataset and code uploads served at once (more: 429)"
+    )
     predict_timeout_s: float = Field(
         120.0, gt=0, description="a code bundle model's prediction (a Ray Job) at most"
     )
@@ -86,18 +118,17 @@ class Settings(BaseSettings):
     )
     poll_interval_s: float = Field(1.0, gt=0, description="scheduler/reconcile period")
 
-    def secret(self) -> str:
-        """``secret_key``, or the one kept in ``$SYNCBN_HOME/secret_key`` (created once)."""
-        if self.secret_key:
-            return self.secret_key
-        path = self.home.resolve() / "secret_key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(32))
-        self.secret_key = path.read_text().strip()
-        return self.secret_key
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip().lower() for name in value.split(",") if name.strip()]
+        return value
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the service listens on this machine only."""
+        return is_loopback(self.host)
 
     @property
     def runs_dir(self) -> Path:
@@ -118,15 +149,9 @@ class Settings(BaseSettings):
         return self.home.resolve() / "code"
 
     @property
-    def code_upload_refusal(self) -> str | None:
-        """Why code may not be uploaded (None: it may): it runs on the cluster, so only with
-        an API token or on a loopback-only listener."""
-        if self.api_token or _is_loopback(self.host):
-            return None
-        return (
-            f"uploading code runs it on the Ray cluster, and this service listens on "
-            f"{self.host} without an API token: set SYNCBN_API_TOKEN (or listen on 127.0.0.1)"
-        )
+    def api_token_file(self) -> Path:
+        """Where a generated API token is kept (mode 0600)."""
+        return self.home.resolve() / API_TOKEN_FILE
 
     @cached_property
     def db_url(self) -> str:
@@ -135,3 +160,8 @@ class Settings(BaseSettings):
     @property
     def ingest_base_url(self) -> str:
         return (self.public_url or f"http://127.0.0.1:{self.port}").rstrip("/")
+
+    @staticmethod
+    def env_name(field: str) -> str:
+        """The environment variable of a field (``max_code_bytes`` -> ``SYNCBN_MAX_CODE_BYTES``)."""
+        return f"SYNCBN_{field.upper()}"

@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from service.models import (
@@ -255,6 +255,10 @@ def evaluations_of(session: Session, job_ids: Collection[str]) -> list[Evaluatio
     return list(session.scalars(query.order_by(Evaluation.job_id, Evaluation.epoch)).all())
 
 
+def delete_row(session: Session, row: Dataset | CodeBundle) -> None:
+    session.delete(row)
+
+
 def add_dataset(session: Session, dataset: Dataset) -> Dataset:
     session.add(dataset)
     return dataset
@@ -266,6 +270,30 @@ def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
 
 def list_datasets(session: Session) -> list[Dataset]:
     return list(session.scalars(select(Dataset).order_by(Dataset.created_at.desc())).all())
+
+
+def jobs_using(session: Session, key: str, value: str) -> list[Job]:
+    """Jobs not over whose spec's ``key`` (``dataset``, ``code``) is ``value``."""
+    live = jobs_in(session, {JobState.QUEUED, *ACTIVE_STATES})
+    return [job for job in live if job.spec.get(key) == value]
+
+
+def delete_jobs(session: Session, job_ids: Collection[str]) -> None:
+    """Remove jobs with everything recorded of them (reports, statistics, events...)."""
+    ids = list(job_ids)
+    reports = select(Report.id).where(Report.job_id.in_(ids))
+    session.execute(delete(WorkerStats).where(WorkerStats.report_id.in_(reports)))
+    for table in (Report, Evaluation, Event, Transition):
+        session.execute(delete(table).where(table.job_id.in_(ids)))
+    session.execute(delete(Job).where(Job.id.in_(ids)))
+
+
+def delete_study(session: Session, study: Study) -> list[str]:
+    """Remove a study and its jobs; the jobs' ids."""
+    ids = [job.id for job in study_jobs(session, study.id)]
+    delete_jobs(session, ids)
+    session.delete(study)
+    return ids
 
 
 def get_code_bundle(session: Session, bundle_id: str) -> CodeBundle | None:

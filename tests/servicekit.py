@@ -22,6 +22,8 @@ class ServiceProcess:
 
     With ``ray_address=None`` it runs exactly as ``make run`` does, as a new user would: the
     embedded Ray head of its home, ``HOME`` an empty directory and no ``RAY_*`` variables.
+    With ``token=None`` no ``SYNCBN_API_TOKEN`` is set: the service makes its own token in
+    ``$SYNCBN_HOME/api-token``, which ``.token`` and ``.client`` then use.
     ``.url``, ``.token``, ``.client`` (an ``httpx.Client`` sending the token); ``kill()`` is
     SIGKILL (a crash), ``start()`` again restarts it on the same port and data directory.
     """
@@ -34,12 +36,18 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
     ) -> None:
         self.home, self.ray_address, self.token = Path(home), ray_address, token
+        self.own_token = token is None
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        self._use_token(token)
+
+    def _use_token(self, token: str | None) -> None:
+        self.token = token
+        if token:
+            self.client.headers["Authorization"] = f"Bearer {token}"
 
     @property
     def user_home(self) -> Path:
@@ -65,8 +73,8 @@ class ServiceProcess:
             **self.extra_env,
         )
         env.pop("SYNCBN_API_TOKEN", None)
-        if self.token:
-            env["SYNCBN_API_TOKEN"] = self.token
+        if not self.own_token:
+            env["SYNCBN_API_TOKEN"] = str(self.token)
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -82,6 +90,8 @@ class ServiceProcess:
                 raise RuntimeError(f"service exited early:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    if self.own_token:
+                        self._use_token((self.home / "api-token").read_text().strip())
                     return self
             except httpx.HTTPError:
                 pass

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fakeray import FakeRay
 from fastapi.testclient import TestClient
+from inprocess import LOCAL, local_client
 from safetensors import safe_open
 from test_model_files import model_file, submit
 
@@ -32,21 +33,19 @@ def digits():
 def service(tmp_path, monkeypatch):
     """(TestClient with the token, settings); ``cli.main`` reaches the same app with a
     ``TestClient`` that sends only the CLI's own headers."""
-    settings = Settings(
-        home=tmp_path, database_url="sqlite:///:memory:", api_token=TOKEN, secret_key="s" * 32
-    )
+    settings = Settings(home=tmp_path, database_url="sqlite:///:memory:", api_token=TOKEN)
     app = create_app(settings, ray=FakeRay(cpus=4))
     real = cli.Client
 
     def client(url: str, token: str | None) -> cli.Client:
         connected = real(url, token)
-        connected.http = TestClient(app, headers=connected.http.headers)
+        connected.http = TestClient(app, base_url=LOCAL, headers=connected.http.headers)
         return connected
 
     monkeypatch.setattr(cli, "Client", client)
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.chdir(tmp_path)
-    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}), settings
+    return local_client(app), settings
 
 
 def syncbn(capsys, *args: str) -> tuple[int, str]:

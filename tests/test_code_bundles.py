@@ -1,7 +1,7 @@
 """Code bundles: a user's model builder, validated at upload without importing it, run by Ray.
 
 - ``unpack``: every bad archive is refused with the member at fault named, nothing left behind;
-- the routes in process (``FakeRay``): 201/403/422 answers and the runtime env a job gets;
+- the routes in process (``FakeRay``): 201/401/422 answers and the runtime env a job gets;
 - ``check_user_model``: a user's mistakes fail with the tail of their traceback;
 - end to end (real uvicorn and Ray): a bundle's model trains, its BN layers reported by the
   user's names, predictions run on Ray with the bundle; a builder that raises fails the job
@@ -17,6 +17,7 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import safetensors.torch
@@ -195,10 +196,10 @@ def test_module_names(path: str, name: str | None) -> None:
 # -- the routes, in process -------------------------------------------------------------------
 def _client(tmp_path: Path, **settings) -> tuple[TestClient, FakeRay]:
     ray = FakeRay(cpus=2)
-    options = {"api_token": TOKEN, "secret_key": "s" * 32, **settings}
+    options = {"api_token": TOKEN, **settings}
     app = create_app(Settings(home=tmp_path, database_url="sqlite:///:memory:", **options), ray=ray)
     headers = {"Authorization": f"Bearer {TOKEN}"} if options.get("api_token") else {}
-    return TestClient(app, headers=headers), ray
+    return TestClient(app, base_url="http://127.0.0.1", headers=headers), ray
 
 
 def _upload(client: TestClient, data: bytes, name: str = "net.zip"):
@@ -266,16 +267,16 @@ def test_jobs_naming_a_missing_bundle_or_module_are_422(tmp_path: Path) -> None:
         assert error["loc"][-1] == field and message in error["msg"], error
 
 
-def test_uploads_need_a_token_unless_on_loopback(tmp_path: Path) -> None:
+def test_uploads_need_the_token_on_loopback_too(tmp_path: Path) -> None:
+    """There is always a token (made into $SYNCBN_HOME/api-token when none is set): a bundle
+    runs on the cluster, so nobody without it uploads one, wherever the service listens."""
     data = zip_bytes({"net.py": NETWORK})
-    open_client, _ = _client(tmp_path / "a", host="0.0.0.0", api_token=None)
-    refused = _upload(open_client, data)
-    assert refused.status_code == 403
-    assert "SYNCBN_API_TOKEN" in refused.json()["detail"]
-    loopback, _ = _client(tmp_path / "b", host="127.0.0.1", api_token=None)
-    assert _upload(loopback, data).status_code == 201
-    with_token, _ = _client(tmp_path / "c", host="0.0.0.0")
-    assert _upload(with_token, data).status_code == 201
+    anonymous, _ = _client(tmp_path / "a", host="127.0.0.1", api_token=None)
+    refused = _upload(anonymous, data)
+    assert refused.status_code == 401, refused.text
+    token = (tmp_path / "a" / "api-token").read_text().strip()
+    anonymous.headers["Authorization"] = f"Bearer {token}"
+    assert _upload(anonymous, data).status_code == 201
 
 
 # -- the user's mistakes, in the driver -------------------------------------------------------
@@ -394,6 +395,28 @@ def test_a_bundle_trains_reports_its_own_layer_names_and_predicts_on_ray(service
     with torch.no_grad():
         expected = torch.softmax(model.eval()(x), 1).numpy()
     np.testing.assert_allclose(response.json()["probabilities"], expected, atol=1e-5)
+    check_predictions_are_capped(service, job["id"], images.tolist())
+
+
+def check_predictions_are_capped(service, job_id: str, inputs: list) -> None:
+    """Row 8 of issue 20: a flood of predictions (each a Ray Job for a bundle's model) is served
+    at most SYNCBN_MAX_CONCURRENT_PREDICTS (2) at a time; the rest get a 429 at once with
+    Retry-After, and /healthz answers quickly meanwhile (the thread pool is never exhausted)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> httpx.Response:
+        return service.client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": inputs})
+
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(one, i) for i in range(12)]
+        health = httpx.get(f"{service.url}/healthz", timeout=5)  # while they are served
+        answers = [future.result() for future in futures]
+    statuses = sorted(a.status_code for a in answers)
+    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.headers["retry-after"] == "2"
+    assert "SYNCBN_MAX_CONCURRENT_PREDICTS" in refused.json()["detail"]
+    assert health.status_code == 200
 
 
 def test_a_builder_that_raises_fails_the_job_at_once_with_its_traceback(service) -> None:

@@ -206,12 +206,24 @@ def test_yaml_file_parses(path):
         assert isinstance(doc, dict), f"{_rel(path)}: a document is a {type(doc).__name__}"
 
 
+def test_the_secret_is_the_users_own_and_its_example_holds_no_token():
+    """`kubectl apply -k` never applies placeholder secrets: the user creates the Secret, and
+    the service refuses the example's values if they are copied."""
+    from service.credentials import weakness
+
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    example = yaml.safe_load((K8S / "secret.example.yaml").read_text(encoding="utf-8"))
+    assert "secret.example.yaml" not in kustomization["resources"]
+    assert weakness(example["stringData"]["api-token"]) is not None
+
+
 def test_kustomization_lists_every_manifest():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
     assert kustomization["kind"] == "Kustomization"
     listed = kustomization["resources"]
     assert len(listed) == len(set(listed)), f"listed twice: {listed}"
     manifests = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    manifests -= {path.name for path in K8S.glob("*.example.yaml")}  # shapes the user fills in
     assert set(listed) == manifests, (
         f"not listed: {sorted(manifests - set(listed))}; missing: {sorted(set(listed) - manifests)}"
     )

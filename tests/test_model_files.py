@@ -8,18 +8,20 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from fakeray import FakeRay
-from fastapi.testclient import TestClient
+from inprocess import local_client
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from service.app import create_app
 from service.settings import Settings
+from workers import export
 from workers.data import load_digits, load_npz, make_shapes
 from workers.export import (
     MODEL_FILE,
@@ -139,11 +141,9 @@ def test_bad_inputs_say_what_is_wrong(inputs, says):
 # -- the routes, in process ------------------------------------------------------------------
 @pytest.fixture
 def service(tmp_path):
-    settings = Settings(
-        home=tmp_path, database_url="sqlite:///:memory:", api_token=TOKEN, secret_key="s" * 32
-    )
+    settings = Settings(home=tmp_path, database_url="sqlite:///:memory:", api_token=TOKEN)
     app = create_app(settings, ray=FakeRay(cpus=4))
-    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}), settings
+    return local_client(app), settings
 
 
 def submit(client, **spec) -> str:
@@ -267,3 +267,54 @@ def test_a_model_of_an_image_folder_predicts_image_files(service, tmp_path):
         f"/v1/jobs/{job}/predict/images", files=[("files", ("notes.png", b"not an image"))]
     )
     assert bad.status_code == 422 and "notes.png" in bad.json()["detail"][0]["msg"]
+
+
+def test_predictions_are_bounded_before_any_work(tmp_path, digits, monkeypatch):
+    """Row 4 of issue 20: what a request takes in and gives back is budgeted before the model
+    runs (SYNCBN_MAX_PREDICT_VALUES), image files' pixels before they are decoded
+    (SYNCBN_MAX_DECODED_PIXELS), and the model runs in chunks with the same answers."""
+    settings = Settings(
+        home=tmp_path, database_url="sqlite:///:memory:", api_token=TOKEN,
+        max_predict_values=110 * (64 + 10), max_decoded_pixels=4096 * 4096,
+    )  # fmt: skip
+    client = local_client(create_app(settings, ray=FakeRay(cpus=4)))
+    job = submit(client)
+    checkpoint(settings, job, 1, digits)
+    from sklearn.datasets import load_digits as sk_digits
+
+    raw = sk_digits().images
+    response = client.post(f"/v1/jobs/{job}/predict", json={"inputs": raw[:111].tolist()})
+    assert response.status_code == 422, response.text
+    assert "SYNCBN_MAX_PREDICT_VALUES" in response.text and "111 samples" in response.text
+    whole = client.post(f"/v1/jobs/{job}/predict", json={"inputs": raw[:110].tolist()}).json()
+    monkeypatch.setattr(export, "PREDICT_CHUNK_VALUES", 64 * 7)  # 7 samples a forward pass
+    chunked = client.post(f"/v1/jobs/{job}/predict", json={"inputs": raw[:110].tolist()}).json()
+    np.testing.assert_allclose(chunked["probabilities"], whole["probabilities"], atol=1e-6)
+    assert chunked["predictions"] == whole["predictions"]
+
+    flat = io.BytesIO()
+    Image.new("L", (4096, 4096), 7).save(flat, format="PNG")
+    files = [("files", (f"{i}.png", flat.getvalue())) for i in range(2)]
+    images = client.post(f"/v1/jobs/{job}/predict/images", files=files)
+    assert images.status_code == 422  # a model of arrays: refused before decoding anything
+    pics = make_shapes(n_train=8, n_test=2)
+    pictures = submit(client, dataset="shapes")
+    folder = settings.runs_dir / pictures / "checkpoint_2026-01-01_00-00-01.000000"
+    folder.mkdir(parents=True)
+    model_file(folder, replace(pics, from_images=True), JobSpec(dataset="shapes"))
+    response = client.post(f"/v1/jobs/{pictures}/predict/images", files=files)
+    assert response.status_code == 422, response.text
+    assert "SYNCBN_MAX_DECODED_PIXELS" in response.text
+    assert response.json()["detail"][0]["loc"][-1] == "files"
+
+
+def test_a_model_whose_code_bundle_was_deleted_says_so(service, digits):
+    client, settings = service
+    job = submit(client)
+    folder = settings.runs_dir / job / "checkpoint_2026-01-01_00-00-01.000000"
+    folder.mkdir(parents=True)
+    spec = JobSpec(dataset="digits", code="code-0123456789ab", model="net:build_model")
+    model = build_model("mlp", digits.input_shape, digits.num_classes, digits.task)
+    write_model_file(folder / MODEL_FILE, model, recipe_for(spec, digits, 1, {}))
+    response = client.post(f"/v1/jobs/{job}/predict", json={"inputs": [[[0] * 8] * 8]})
+    assert response.status_code == 409 and "was deleted" in response.json()["detail"]

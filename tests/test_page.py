@@ -317,8 +317,30 @@ def test_cancel_a_running_job_from_its_page(page: Page, service: Any) -> None:
         expect(row.get_by_test_id("job-state")).to_have_text("cancelled")
         others = page.locator('[data-testid="job-row"] [data-state]:not([data-state="cancelled"])')
         expect(others).to_have_count(0)
+
+        # Over now: its page deletes it (once Ray has stopped it), with its files.
+        row.get_by_role("link").first.click()
+        expect(page.get_by_test_id("delete-button")).to_be_visible()
+        delete_when_stopped(page, service, job_id)
+        expect(page.get_by_test_id("jobs-table")).to_be_visible()
+        assert service.client.get(f"/v1/jobs/{job_id}").status_code == 404
+        assert not (service.home / "runs" / job_id).exists()
     finally:
         service.client.post(f"/v1/jobs/{job_id}/cancel")  # never leave it hogging the cluster
+
+
+def delete_when_stopped(page: Page, service: Any, job_id: str) -> None:
+    """Delete the job from its page; while Ray still stops it the page says so (409): again."""
+    for _ in range(30):
+        page.get_by_test_id("delete-button").click()
+        with page.expect_response(lambda r: r.request.method == "DELETE") as answer:
+            page.get_by_test_id("delete-confirm").click()
+        if answer.value.status == 204:
+            return
+        assert answer.value.status == 409, answer.value.text()
+        expect(page.get_by_test_id("job-error")).to_contain_text("still stopping")
+        page.wait_for_timeout(1000)
+    raise AssertionError(f"job {job_id} was never deletable: {job_reason(service, job_id)}")
 
 
 def test_server_validation_errors_appear_next_to_their_field(page: Page, service: Any) -> None:

@@ -121,28 +121,19 @@ def test_open_routes_and_readiness(idle_service):
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "ray": "ok"}
 
 
-def test_ingest_needs_the_jobs_own_token(idle_service):
-    first = idle_service.submit(**GOOD)
-    second = idle_service.submit(**GOOD)
+def test_ingest_takes_no_token_for_a_job_not_handed_to_ray(idle_service):
+    """A queued job has no ingest token yet (it is made when the job goes to Ray, and only its
+    Ray Job gets it): nothing the API or an attacker holds can write its statistics. The job's
+    own token is tested in process (tests/test_service_inprocess.py), where it can be read."""
+    job = idle_service.submit(**GOOD)
     worker = {"rank": 0, "epoch": 1, "step": 1}
     report = {"type": "report", "kind": "step", "epoch": 1, "step": 1, "workers": [worker]}
-    url = f"{idle_service.url}/v1/internal/jobs/{first['id']}/events"
+    url = f"{idle_service.url}/v1/internal/jobs/{job['id']}/events"
     for token in (None, idle_service.token, "x" * 64):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         assert httpx.post(url, json=report, headers=headers).status_code == 401
-    from service.auth import ingest_token
-
-    secret = (idle_service.home / "secret_key").read_text().strip()
-    other = {"Authorization": f"Bearer {ingest_token(secret, second['id'])}"}
-    assert httpx.post(url, json=report, headers=other).status_code == 401
-    own = {"Authorization": f"Bearer {ingest_token(secret, first['id'])}"}
-    assert httpx.post(url, json=report, headers=own).json() == {"stored": True}
-    assert httpx.post(url, json=report, headers=own).json() == {"stored": False}  # duplicate
-    workers = idle_service.client.get(f"/v1/jobs/{first['id']}/workers").json()
-    (stored,) = workers["workers"]
-    assert stored.items() >= worker.items() and workers["step"] == 1
-    for job in (first, second):
-        idle_service.client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert not (idle_service.home / "secret_key").exists()  # no signing key to steal
+    idle_service.client.post(f"/v1/jobs/{job['id']}/cancel")
 
 
 def test_queue_holds_jobs_in_order_with_the_reason(idle_service):

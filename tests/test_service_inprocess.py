@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from fakeray import FakeRay
 from fastapi.testclient import TestClient
+from inprocess import local_client
 
 from service.app import create_app
-from service.auth import ingest_token
 from service.lifecycle import MAX_RESUBMISSIONS, RESUBMITTED
 from service.settings import Settings
 from service.states import FINAL_STATES, JobState
-from workers.protocol import WorkerReport
+from workers.protocol import INGEST_TOKEN_ENV, WorkerReport
 
 TOKEN = "in-process-token"
 GOOD = {"dataset": "synthetic", "workers": 2, "batch_size_per_worker": 8, "epochs": 2}
@@ -38,7 +38,6 @@ def app(tmp_path, ray):
         home=tmp_path,
         database_url="sqlite:///:memory:",
         api_token=TOKEN,
-        secret_key="s" * 32,
         worker_python="python",
     )
     return create_app(settings, ray=ray)
@@ -46,7 +45,7 @@ def app(tmp_path, ray):
 
 @pytest.fixture
 def client(app) -> TestClient:
-    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+    return local_client(app)
 
 
 def tick(app) -> None:
@@ -63,14 +62,23 @@ def worker(rank: int, epoch: int, step: int, **extra) -> dict:
 
 
 def report(client, job_id: str, kind: str, epoch: int, step: int, **extra) -> dict:
+    """One report of every rank of the job (as many as its spec's workers), with its token."""
+    ranks = range(client.get(f"/v1/jobs/{job_id}").json()["spec"]["workers"])
     event = {
         "type": "report", "kind": kind, "epoch": epoch, "step": step, "time": 1.0,
-        "workers": [worker(r, epoch, step, **extra) for r in (0, 1)],
+        "workers": [worker(r, epoch, step, **extra) for r in ranks],
     }  # fmt: skip
-    headers = {"Authorization": f"Bearer {ingest_token('s' * 32, job_id)}"}
-    response = client.post(f"/v1/internal/jobs/{job_id}/events", json=event, headers=headers)
+    response = client.post(
+        f"/v1/internal/jobs/{job_id}/events", json=event, headers=ingest_headers(client, job_id)
+    )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def ingest_headers(client, job_id: str) -> dict[str, str]:
+    """The job's own ingest token, as its Ray Job got it (in the fake Ray's record)."""
+    token = client.app.state.services.ray.jobs[job_id].env[INGEST_TOKEN_ENV]
+    return {"Authorization": f"Bearer {token}"}
 
 
 def states(client, job_id: str) -> list[str]:
@@ -217,7 +225,8 @@ def test_unknown_jobs_and_reports_that_break_the_protocol(client, app):
     assert client.get("/v1/jobs/j-000000000000").status_code == 404
     assert client.post("/v1/jobs/j-000000000000/cancel").status_code == 404
     job = client.post("/v1/jobs", json=GOOD).json()
-    headers = {"Authorization": f"Bearer {ingest_token('s' * 32, job['id'])}"}
+    tick(app)
+    headers = ingest_headers(client, job["id"])
     url = f"/v1/internal/jobs/{job['id']}/events"
     bad = {"type": "report", "kind": "step", "epoch": 1, "step": 1, "workers": [{"rank": -1}]}
     response = client.post(url, json=bad, headers=headers)
@@ -254,8 +263,9 @@ from fakeray import FakeRay
 from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
-app = create_app(Settings(home={str(tmp_path)!r}, database_url="sqlite://"), ray=FakeRay())
-client = TestClient(app)
+settings = Settings(home={str(tmp_path)!r}, database_url="sqlite://", api_token="t")
+app = create_app(settings, ray=FakeRay())
+client = TestClient(app, base_url="http://127.0.0.1", headers={{"Authorization": "Bearer t"}})
 assert client.post("/v1/jobs", json={{"dataset": "digits", "workers": 1}}).status_code == 201
 app.state.services.scheduler.tick()
 print(sorted(m for m in sys.modules if m.startswith(("ray.train", "workers.reporting"))))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from fakeray import FakeRay
-from fastapi.testclient import TestClient
+from inprocess import local_client
 
 from service.app import create_app
 from service.settings import Settings
@@ -85,11 +85,10 @@ def client(tmp_path):
         home=tmp_path,
         database_url="sqlite:///:memory:",
         api_token=TOKEN,
-        secret_key="s" * 32,
         max_queued_jobs=12,
     )
     app = create_app(settings, ray=FakeRay(cpus=8))
-    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+    return local_client(app)
 
 
 def test_a_study_queues_one_job_per_arm_and_seed(client):

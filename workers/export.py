@@ -21,6 +21,7 @@ the recipe is JSON in the file's metadata (``RECIPE_KEY``):
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ from workers.spec import JobSpec
 MODEL_FILE = "model.safetensors"
 RECIPE_KEY = "syncbn.recipe"
 RECIPE_VERSION = 1
+PREDICT_CHUNK_VALUES = 1 << 18
+"""Input values per forward pass of ``predict`` (the rest of a request waits its turn), so a
+request's activations stay small whatever its sample count."""
 
 
 def bn_statistics(spec: JobSpec) -> str:
@@ -74,12 +78,19 @@ def recipe_for(
 
 
 def write_model_file(path: str | Path, model: nn.Module, recipe: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and buffers (CPU copies) and ``recipe`` as safetensors."""
-    from safetensors.torch import save_file
+    """Write ``model``'s weights and buffers (CPU copies) and ``recipe`` as safetensors: to a
+    temporary name, flushed to disk, then renamed, so a reader never sees a torn file."""
+    from safetensors.torch import save
 
+    path = Path(path)
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={RECIPE_KEY: json.dumps(recipe)})
-    return Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as handle:
+        handle.write(save(tensors, metadata={RECIPE_KEY: json.dumps(recipe)}))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    return path
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -129,16 +140,31 @@ def check_inputs(raw: Any, recipe: dict[str, Any], max_samples: int) -> np.ndarr
     return array.astype(np.float64)
 
 
+def predict_values(recipe: dict[str, Any], samples: int) -> int:
+    """The numbers a prediction of ``samples`` samples takes in (their input values) and gives
+    back (their probabilities): what its time and memory grow with."""
+    inputs = int(np.prod(recipe["input_shape"]))
+    outputs = recipe["num_classes"]
+    if recipe["task"] == "segmentation":
+        outputs *= int(np.prod(recipe["input_shape"][-2:]))
+    return samples * (inputs + outputs)
+
+
 def predict(model: nn.Module, recipe: dict[str, Any], raw: np.ndarray) -> dict[str, Any]:
     """Eval-mode predictions for raw samples (preprocessed as in training): ``probabilities``
     ``(N, K)`` and ``predictions`` ``(N,)``; for segmentation ``probabilities``
     ``(N, K, H, W)`` and ``masks`` ``(N, H, W)``. Each sample's output is independent of the
-    others (BatchNorm uses its running statistics)."""
+    others (BatchNorm uses its running statistics), so they run in chunks of at most
+    ``PREDICT_CHUNK_VALUES`` input values."""
     scale = recipe["preprocess"]["standardize"]
-    x = torch.from_numpy(standardize(raw, scale["mean"], scale["std"]))
+    chunk = max(1, PREDICT_CHUNK_VALUES // max(1, int(np.prod(raw.shape[1:]))))
     model.eval()
+    parts = []
     with torch.inference_mode():
-        probabilities = torch.softmax(model(x).float(), dim=1)
+        for start in range(0, len(raw), chunk):
+            x = torch.from_numpy(standardize(raw[start : start + chunk], **scale))
+            parts.append(torch.softmax(model(x).float(), dim=1))
+    probabilities = torch.cat(parts)
     labels = probabilities.argmax(1).numpy()
     key = "masks" if recipe["task"] == "segmentation" else "predictions"
     return {"probabilities": probabilities.numpy(), key: labels}

@@ -11,10 +11,11 @@ Imports nothing heavy (no torch, no ray): the service uses it too.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 STATS_FILE = "stats.jsonl"
 """The JSON-lines file of a run's events, in its run directory."""
@@ -23,16 +24,43 @@ INGEST_TOKEN_ENV = "SYNCBN_INGEST_TOKEN"
 """Where (and with which per-job token) the Train callback posts events; set by the service."""
 
 ReportKind = Literal["step", "epoch"]
+MAX_COUNT = 2**53
+"""Counts (steps, samples, values) are at most this: exact in JSON numbers and in SQL."""
+MAX_EPOCH = 10_000
+MAX_RANKS = 4096
 
 
-class LayerSummary(BaseModel):
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in ``value`` (JSON has none; the page could not read it)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+class _Open(BaseModel):
+    """A protocol model that keeps extra fields (newer workers may add some), all finite."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _extras_finite(self) -> _Open:
+        if self.model_extra and not _finite(self.model_extra):
+            raise ValueError("NaN or infinite values are not allowed (send null)")
+        return self
+
+
+class LayerSummary(_Open):
     """One BatchNorm layer on one rank, at the last report step: this rank's batch statistics
     against the global (synchronized) ones, averaged over channels."""
 
-    model_config = ConfigDict(extra="allow")
-
-    local_count: int = Field(description="values per channel in this rank's batch")
-    global_count: int = Field(description="values per channel in the synchronized batch")
+    local_count: int = Field(ge=0, le=MAX_COUNT, description="values per channel in this batch")
+    global_count: int = Field(
+        ge=0, le=MAX_COUNT, description="values per channel in the synchronized batch"
+    )
     mean_shift: float | None = Field(
         None, description="mean over channels of |mu_local - mu_global| / sigma_global"
     )
@@ -46,12 +74,14 @@ class LayerSummary(BaseModel):
 class RunningDigest(BaseModel):
     """One BatchNorm layer's running statistics: equal hashes on two ranks mean identical."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     sha256: str = Field(description="first 16 hex digits of sha256(running_mean, running_var)")
     mean_abs: float
     var_mean: float
 
 
-class EpochEval(BaseModel):
+class EpochEval(_Open):
     """What every rank adds to an epoch report (identical on all ranks: all-reduced)."""
 
     test_accuracy: float | None = Field(
@@ -61,7 +91,7 @@ class EpochEval(BaseModel):
     test_miou: float | None = Field(
         None, description="segmentation: mean intersection over union of the classes present"
     )
-    test_samples: int | None = None
+    test_samples: int | None = Field(None, ge=0, le=MAX_COUNT)
     bn_running: dict[str, RunningDigest] = Field(
         default_factory=dict, description="per BN layer, a digest of its running statistics"
     )
@@ -70,16 +100,14 @@ class EpochEval(BaseModel):
 class WorkerReport(EpochEval):
     """One rank's statistics in one report (epoch reports also carry ``EpochEval``)."""
 
-    model_config = ConfigDict(extra="allow")
-
     kind: ReportKind = "epoch"
-    rank: int = Field(ge=0)
-    world_size: int = Field(1, ge=1)
-    node_id: str | None = Field(None, description="the Ray node this rank runs on")
-    epoch: int = Field(ge=0, description="1-based epoch of the report")
-    step: int = Field(ge=0, description="optimizer steps done by this rank")
-    batch_size: int = Field(0, ge=0, description="samples per step on this rank")
-    samples: int = Field(0, ge=0, description="training samples seen by this rank")
+    rank: int = Field(ge=0, lt=MAX_RANKS)
+    world_size: int = Field(1, ge=1, le=MAX_RANKS)
+    node_id: str | None = Field(None, max_length=256, description="the Ray node of this rank")
+    epoch: int = Field(ge=0, le=MAX_EPOCH, description="1-based epoch of the report")
+    step: int = Field(ge=0, le=MAX_COUNT, description="optimizer steps done by this rank")
+    batch_size: int = Field(0, ge=0, le=MAX_COUNT, description="samples per step on this rank")
+    samples: int = Field(0, ge=0, le=MAX_COUNT, description="training samples seen by this rank")
     loss: float | None = Field(None, description="mean training loss since the last report")
     train_accuracy: float | None = None
     samples_per_s: float | None = Field(None, description="training throughput of this rank")
@@ -98,18 +126,16 @@ WORKER_COLUMNS = ("loss", "samples_per_s", "step_time_s", "sync_time_s")
 """The per-worker numbers the service keeps in columns (the rest stays in JSON)."""
 
 
-class ReportEvent(BaseModel):
+class ReportEvent(_Open):
     """One Ray Train report: every rank's ``WorkerReport``."""
-
-    model_config = ConfigDict(extra="allow")
 
     type: Literal["report"] = "report"
     kind: ReportKind
-    epoch: int = Field(ge=0)
-    step: int = Field(ge=0)
+    epoch: int = Field(ge=0, le=MAX_EPOCH)
+    step: int = Field(ge=0, le=MAX_COUNT)
     time: float | None = None
-    checkpoint: str | None = None
-    workers: list[WorkerReport] = Field(default_factory=list)
+    checkpoint: str | None = Field(None, max_length=4096)
+    workers: list[WorkerReport] = Field(default_factory=list, max_length=MAX_RANKS)
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -117,10 +143,8 @@ class ReportEvent(BaseModel):
         return (self.kind, self.epoch, self.step)
 
 
-class ExceptionEvent(BaseModel):
+class ExceptionEvent(_Open):
     """Worker failures: the error message of each failed rank."""
-
-    model_config = ConfigDict(extra="allow")
 
     type: Literal["exception"] = "exception"
     time: float | None = None

@@ -100,7 +100,7 @@ class StatsCallback(UserCallback):
                 "epoch": first.get("epoch"),
                 "step": first.get("step"),
                 "checkpoint": getattr(checkpoint, "path", None),
-                "workers": list(metrics),
+                "workers": _plain(list(metrics)),  # a diverged loss (NaN) is reported as null
             }
         )
         self._emit_event(run_context, event)

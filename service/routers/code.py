@@ -10,11 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import File, HTTPException, UploadFile, status
+from fastapi import File, Response, UploadFile, status
 
 from service import store
 from service.code_bundles import BundleError, unpack
-from service.deps import ServicesDep, api_router, field_error, not_found
+from service.deps import ServicesDep, api_router, delete_upload, limit_error, not_found
+from service.housekeeping import publish, remove_code_bundle
 from service.models import CodeBundle
 from service.schemas import CodeBundleList, CodeBundleOut, ErrorOut
 from service.uploads import receive
@@ -28,9 +29,9 @@ router = api_router("/v1/code", "code")
     status_code=status.HTTP_201_CREATED,
     response_model=CodeBundleOut,
     responses={
-        403: {"model": ErrorOut, "description": "no API token and not on loopback only"},
         413: {"model": ErrorOut, "description": "larger than SYNCBN_MAX_CODE_BYTES"},
-        422: {"description": "not a usable bundle (the message names the file at fault)"},
+        422: {"description": "not a usable bundle, or over a limit (the file and setting named)"},
+        429: {"model": ErrorOut, "description": "too many uploads at once (Retry-After)"},
     },
 )
 def upload_code(
@@ -45,14 +46,12 @@ def upload_code(
     a top-level ``requirements.txt`` installed by Ray (``pip``).
     """
     settings = services.settings
-    if refusal := settings.code_upload_refusal:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, refusal)
     settings.code_dir.mkdir(parents=True, exist_ok=True)
     bundle_id = f"code-{secrets.token_hex(6)}"
     target = settings.code_dir / bundle_id
     with tempfile.TemporaryDirectory(dir=settings.code_dir, prefix=".upload-") as scratch:
         archive = Path(scratch) / "bundle"
-        size, sha256 = receive(file.file, archive, settings.max_code_bytes)
+        size, sha256 = receive(file.file, archive, settings.max_code_bytes, "max_code_bytes")
         unpacked = Path(scratch) / "unpacked"
         try:
             info = unpack(
@@ -60,10 +59,12 @@ def upload_code(
                 unpacked,
                 max_bytes=settings.max_code_bytes,
                 max_files=settings.max_code_files,
+                max_source_bytes=settings.max_source_bytes,
+                max_file_source_bytes=settings.max_source_file_bytes,
             )
         except BundleError as exc:
-            raise field_error("file", str(exc)) from exc
-        os.replace(unpacked, target)
+            raise limit_error("file", str(exc), exc.setting) from exc
+        publish(unpacked, target)
     bundle = CodeBundle(
         id=bundle_id,
         name=os.path.basename(file.filename or "bundle")[:255],
@@ -102,3 +103,17 @@ def get_code(code_id: str, services: ServicesDep) -> CodeBundleOut:
         if bundle is None:
             raise not_found("code bundle", code_id)
         return CodeBundleOut.model_validate(bundle)
+
+
+@router.delete(
+    "/{code_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        404: {"model": ErrorOut},
+        409: {"model": ErrorOut, "description": "a job that is not over uses it"},
+    },
+)
+def delete_code(code_id: str, services: ServicesDep) -> Response:
+    """Delete a code bundle and its files (the models it trained can no longer predict)."""
+    return delete_upload(services, store.get_code_bundle, "code", code_id, remove_code_bundle)

@@ -9,10 +9,17 @@ import secrets
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import File, Form, UploadFile, status
+from fastapi import File, Form, Response, UploadFile, status
 
 from service import store
-from service.deps import ServicesDep, api_router, field_error
+from service.deps import (
+    ServicesDep,
+    api_router,
+    delete_upload,
+    field_error,
+    limit_error,
+)
+from service.housekeeping import publish, remove_dataset_file
 from service.models import Dataset
 from service.schemas import DatasetList, DatasetOut, ErrorOut
 from service.settings import Settings
@@ -28,7 +35,8 @@ router = api_router("/v1/datasets", "datasets")
     response_model=DatasetOut,
     responses={
         413: {"model": ErrorOut, "description": "larger than SYNCBN_MAX_UPLOAD_BYTES"},
-        422: {"description": "not a usable .npz or image folder (the message says why)"},
+        422: {"description": "not a usable .npz or image folder, or over a limit (named)"},
+        429: {"model": ErrorOut, "description": "too many uploads at once (Retry-After)"},
     },
 )
 def upload_dataset(
@@ -46,8 +54,8 @@ def upload_dataset(
     ] = None,
 ) -> DatasetOut:
     """Upload a dataset; it is validated (image folders: decoded) before it gets an id."""
-    from workers.data import DatasetError, load_npz
-    from workers.imagefolder import is_image_folder, parse_size
+    from workers.data import DatasetError, inspect_npz
+    from workers.imagefolder import image_folder_members, is_image_folder, parse_size
 
     settings = services.settings
     try:
@@ -62,18 +70,21 @@ def upload_dataset(
     converted = directory / f".{dataset_id}.converted"
     final = directory / f"{dataset_id}.npz"
     try:
-        size_bytes, sha256 = receive(file.file, partial, limit)
+        size_bytes, sha256 = receive(file.file, partial, limit, "max_upload_bytes")
         source = partial
-        if is_image_folder(partial):
+        if is_image_folder(partial, image_folder_members(settings.max_upload_images)):
             _decode_images(partial, converted, size, settings)
             source = converted
         try:
-            data = load_npz(source, name=dataset_id, limit=limit)
+            info = inspect_npz(
+                source, limit=limit, name=dataset_id, memory_limit=settings.max_dataset_memory
+            )
         except DatasetError as exc:
-            raise field_error("file", str(exc).replace(source.name, "upload")) from exc
+            message = str(exc).replace(source.name, "upload")
+            raise limit_error("file", message, exc.setting) from exc
         if size is not None and source is partial:
             raise field_error("image_size", "applies to image-folder .zip uploads, not to an .npz")
-        os.replace(source, final)
+        publish(source, final)
     finally:
         partial.unlink(missing_ok=True)
         converted.unlink(missing_ok=True)
@@ -87,12 +98,12 @@ def upload_dataset(
                     name=name,
                     size_bytes=size_bytes,
                     sha256=sha256,
-                    n_train=len(data.x_train),
-                    n_test=len(data.x_test),
-                    input_shape=list(data.input_shape),
-                    num_classes=data.num_classes,
-                    task=data.task,
-                    class_names=list(data.class_names) if data.class_names else None,
+                    n_train=info.n_train,
+                    n_test=info.n_test,
+                    input_shape=list(info.input_shape),
+                    num_classes=info.num_classes,
+                    task=info.task,
+                    class_names=list(info.class_names) if info.class_names else None,
                 ),
             )
             session.flush()
@@ -118,10 +129,12 @@ def _decode_images(
             max_images=settings.max_upload_images,
             max_pixels=settings.max_image_pixels,
             max_bytes=settings.max_upload_bytes,
+            max_decoded_pixels=settings.max_decoded_pixels,
+            max_memory=settings.max_dataset_memory,
         )
     except DatasetError as exc:  # about the file, or the size asked for
         field = "image_size" if exc.field == "image_size" else "file"
-        raise field_error(field, str(exc)) from exc
+        raise limit_error(field, str(exc), exc.setting) from exc
     write_npz(arrays, target)
 
 
@@ -132,3 +145,17 @@ def list_datasets(services: ServicesDep) -> DatasetList:
         return DatasetList(
             datasets=[DatasetOut.model_validate(d) for d in store.list_datasets(session)]
         )
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        404: {"model": ErrorOut, "description": "no such uploaded dataset"},
+        409: {"model": ErrorOut, "description": "a job that is not over uses it"},
+    },
+)
+def delete_dataset(dataset_id: str, services: ServicesDep) -> Response:
+    """Delete an uploaded dataset and its file (jobs that used it keep their results)."""
+    return delete_upload(services, store.get_dataset, "dataset", dataset_id, remove_dataset_file)

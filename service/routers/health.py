@@ -14,8 +14,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
-    """Liveness: the process answers (no auth, no dependencies)."""
+async def healthz() -> Health:
+    """Liveness: the process answers (no auth, no dependencies; on the event loop, so a busy
+    thread pool never delays it)."""
     return Health(status="ok")
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, status
+from fastapi import APIRouter, Body, Depends, HTTPException, status
 
 from service.auth import require_ingest_token
-from service.deps import ServicesDep, not_found
-from service.lifecycle import JobNotFound
+from service.deps import ServicesDep, field_error, not_found
+from service.lifecycle import JobNotFound, ReportRefused
 from service.schemas import ErrorOut, IngestAck
 from workers.protocol import Event
 
@@ -20,7 +20,12 @@ router = APIRouter(prefix="/v1/internal", tags=["internal"])
     response_model=IngestAck,
     status_code=status.HTTP_200_OK,
     dependencies=[Depends(require_ingest_token)],
-    responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}},
+    responses={
+        401: {"model": ErrorOut},
+        404: {"model": ErrorOut},
+        409: {"model": ErrorOut, "description": "the job is over: its result is final"},
+        422: {"description": "malformed, or beyond the job's epochs, steps or workers"},
+    },
 )
 def ingest_event(job_id: str, event: Annotated[Event, Body()], services: ServicesDep) -> IngestAck:
     """Store one report or worker failure of ``job_id`` (duplicates are acknowledged, once)."""
@@ -28,3 +33,7 @@ def ingest_event(job_id: str, event: Annotated[Event, Body()], services: Service
         return IngestAck(stored=services.lifecycle.record(job_id, event, "ingest"))
     except JobNotFound:
         raise not_found("job", job_id) from None
+    except ReportRefused as exc:
+        if exc.closed:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        raise field_error(exc.field or "event", str(exc)) from None

@@ -8,13 +8,15 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Header, HTTPException, Query, status
+from fastapi import Header, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from service import store
 from service.deps import Services, ServicesDep, api_router, job_or_404, not_found
-from service.lifecycle import JobNotFound
+from service.housekeeping import remove_job_files
+from service.lifecycle import JobNotFound, why_kept
 from service.schemas import (
     ErrorOut,
     EvaluationOut,
@@ -33,6 +35,7 @@ logger = logging.getLogger("service.jobs")
 router = api_router("/v1/jobs", "jobs")
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such job"}}
 EVENT_POLL_S = 0.5
+MAX_EVENT_ID = 2**62
 
 
 @router.post(
@@ -94,6 +97,29 @@ def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
         ) from exc
     with services.db.session() as session:
         return store.job_out(job_or_404(session, job.id))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "not over, or a study's"}},
+)
+def delete_job(job_id: str, services: ServicesDep) -> Response:
+    """Delete a job that is over, with its statistics, checkpoints and model files."""
+    with services.db.session() as session:
+        job = job_or_404(session, job_id)
+        if job.study_id is not None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"job {job_id} is part of study {job.study_id}: delete the study instead",
+            )
+        if reason := why_kept(job):
+            raise HTTPException(status.HTTP_409_CONFLICT, reason)
+        store.delete_jobs(session, [job_id])
+    remove_job_files(services.settings, job_id)
+    logger.info("job deleted", extra={"job_id": job_id})
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{job_id}/workers", response_model=WorkersOut, responses=NOT_FOUND)
@@ -169,10 +195,14 @@ def job_logs(
 async def job_events(
     job_id: str,
     services: ServicesDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int, Query(ge=0, le=2**62, description="resume after this event id")] = 0,
+    last_event_id: Annotated[
+        str | None,
+        Header(max_length=19, pattern=r"^\d+$", description="resume after this event id"),
+    ] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="resume after this id")] = 0,
 ) -> EventSourceResponse:
-    """Live stream of the job's state changes and reports (from the start, or resumed)."""
+    """Live stream of the job's state changes and reports (from the start, or resumed after
+    ``Last-Event-ID``, as a reconnecting EventSource sends it, or ``after``)."""
 
     def exists() -> bool:
         with services.db.session() as session:
@@ -180,7 +210,19 @@ async def job_events(
 
     if not await run_in_threadpool(exists):
         raise not_found("job", job_id)
-    cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    cursor = after
+    if last_event_id is not None:
+        cursor = int(last_event_id)
+        if cursor > MAX_EVENT_ID:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("header", "last-event-id"),
+                        "msg": f"must be at most {MAX_EVENT_ID}",
+                        "type": "less_than_equal",
+                    }
+                ]
+            )
     return EventSourceResponse(_event_stream(services, job_id, cursor), ping=15)
 
 

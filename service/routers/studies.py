@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Annotated
 
-from fastapi import Query, status
+from fastapi import HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service import store
 from service.deps import ServicesDep, api_router, field_error, not_found
+from service.housekeeping import remove_job_files
+from service.lifecycle import why_kept
 from service.models import Job, Study
 from service.schemas import ArmOut, ErrorOut, StudyIn, StudyJobOut, StudyList, StudyOut
 from service.states import FINAL_STATES, JobState
@@ -134,6 +136,25 @@ def cancel_study(study_id: str, services: ServicesDep) -> StudyOut:
         services.lifecycle.cancel(job_id)
     with services.db.session() as session:
         return _study_out(session, _study_or_404(session, study_id))
+
+
+@router.delete(
+    "/{study_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "a job is not over"}},
+)
+def delete_study(study_id: str, services: ServicesDep) -> Response:
+    """Delete a study whose jobs are all over, with the jobs and their files."""
+    with services.db.session() as session:
+        study = _study_or_404(session, study_id)
+        for job in store.study_jobs(session, study_id):
+            if reason := why_kept(job):
+                raise HTTPException(status.HTTP_409_CONFLICT, f"{reason} (cancel the study first)")
+        job_ids = store.delete_study(session, study)
+    for job_id in job_ids:
+        remove_job_files(services.settings, job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _study_or_404(session: Session, study_id: str) -> Study:

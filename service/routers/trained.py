@@ -10,7 +10,14 @@ import numpy as np
 from fastapi import File, Form, Header, HTTPException, Query, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
-from service.deps import Services, ServicesDep, api_router, field_error, job_or_404
+from service.deps import (
+    Services,
+    ServicesDep,
+    api_router,
+    field_error,
+    job_or_404,
+    limit_error,
+)
 from service.ray_jobs import RayUnavailable
 from service.schemas import ErrorOut, ModelFileOut, ModelsOut, PredictIn, PredictOut
 from service.states import JobState
@@ -22,8 +29,8 @@ from service.trained_models import (
     predict_on_ray,
 )
 from workers.data import DatasetError
-from workers.export import check_inputs
-from workers.imagefolder import decode_image
+from workers.export import check_inputs, predict_values
+from workers.imagefolder import decode_images
 from workers.spec import JobSpec
 
 router = api_router("/v1/jobs", "models")
@@ -158,11 +165,33 @@ def predict(job_id: str, body: PredictIn, services: ServicesDep) -> PredictOut:
     """Predict raw samples with the trained model in eval mode (BatchNorm uses its running
     statistics, so each sample's output is independent of the others in the request)."""
     file = _model_file(services, job_id, body.epoch)
+    _check_answer_size(services, file, len(body.inputs), "inputs")
     try:
         raw = check_inputs(body.inputs, file.recipe, services.settings.max_predict_samples)
     except ValueError as exc:
         raise field_error("inputs", str(exc)) from None
     return _answer(services, job_id, file, raw)
+
+
+def _check_answer_size(services: Services, file: ModelFile, samples: int, field: str) -> None:
+    """422 before any work when the request is larger than allowed: samples, or the numbers
+    it takes in and gives back (what the model's work grows with)."""
+    settings = services.settings
+    if samples > settings.max_predict_samples:
+        raise limit_error(
+            field,
+            f"{samples} samples; at most {settings.max_predict_samples} per request",
+            "max_predict_samples",
+        )
+    values = predict_values(file.recipe, samples)
+    if values > settings.max_predict_values:
+        raise limit_error(
+            field,
+            f"{samples} samples of this model take in and give back {values} numbers, more "
+            f"than the limit of {settings.max_predict_values} per request: send fewer samples "
+            "per request",
+            "max_predict_values",
+        )
 
 
 @router.post(
@@ -190,20 +219,16 @@ def predict_images(
             f"job {job_id}'s model was trained on arrays, not image files: POST "
             f'/v1/jobs/{job_id}/predict with {{"inputs": [...]}}',
         )
-    if len(files) > settings.max_predict_samples:
-        raise field_error(
-            "files", f"{len(files)} images; at most {settings.max_predict_samples} per request"
-        )
-    shape = tuple(recipe["input_shape"])
+    _check_answer_size(services, file, len(files), "files")
     try:
-        raw = np.stack(
-            [
-                decode_image(f.file.read(), f.filename or "image", shape, settings.max_image_pixels)
-                for f in files
-            ]
+        raw = decode_images(
+            [(f.filename or "image", f.file.read()) for f in files],
+            tuple(recipe["input_shape"]),
+            max_pixels=settings.max_image_pixels,
+            max_decoded_pixels=settings.max_decoded_pixels,
         )
     except DatasetError as exc:
-        raise field_error("files", str(exc)) from None
+        raise limit_error("files", str(exc), exc.setting) from None
     return _answer(services, job_id, file, raw)
 
 
@@ -231,9 +256,15 @@ def _answer(services: Services, job_id: str, file: ModelFile, raw: np.ndarray) -
 def _predict_user_code(services: Services, file: ModelFile, raw: np.ndarray) -> dict:
     """A code bundle's model runs on Ray, never in the service."""
     spec = JobSpec.model_validate(file.recipe["spec"])
+    settings = services.settings
+    if spec.code is not None and not (settings.code_dir / spec.code).is_dir():
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"the code bundle {spec.code} that builds this model was deleted: the model file "
+            "can still be downloaded, but the service can no longer run it",
+        )
     with services.db.session() as session:
         env = services.lifecycle.runtime_env(session, spec)
-    settings = services.settings
     try:
         return predict_on_ray(
             services.ray,

@@ -15,7 +15,7 @@
 // metric by epoch of several runs).
 
 import { $, $$ } from "./dom.js";
-import { AuthCancelled, initTokenDialog } from "./token.js";
+import { AuthCancelled, adoptTokenFromLink, initTokenDialog } from "./token.js";
 import { jobView } from "./views/job/index.js";
 import { jobsView } from "./views/jobs.js";
 import { studiesView } from "./views/studies.js";
@@ -56,6 +56,7 @@ function router() {
 }
 
 function init() {
+  adoptTokenFromLink();
   initTokenDialog(router);
   $("[data-skip]").addEventListener("click", (event) => {
     event.preventDefault();

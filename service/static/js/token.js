@@ -1,4 +1,5 @@
-// The API token: kept in localStorage, asked for with the token dialog when a call gets 401.
+// The API token: taken from the login link the service prints (`/#token=...`), kept in
+// localStorage, asked for with the token dialog when a call gets 401.
 
 import { TOKEN_KEY } from "./config.js";
 import { $ } from "./dom.js";
@@ -15,6 +16,18 @@ export function setToken(token) {
   try {
     if (token) localStorage.setItem(TOKEN_KEY, token); else localStorage.removeItem(TOKEN_KEY);
   } catch { memoryStore.token = token; }
+}
+
+/**
+ * Take the token from a login link (`#token=...`: a fragment never reaches a server, so never
+ * a log), keep it, and drop it from the address bar and the history. True if there was one.
+ */
+export function adoptTokenFromLink() {
+  const match = /^#token=([^&]+)/.exec(location.hash);
+  if (!match) return false;
+  setToken(decodeURIComponent(match[1]));
+  history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+  return true;
 }
 
 /** Raised when the user closes the token dialog without a token. */
@@ -47,8 +60,9 @@ function openTokenDialog(message, done) {
   const dialog = $("#token-dialog");
   tokenDone = done;
   $("#token-message").textContent = message
-    || "This service needs an API token (the value of SYNCBN_API_TOKEN). "
-    + "It is kept in this browser's storage.";
+    || "This service needs its API token. Open the login link it printed at start, or paste "
+    + "the token: SYNCBN_API_TOKEN, or the content of $SYNCBN_HOME/api-token (.syncbn/api-token "
+    + "for make run). It is kept in this browser's storage.";
   $("#token-error").textContent = "";
   const input = $("#token-input");
   input.value = getToken();

@@ -1,26 +1,52 @@
-// Cancelling the job: the button, its inline confirmation, and the POST.
+// Cancelling the job (while it runs) and deleting it (once it is over, unless a study holds
+// it): each a button with an inline confirmation.
 
 import { api } from "../../api.js";
 import { FINAL } from "../../config.js";
 import { $ } from "../../dom.js";
 
-/** Show or disable the cancel button for the job's state. */
+/** Show or disable the cancel and delete buttons for the job's state. */
 export function syncCancel(ctx) {
   const { root, v } = ctx;
   const final = FINAL.has(v.job.state);
   const cancel = $('[data-act="cancel"]', root);
-  const confirmBox = $(".confirm", root);
+  const confirmBox = $(".cancel-area .confirm", root);
   cancel.disabled = final || v.cancelling;
   if (final) { cancel.hidden = true; confirmBox.hidden = true; } else if (confirmBox.hidden) cancel.hidden = false;
+  $(".delete-area", root).hidden = !final || Boolean(v.job.study_id);
 }
 
-/** Wire "Cancel job" → "Yes, cancel it" / "Keep running". */
+/** Wire "Delete job" → "Yes, delete it" / "Keep it"; a deleted job's page goes to the list. */
+function setupDelete(ctx) {
+  const { root } = ctx;
+  root.addEventListener("click", async (event) => {
+    const act = event.target.closest("[data-act]")?.dataset.act;
+    if (!act?.startsWith("delete")) return;
+    const confirmBox = $(".delete-area .confirm", root);
+    const button = $('[data-act="delete"]', root);
+    confirmBox.hidden = act !== "delete";
+    button.hidden = act === "delete";
+    if (act === "delete") $('[data-act="delete-yes"]', root).focus();
+    if (act !== "delete-yes") return;
+    button.disabled = true;
+    try {
+      await api(`jobs/${encodeURIComponent(ctx.jobId)}`, { method: "DELETE" });
+      location.hash = "#/";
+    } catch (err) {
+      ctx.showError(err);
+      button.disabled = false;
+    }
+  });
+}
+
+/** Wire "Cancel job" → "Yes, cancel it" / "Keep running", and the delete button. */
 export function setupCancel(ctx) {
   const { root, v } = ctx;
+  setupDelete(ctx);
   root.addEventListener("click", async (event) => {
     const act = event.target.closest("[data-act]")?.dataset.act;
     if (!act?.startsWith("cancel")) return;
-    const confirmBox = $(".confirm", root);
+    const confirmBox = $(".cancel-area .confirm", root);
     const cancelButton = $('[data-act="cancel"]', root);
     if (act === "cancel") {
       cancelButton.hidden = true;

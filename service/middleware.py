@@ -1,0 +1,229 @@
+"""Guards every request passes before a route sees it (pure ASGI, so streams pass untouched).
+
+- ``HostOriginMiddleware``: the ``Host`` must be a name this service answers to (DNS
+  rebinding: a web page whose name suddenly resolves to 127.0.0.1 still sends its own name),
+  and a state-changing request must come from the page itself, not from another site
+  (``Sec-Fetch-Site``, else ``Origin`` against ``Host``, as Go's CrossOriginProtection and
+  Jupyter do). ``/healthz`` is exempt: orchestrators probe it by IP, and it carries no data.
+- ``RequestLimitsMiddleware``: per route, a body limit (413, by ``Content-Length`` up front or
+  while a chunked body streams) and a cap on heavy requests served at once (429 with
+  ``Retry-After``), both answered before the body is read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.settings import LOOPBACK_NAMES, Settings
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OPEN_PATHS = frozenset({"/healthz"})
+RETRY_AFTER_S = 2
+
+
+async def send_error(
+    send: Send, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
+    """A JSON ``{"detail": ...}`` answer, as FastAPI's own errors look."""
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *extra],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+
+
+def host_name(host: str) -> str:
+    """The name part of a ``Host`` header (no port, no IPv6 brackets, lower case)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else ""
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+class HostPolicy:
+    """Which ``Host`` names the service answers to: loopback names always, the public URL's
+    host, the listening address when it is a specific one, and ``SYNCBN_ALLOWED_HOSTS``
+    (``*``: any); and any IP address, which no DNS rebinding can produce (a page that reaches
+    the service by its address is on that address's origin, not on an attacker's)."""
+
+    def __init__(self, settings: Settings) -> None:
+        extra = set(settings.allowed_hosts)
+        self.any = "*" in extra
+        self.trusted = frozenset(extra - {"*"})
+        names = set(LOOPBACK_NAMES) | self.trusted
+        if settings.public_url:
+            names.add(host_name(urlsplit(settings.public_url).netloc))
+        if settings.host not in ("0.0.0.0", "::", ""):
+            names.add(host_name(settings.host))
+        self.names = frozenset(names)
+
+    def allows_host(self, host: str) -> bool:
+        name = host_name(host)
+        return self.any or name in self.names or _is_address(name)
+
+    def allows_origin(self, origin: str, host: str) -> bool:
+        """Same origin as the page (the ``Origin``'s host and port are the ``Host``), or an
+        origin whose name the operator trusts (``SYNCBN_ALLOWED_HOSTS``)."""
+        parts = urlsplit(origin)
+        if origin == "null" or not parts.netloc:
+            return False
+        return parts.netloc.lower() == host.strip().lower() or (
+            host_name(parts.netloc) in self.trusted
+        )
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostOriginMiddleware:
+    """403 for a foreign ``Host``, and for a state-changing request from another site."""
+
+    def __init__(self, app: ASGIApp, policy: HostPolicy) -> None:
+        self.app, self.policy = app, policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if not self.policy.allows_host(host):
+            await send_error(
+                send,
+                403,
+                f"this service does not answer to the host name {host_name(host)!r} (DNS "
+                "rebinding guard): use 127.0.0.1 or localhost, or add the name to "
+                "SYNCBN_ALLOWED_HOSTS",
+            )
+            return
+        if scope["method"] not in SAFE_METHODS and (reason := self._cross_site(headers, host)):
+            await send_error(send, 403, f"cross-site request refused: {reason}")
+            return
+        await self.app(scope, receive, send)
+
+    def _cross_site(self, headers: dict[str, str], host: str) -> str | None:
+        site = headers.get("sec-fetch-site")
+        if site is not None and site not in ("same-origin", "none"):
+            return f"Sec-Fetch-Site is {site!r}"
+        origin = headers.get("origin")
+        if origin is not None and not self.policy.allows_origin(origin, host):
+            return f"Origin {origin!r} is not this service's"
+        return None
+
+
+@dataclass(frozen=True)
+class RouteLimits:
+    """A route's body limit (bytes, and the setting that sets it) and its concurrency gate."""
+
+    body_bytes: int
+    setting: str
+    gate: str | None = None
+
+
+class Gate:
+    """At most ``limit`` requests inside at once (the event loop is the only caller)."""
+
+    def __init__(self, name: str, limit: int, setting: str) -> None:
+        self.name, self.limit, self.setting, self.inside = name, limit, setting, 0
+
+    def enter(self) -> bool:
+        if self.inside >= self.limit:
+            return False
+        self.inside += 1
+        return True
+
+    def leave(self) -> None:
+        self.inside -= 1
+
+
+class RequestLimitsMiddleware:
+    """``limits_for(method, path)`` gives each request's ``RouteLimits``; ``gates`` by name."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits_for: Callable[[str, str], RouteLimits],
+        gates: dict[str, Gate],
+    ) -> None:
+        self.app, self.limits_for, self.gates = app, limits_for, gates
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        limits = self.limits_for(scope["method"], scope["path"])
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limits.body_bytes):
+            await _too_large(send, limits)
+            return
+        gate = self.gates[limits.gate] if limits.gate else None
+        if gate is not None and not gate.enter():
+            await send_error(
+                send,
+                429,
+                f"{gate.inside} {gate.name} requests are being served, the most at once "
+                f"({Settings.env_name(gate.setting)}={gate.limit}): retry in a moment",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+            return
+        try:
+            await self._counted(scope, receive, send, limits)
+        finally:
+            if gate is not None:
+                gate.leave()
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limits: RouteLimits):
+        """Count the body as the route reads it; past the limit, answer 413 and tell the route
+        the client left (so it stops), dropping whatever it answers after that."""
+        seen, started, refused = 0, False, False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, started, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limits.body_bytes:
+                    refused = True
+                    if not started:
+                        started = True
+                        await _too_large(send, limits)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+
+async def _too_large(send: Send, limits: RouteLimits) -> None:
+    await send_error(
+        send,
+        413,
+        f"request body larger than {limits.body_bytes} bytes, the limit of this route "
+        f"({Settings.env_name(limits.setting)})",
+        {"Connection": "close"},
+    )
