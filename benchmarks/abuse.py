@@ -1,0 +1,221 @@
+"""What hostile requests cost the service: issue 20's table, replayed against the real service
+as ``make run`` starts it (``python -m service``: its own embedded Ray head, SQLite, default
+limits), each beside a benign request of the same route measured in the same run.
+
+    .venv/bin/python benchmarks/abuse.py [--skip-models]
+
+For each request: the answer, the service process's peak RSS above its RSS before (``VmHWM``,
+reset first through ``/proc/PID/clear_refs``), its CPU seconds and the wall time, and the
+ratios to the benign request of its route. The hostile payloads are ``tests/hostile.py``'s, the
+ones the end-to-end tests assert on. Unless ``--skip-models``, two small jobs are trained
+first for the prediction rows: an image-folder model of 256x256 images (row 4) and a code
+bundle's model (row 8: 45 concurrent predictions while ``/healthz`` is timed). Needs Linux
+(``/proc``); runs from a fresh clone with an empty ``HOME`` (nothing is read from ``~``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hostile
+import httpx
+import numpy as np
+from servicekit import ServiceProcess
+
+from service.embedded_ray import RECORD_FILE, HeadRecord, kill_session
+
+TINY_NET = b"""
+import torch
+from torch import nn
+
+
+def build_model(input_shape, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(input_shape).prod()), 16),
+                         nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))
+"""
+
+
+def png(side: int, value: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(value)
+    pixels = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def npz(n: int = 200) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buffer, x=rng.normal(size=(n, 16)).astype(np.float32), y=np.arange(n) % 4)
+    return buffer.getvalue()
+
+
+class Bench:
+    def __init__(self, service: ServiceProcess) -> None:
+        self.service, self.pid = service, hostile.service_pid(service)
+        self.rows: list[tuple[str, str, int, hostile.Cost, hostile.Cost | None]] = []
+        self.baselines: dict[str, hostile.Cost] = {}
+
+    def baseline(self, route: str, send: Any) -> None:
+        self.baselines[route] = hostile.measure(self.pid, send)
+
+    def row(self, number: str, what: str, route: str, wire: int, send: Any) -> hostile.Cost:
+        cost = hostile.measure(self.pid, send)
+        self.rows.append((number, what, wire, cost, self.baselines.get(route)))
+        return cost
+
+    def upload(self, path: str, blob: bytes, **form: str) -> Any:
+        return lambda: self.service.client.post(path, files={"file": ("f", blob)}, data=form)
+
+    def print(self) -> None:
+        print("\n| # | request | wire bytes | answer | peak RSS MiB | CPU s | wall s | vs benign |")
+        print("|---|---|---|---|---|---|---|---|")
+        for number, what, wire, cost, base in self.rows:
+            ratio = "-"
+            if base is not None:
+                rss = cost.rss_mib / max(base.rss_mib, 0.5)
+                cpu = cost.cpu_s / max(base.cpu_s, 0.01)
+                ratio = f"{rss:.1f}x, {cpu:.1f}x"
+            answer = f"{cost.status} {cost.detail[:60]}".replace("|", "/").replace("\n", " ")
+            print(f"| {number} | {what} | {wire} | {answer} | {cost.rss_mib:.1f} | "
+                  f"{cost.cpu_s:.2f} | {cost.wall_s:.2f} | {ratio} |")  # fmt: skip
+        print("\nbenign requests (the baselines):")
+        for route, cost in self.baselines.items():
+            print(f"- {route}: {cost.status}, {cost.rss_mib:.1f} MiB, {cost.cpu_s:.2f} s CPU")
+
+
+def uploads(bench: Bench) -> None:
+    client = bench.service.client
+    good_zip = hostile.zip_bytes({"net.py": TINY_NET})
+    bench.baseline("code", bench.upload("/v1/code", good_zip))
+    bench.baseline("datasets", bench.upload("/v1/datasets", npz()))
+    folder = hostile.zip_bytes({f"{c}/{i}.png": png(32, i) for c in "ab" for i in range(10)})
+    bench.baseline("images", bench.upload("/v1/datasets", folder))
+
+    rebound = {"Host": "rebound.attacker.example", "Origin": "http://rebound.attacker.example"}
+    bench.row("1", "code upload, rebound Host + Origin", "code", len(good_zip),
+              lambda: client.post("/v1/code", files={"file": ("b.zip", good_zip)},
+                                  headers=rebound))  # fmt: skip
+    bench.row("1", "submit without the token", "-", 60, lambda: httpx.post(
+        bench.service.url + "/v1/jobs", json={"dataset": "digits"}))  # fmt: skip
+    for number, what, route, blob, form in (
+        ("3", "zip, module x=[1,1,...] of 3 MiB", "code", hostile.ast_bomb_zip(), {}),
+        ("3", "zip, expression nested 100000 deep", "code", hostile.nested_zip(), {}),
+        ("5", ".npz, 63 MiB of zeros", "datasets", hostile.zeros_npz(), {}),
+        ("5", ".npz, header claiming (1e10, 1)", "datasets", hostile.lying_npz(), {}),
+        ("7", "image folder, 40 flat 4096² PNGs at image_size=1", "images",
+         hostile.png_bomb_folder(), {"image_size": "1"}),
+        ("10", "tar.gz, pax header of 256 MiB", "code", hostile.pax_bomb_tar_gz(), {}),
+    ):  # fmt: skip
+        path = "/v1/code" if route == "code" else "/v1/datasets"
+        bench.row(number, what, route, len(blob), bench.upload(path, blob, **form))
+    asset = np.random.default_rng(0).bytes(3 << 20)
+    big = hostile.zip_bytes({"net.py": TINY_NET, "weights.bin": asset})
+    bench.row("11", "code bundle of 3 MiB (JSON limit is 1 MiB)", "code", len(big),
+              bench.upload("/v1/code", big))  # fmt: skip
+    bench.row("11", "chunked upload of 40 MiB", "code", 40 << 20, lambda: client.post(
+        "/v1/code", content=hostile.chunked(40 << 20, head=hostile.FILE_PART),
+        headers={"Content-Type": hostile.MULTIPART}))  # fmt: skip
+    job = bench.service.submit(dataset="digits", workers=1, epochs=1)
+    bench.row("13", "events, Last-Event-ID of 5000 digits", "-", 5000, lambda: client.get(
+        f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "9" * 5000}))  # fmt: skip
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def trained(service: ServiceProcess, spec: dict[str, Any]) -> str:
+    job = service.submit(**spec)
+    done = service.wait_final(job["id"], timeout_s=900)
+    if done["state"] != "succeeded":
+        raise RuntimeError(f"training for the predict rows failed: {done}")
+    return job["id"]
+
+
+def predictions(bench: Bench) -> None:
+    service, client = bench.service, bench.service.client
+    folder = hostile.zip_bytes({f"{c}/{i}.png": png(256, i) for c in "ab" for i in range(4)})
+    dataset = client.post("/v1/datasets", files={"file": ("f.zip", folder)}).json()
+    image_job = trained(service, {"dataset": dataset["id"], "workers": 1, "epochs": 1,
+                                  "batch_size_per_worker": 4})  # fmt: skip
+    few = [("files", (f"{i}.png", png(256, i))) for i in range(2)]
+    url = f"/v1/jobs/{image_job}/predict/images"
+    bench.baseline("predict", lambda: client.post(url, files=few))
+    for count in (10, 32):  # within SYNCBN_MAX_PREDICT_VALUES (2 Mi), then past it
+        small = [("files", (f"{i}.png", png(64, i))) for i in range(count)]
+        bench.row("4", f"predict {count} PNGs of 64², 256x256 model", "predict",
+                  sum(len(f[1][1]) for f in small),
+                  lambda small=small: client.post(url, files=small))  # fmt: skip
+    flat = hostile.flat_png()
+    bombs = [("files", (f"{i}.png", flat)) for i in range(9)]  # 151 Mpx to decode
+    bench.row("4", "predict 9 flat 4096² PNGs", "predict", 9 * len(flat),
+              lambda: client.post(url, files=bombs))  # fmt: skip
+
+    bundle = client.post(
+        "/v1/code", files={"file": ("n.zip", hostile.zip_bytes({"net.py": TINY_NET}))}
+    ).json()
+    code_job = trained(service, {"dataset": "digits", "workers": 1, "epochs": 1,
+                                 "code": bundle["id"], "model": "net:build_model"})  # fmt: skip
+    inputs = {"inputs": np.zeros((4, 8, 8)).tolist()}
+
+    def flood() -> Any:
+        def one(_: int) -> int:
+            return client.post(f"/v1/jobs/{code_job}/predict", json=inputs, timeout=300).status_code
+
+        health: list[float] = []
+        with ThreadPoolExecutor(45) as pool:
+            futures = [pool.submit(one, i) for i in range(45)]
+            while not all(f.done() for f in futures):
+                started = time.perf_counter()
+                httpx.get(f"{service.url}/healthz", timeout=30)
+                health.append(time.perf_counter() - started)
+                time.sleep(0.2)
+        codes = [f.result() for f in futures]
+        summary = {code: codes.count(code) for code in sorted(set(codes))}
+        worst = max(health) if health else 0.0
+        median = statistics.median(health) if health else 0.0
+        return httpx.Response(
+            200,
+            json={
+                "detail": f"answers {summary}; /healthz median {median * 1000:.0f} ms, "
+                f"worst {worst * 1000:.0f} ms"
+            },
+        )
+
+    bench.row("8", "45 concurrent predicts, code bundle model", "-", 45 * 1000, flood)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--skip-models", action="store_true", help="no prediction rows")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        service = ServiceProcess(Path(tmp) / ".syncbn", None, token=None)
+        service.start(timeout_s=240)
+        try:
+            bench = Bench(service)
+            uploads(bench)
+            if not args.skip_models:
+                predictions(bench)
+        finally:
+            service.stop()
+            record = HeadRecord.load(service.home / "ray" / RECORD_FILE)
+            if record is not None:
+                kill_session(record.pid)
+    bench.print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
