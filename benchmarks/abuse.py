@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 from servicekit import ServiceProcess
 
-from service.embedded_ray import RECORD_FILE, HeadRecord, kill_session
+from service.cluster.embedded_ray import RECORD_FILE, HeadRecord, kill_session
 
 TINY_NET = b"""
 import torch

@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from servicekit import ServiceProcess
 
-from service import store
-from service.db import Database
-from service.embedded_ray import RayHead, new_token, use_token
-from service.states import JobState
-from workers.spec import JobSpec
+from contract.spec import JobSpec
+from service.cluster.embedded_ray import RayHead, new_token, use_token
+from service.jobs.states import JobState
+from service.storage import store
+from service.storage.db import Database
 
 # The head's own token, given to this process before Ray reads it (as make run does): nothing
 # comes from ~/.ray, so it runs from a fresh clone with an empty HOME.

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/compile_bench.py [--iters 40] [--world 2] [--batch 16]
 
-The model is ``workers.models.build_model("resnet", (8, 8), 10)`` (the CNN ``model="auto"``
+The model is ``workers.nets.build_model("resnet", (8, 8), 10)`` (the CNN ``model="auto"``
 picks for 8x8 images, 6 BatchNorm2d layers). Each of ``--world`` spawned gloo ranks (one
 thread each) holds ``--batch`` samples and times one step: forward, cross-entropy, backward,
 SGD update (no DDP: parameter gradients are not averaged, only the BN statistics are
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import syncbn
 from syncbn.launch import run_on_ranks
-from workers.models import build_model
+from workers.nets import build_model
 
 INPUT_SHAPE, CLASSES = (8, 8), 10
 

@@ -41,10 +41,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from contract.protocol import read_events
+from contract.spec import JobSpec
 from workers.driver import run_job
-from workers.protocol import read_events
 from workers.reporting import epoch_reports
-from workers.spec import JobSpec
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"epochs": 4, "lr": 0.05, "models": ["resnet", "mlp"]},

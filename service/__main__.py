@@ -6,7 +6,7 @@ stopped on exit, also on Ctrl-C. With ``RAY_ADDRESS`` set it uses that cluster (
 dashboard/Jobs URL) with the user's own Ray token settings.
 
 Before anything starts, an exposed listener without a real API token is refused (exit 2,
-``service.credentials.check_exposure``); without ``SYNCBN_API_TOKEN`` the token is read from
+``service.api.credentials.check_exposure``); without ``SYNCBN_API_TOKEN`` the token is read from
 or made into ``$SYNCBN_HOME/api-token`` and a login link is printed.
 """
 
@@ -18,9 +18,9 @@ import signal
 import sys
 from contextlib import ExitStack
 
-from service.credentials import UnsafeStart, check_exposure, ensure_api_token, login_url
-from service.embedded_ray import EmbeddedRay
-from service.observability import log_config
+from service.api.credentials import UnsafeStart, check_exposure, ensure_api_token, login_url
+from service.api.observability import log_config
+from service.cluster.embedded_ray import EmbeddedRay
 from service.settings import Settings
 
 logger = logging.getLogger("service")

@@ -17,24 +17,24 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from service import store
-from service.credentials import ensure_api_token
-from service.db import Database
-from service.deps import Services
-from service.housekeeping import sweep
-from service.lifecycle import Lifecycle
-from service.middleware import (
+from service.api.credentials import ensure_api_token
+from service.api.deps import Services
+from service.api.middleware import (
     Gate,
     HostOriginMiddleware,
     HostPolicy,
     RequestLimitsMiddleware,
     RouteLimits,
 )
-from service.observability import ServiceMetrics, TimingMiddleware
-from service.ray_jobs import RayJobs, RayUnavailable
-from service.routers import code, datasets, health, ingest, jobs, studies, trained
-from service.scheduler import Scheduler
+from service.api.observability import ServiceMetrics, TimingMiddleware
+from service.api.routes import code, datasets, health, ingest, jobs, studies, trained
+from service.cluster.ray_jobs import RayJobs, RayUnavailable
+from service.files.housekeeping import sweep
+from service.jobs.lifecycle import Lifecycle
+from service.jobs.scheduler import Scheduler
 from service.settings import Settings
+from service.storage import store
+from service.storage.db import Database
 
 logger = logging.getLogger("service")
 STATIC_DIR = Path(__file__).parent / "static"

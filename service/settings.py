@@ -3,7 +3,7 @@
 Each field is ``SYNCBN_<FIELD>`` (``PORT``, ``RAY_ADDRESS`` and ``DATABASE_URL`` also plain);
 its description says what it sets. Unset ``RAY_ADDRESS``: ``python -m service`` starts an
 embedded Ray head. Every limit, its default and why: ``docs/security.md``. There is always an
-API token (``service.credentials``); listening beyond loopback needs a real one in
+API token (``service.api.credentials``); listening beyond loopback needs a real one in
 ``SYNCBN_API_TOKEN``.
 """
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from service.embedded_ray import RayHead, new_token, use_token
+from service.cluster.embedded_ray import RayHead, new_token, use_token
 
 # The test cluster's own token, set before Ray is first imported (Ray reads the auth mode and
 # token then): nothing comes from ~/.ray or from RAY_* variables of the calling shell.

@@ -1,4 +1,4 @@
-"""A stand-in for ``service.ray_jobs.RayJobs`` for the in-process test tier.
+"""A stand-in for ``service.cluster.ray_jobs.RayJobs`` for the in-process test tier.
 
 It keeps Ray Jobs in a dict; a test moves them (``set_status``) as Ray would. Only the tests
 of the service alone use it; the end-to-end tests run against a real Ray cluster.
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.ray_jobs import RayUnavailable
-from workers.capacity import Capacity
+from contract.capacity import Capacity
+from service.cluster.ray_jobs import RayUnavailable
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from service.embedded_ray import free_ports, ray_env
+from service.cluster.embedded_ray import free_ports, ray_env
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -122,7 +122,7 @@ class ServiceProcess:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``syncbn --url URL --token TOKEN ARGS`` (the CLI), run to completion."""
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", "--url", self.url,
+            [sys.executable, "-m", "client.cli", "--url", self.url,
              *(["--token", self.token] if self.token else []), *args],
             capture_output=True, text=True, timeout=120, env={"COLUMNS": "160", "PATH": ""},
         )  # fmt: skip

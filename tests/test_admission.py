@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from service.admission import Admit, Reject, Wait, admit
-from workers.capacity import Capacity
-from workers.spec import JobSpec
+from contract.capacity import Capacity
+from contract.spec import JobSpec
+from service.jobs.admission import Admit, Reject, Wait, admit
 
 
 def spec(workers: int = 1, cpus: float = 1.0) -> JobSpec:

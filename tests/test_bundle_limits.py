@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from hostile import cost_in_subprocess, zip_bytes
 
-from service.code_bundles import (
+from service.files.code_bundles import (
     DEFAULT_MAX_FILE_SOURCE_BYTES,
     DEFAULT_MAX_SOURCE_BYTES,
     FSTRING_WORK,
@@ -158,7 +158,7 @@ def measure(tmp_path: Path, data: bytes, **limits: int) -> dict:
     folder = Path(tempfile.mkdtemp(dir=tmp_path))
     archive = folder / "bundle"
     archive.write_bytes(data)
-    setup = "from pathlib import Path\nfrom service.code_bundles import unpack\n"
+    setup = "from pathlib import Path\nfrom service.files.code_bundles import unpack\n"
     target, options = str(folder / "unpacked"), {**LIMITS, **limits}
     call = f"unpack(Path({str(archive)!r}), Path({target!r}), **{options!r}).files"
     result = cost_in_subprocess(setup, call)

@@ -15,11 +15,11 @@ from inprocess import LOCAL, local_client
 from safetensors import safe_open
 from test_model_files import model_file, submit
 
-from service import cli
+from client import cli
+from contract.spec import JobSpec
 from service.app import create_app
 from service.settings import Settings
 from workers.data import load_digits, make_shapes
-from workers.spec import JobSpec
 
 TOKEN = "cli-models-token"
 

@@ -13,7 +13,7 @@ from fakeray import FakeRay
 from test_cli_models import TOKEN, service, syncbn  # noqa: F401 (fixture)
 from test_service_inprocess import report
 
-from service import cli
+from client import cli
 
 ACCURACY = {"local": 0.80, "sync": 0.90, "reference": 0.92}
 STUDY = ["study", "--dataset", "digits", "--workers", "4", "--batch-size", "2", "--epochs", "2"]

@@ -28,10 +28,10 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from service.app import create_app
-from service.code_bundles import BundleError, module_name, unpack
+from service.files.code_bundles import BundleError, module_name, unpack
 from service.settings import Settings
 from workers.data import standardize
-from workers.models import apply_norm
+from workers.nets import apply_norm
 from workers.usercode import UserCodeError, check_user_model
 
 TOKEN = "code-token"

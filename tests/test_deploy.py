@@ -209,7 +209,7 @@ def test_yaml_file_parses(path):
 def test_the_secret_is_the_users_own_and_its_example_holds_no_token():
     """`kubectl apply -k` never applies placeholder secrets: the user creates the Secret, and
     the service refuses the example's values if they are copied."""
-    from service.credentials import weakness
+    from service.api.credentials import weakness
 
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
     example = yaml.safe_load((K8S / "secret.example.yaml").read_text(encoding="utf-8"))

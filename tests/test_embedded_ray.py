@@ -26,7 +26,7 @@ import psutil
 import pytest
 from servicekit import ServiceProcess
 
-from service.embedded_ray import (
+from service.cluster.embedded_ray import (
     CLIENT_PORT_FLAG,
     LOCAL_ONLY_VAR,
     PORT_VARS,

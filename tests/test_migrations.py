@@ -1,10 +1,10 @@
-"""Schema migrations (Alembic, ``service/migrations``) on SQLite and a real PostgreSQL.
+"""Schema migrations (Alembic, ``service/storage/migrations``) on SQLite and a real PostgreSQL.
 
 - A database made by the release before migrations (``fixtures/syncbn-v0.sql``: one succeeded
   job with its reports, evaluations and events, one uploaded dataset) is upgraded when the real
   service starts on it, and everything reads back through the REST API.
 - A new database gets the newest revision, and the migrations make exactly the tables of
-  ``service.models`` (a model change without a migration fails here).
+  ``service.storage.tables`` (a model change without a migration fails here).
 - PostgreSQL: ``initdb`` + ``pg_ctl`` from the Debian server binaries, as the ``postgres`` user.
 """
 
@@ -27,10 +27,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from servicekit import ServiceProcess
 
-from service.db import Database, current_revision, head_revision, make_engine, upgrade
-from service.embedded_ray import free_ports
-from service.models import Base
-from workers.spec import JobSpec
+from contract.spec import JobSpec
+from service.cluster.embedded_ray import free_ports
+from service.storage.db import Database, current_revision, head_revision, make_engine, upgrade
+from service.storage.tables import Base
 
 FIXTURE = Path(__file__).parent / "fixtures" / "syncbn-v0.sql"
 PG_BIN = Path(os.environ.get("SYNCBN_PG_BIN", "/usr/lib/postgresql/15/bin"))

@@ -19,6 +19,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from contract.spec import JobSpec
 from service.app import create_app
 from service.settings import Settings
 from workers import export
@@ -34,8 +35,7 @@ from workers.export import (
     write_model_file,
 )
 from workers.imagefolder import decode_image, read_image_folder, write_npz
-from workers.models import apply_norm, build_model, model_from_recipe
-from workers.spec import JobSpec
+from workers.nets import apply_norm, build_model, model_from_recipe
 
 TOKEN = "model-files-token"
 

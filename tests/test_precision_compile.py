@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from contract.spec import JobSpec
 from workers.driver import run_job
-from workers.spec import JobSpec
 
 
 @pytest.mark.timeout(300)

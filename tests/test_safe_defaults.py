@@ -29,7 +29,7 @@ from playwright.sync_api import Browser, expect
 from servicekit import ServiceProcess
 from test_page import browser  # noqa: F401 (fixture)
 
-from service.embedded_ray import RECORD_FILE, HeadRecord, kill_session
+from service.cluster.embedded_ray import RECORD_FILE, HeadRecord, kill_session
 
 MAX_RSS_MIB = 256
 MAX_CPU_S = 5.0
@@ -79,7 +79,7 @@ def test_no_token_rebound_host_and_cross_site_are_refused(made):
 def cli(made: ServiceProcess, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCBN_", "RAY_"))}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "client.cli", *args],
         cwd=cwd, capture_output=True, text=True, timeout=120,
         env={**clean, "SYNCBN_URL": made.url, "COLUMNS": "160", **env},
     )  # fmt: skip

@@ -32,17 +32,17 @@ from fastapi.testclient import TestClient
 from hostile import chunked, zip_bytes
 from inprocess import LOCAL, local_client
 
-from service.app import create_app
-from service.credentials import (
+from contract.protocol import INGEST_TOKEN_ENV
+from service.api.credentials import (
     UnsafeStart,
     check_exposure,
     ensure_api_token,
     weakness,
     write_secret_once,
 )
-from service.middleware import Gate, RequestLimitsMiddleware, RouteLimits, host_name
+from service.api.middleware import Gate, RequestLimitsMiddleware, RouteLimits, host_name
+from service.app import create_app
 from service.settings import Settings
-from workers.protocol import INGEST_TOKEN_ENV
 
 GOOD = {"dataset": "synthetic", "workers": 2, "batch_size_per_worker": 8, "epochs": 2}
 
@@ -119,7 +119,7 @@ def test_the_token_file_is_created_once_even_by_racing_processes(tmp_path):
     target = tmp_path / "home" / "api-token"
     code = (
         "import sys, secrets; from pathlib import Path;"
-        "from service.credentials import write_secret_once;"
+        "from service.api.credentials import write_secret_once;"
         "print(write_secret_once(Path(sys.argv[1]), secrets.token_urlsafe(32)))"
     )
     racers = [

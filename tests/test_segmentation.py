@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from contract.spec import JobSpec
 from workers.data import (
     IGNORE_LABEL,
     SHAPES_CLASSES,
@@ -23,8 +24,7 @@ from workers.data import (
     load_npz,
     make_shapes,
 )
-from workers.models import UNet, build_model, check_data, infer_kind
-from workers.spec import JobSpec
+from workers.nets import UNet, build_model, check_data, infer_kind
 
 # ---------------------------------------------------------------- data
 
@@ -261,8 +261,8 @@ def test_evaluate_on_one_rank_matches_numpy(monkeypatch):
 
 @pytest.mark.timeout(180)
 def test_two_worker_shapes_job_reports_identical_miou(ray_cluster, tmp_path):
+    from contract.protocol import read_events
     from workers.driver import run_job
-    from workers.protocol import read_events
     from workers.reporting import epoch_reports
 
     spec = JobSpec(

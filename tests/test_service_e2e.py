@@ -13,7 +13,7 @@ import httpx
 import pytest
 from servicekit import ServiceProcess, wait_ray_idle
 
-from workers.protocol import WorkerReport
+from contract.protocol import WorkerReport
 
 SMALL_JOB = {
     "dataset": "synthetic",
@@ -59,7 +59,7 @@ def test_job_runs_end_to_end_with_per_worker_stats_events_and_cli_watch(service)
     assert job["state"] == "queued" and job["spec"]["workers"] == 2
     events, reader = collect_events(service, job["id"])
     watcher = subprocess.run(
-        [sys.executable, "-m", "service.cli", "--url", service.url, "--token", service.token,
+        [sys.executable, "-m", "client.cli", "--url", service.url, "--token", service.token,
          "watch", job["id"]],
         capture_output=True, text=True, timeout=300, env={"COLUMNS": "120", "PATH": ""},
     )  # fmt: skip

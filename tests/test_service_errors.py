@@ -193,7 +193,7 @@ def test_cli_submit_list_show_cancel_and_errors(idle_service, tmp_path):
     uploaded = idle_service.cli("upload", str(data))
     assert uploaded.returncode == 0 and "dataset ds-" in uploaded.stdout
     unreachable = subprocess.run(
-        [sys.executable, "-m", "service.cli", "--url", "http://127.0.0.1:9", "list"],
+        [sys.executable, "-m", "client.cli", "--url", "http://127.0.0.1:9", "list"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert unreachable.returncode == 3 and "cannot reach" in unreachable.stdout

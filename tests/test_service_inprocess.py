@@ -17,11 +17,11 @@ from fakeray import FakeRay
 from fastapi.testclient import TestClient
 from inprocess import local_client
 
+from contract.protocol import INGEST_TOKEN_ENV, WorkerReport
 from service.app import create_app
-from service.lifecycle import MAX_RESUBMISSIONS, RESUBMITTED
+from service.jobs.lifecycle import MAX_RESUBMISSIONS, RESUBMITTED
+from service.jobs.states import FINAL_STATES, JobState
 from service.settings import Settings
-from service.states import FINAL_STATES, JobState
-from workers.protocol import INGEST_TOKEN_ENV, WorkerReport
 
 TOKEN = "in-process-token"
 GOOD = {"dataset": "synthetic", "workers": 2, "batch_size_per_worker": 8, "epochs": 2}
@@ -255,7 +255,7 @@ def test_openapi_documents_every_per_worker_field(client):
 
 
 def test_the_service_never_imports_ray_train(tmp_path):
-    """Only ``workers.protocol`` ties the service to the workers: no ``ray.train`` in it."""
+    """Only ``contract.protocol`` ties the service to the workers: no ``ray.train`` in it."""
     code = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -276,8 +276,8 @@ print(sorted(m for m in sys.modules if m.startswith(("ray.train", "workers.repor
 
 
 def test_cli_submit_has_a_flag_for_every_jobspec_field():
-    from service.cli import parse_args, spec_from_args
-    from workers.spec import JobSpec
+    from client.cli import parse_args, spec_from_args
+    from contract.spec import JobSpec
 
     args = parse_args(
         ["submit", "--dataset", "digits", "--batch-size", "2", "--cpus-per-worker", "0.5",

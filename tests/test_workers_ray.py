@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.capacity import InfeasibleJobError
+from contract.capacity import InfeasibleJobError
+from contract.protocol import EpochEval, WorkerReport, read_events
+from contract.spec import JobSpec
 from workers.data import DatasetError, load_dataset, steps_per_epoch
 from workers.driver import run_job
-from workers.protocol import EpochEval, WorkerReport, read_events
 from workers.reporting import epoch_reports
-from workers.spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 # What every report sets on every rank (the EpochEval fields only in epoch reports).

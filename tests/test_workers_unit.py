@@ -13,6 +13,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from contract.spec import JobSpec
 from workers.data import (
     DatasetError,
     batches,
@@ -24,8 +25,7 @@ from workers.data import (
     shard_indices,
     steps_per_epoch,
 )
-from workers.models import apply_norm, build_model, infer_kind
-from workers.spec import JobSpec
+from workers.nets import apply_norm, build_model, infer_kind
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -270,7 +270,7 @@ def test_bn_probe_moments_match_float64(norm):
 def test_stats_callback_writes_jsonl_and_survives_a_failing_sink(tmp_path):
     import pickle
 
-    from workers.protocol import read_events
+    from contract.protocol import read_events
     from workers.reporting import StatsCallback, epoch_reports
 
     seen = []
@@ -298,7 +298,7 @@ def test_stats_callback_writes_jsonl_and_survives_a_failing_sink(tmp_path):
 
 
 def test_stats_callback_validates_reports_against_the_protocol(tmp_path):
-    from workers.protocol import ReportEvent, WorkerReport, read_events
+    from contract.protocol import ReportEvent, WorkerReport, read_events
     from workers.reporting import StatsCallback
 
     callback = StatsCallback(tmp_path / "s.jsonl", job="j1")

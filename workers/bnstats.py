@@ -24,9 +24,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import syncbn
+from contract.protocol import LayerSummary, RunningDigest
 from syncbn import LayerStats
 from syncbn._functions import local_moments, moments_to_mean_var
-from workers.protocol import LayerSummary, RunningDigest
 
 
 def _layer_stats(local: torch.Tensor, synced: torch.Tensor) -> LayerStats:

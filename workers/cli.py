@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from workers.spec import JobSpec
+from contract.spec import JobSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFEASIBLE = 0, 1, 2, 3
 
@@ -66,7 +66,7 @@ def predict_file(model_path: str, inputs: str, outputs: str) -> int:
     import numpy as np
 
     from workers.export import load_model, predict, read_recipe
-    from workers.models import model_for
+    from workers.nets import model_for
 
     recipe = read_recipe(model_path)
     spec = JobSpec.model_validate(recipe["spec"])
@@ -194,7 +194,7 @@ def worker_table(workers: list[dict[str, Any]]) -> Any:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from workers.capacity import InfeasibleJobError
+    from contract.capacity import InfeasibleJobError
     from workers.data import DatasetError, steps_per_epoch
     from workers.driver import JobError, JobFailedError, prepare_data, run_job
     from workers.reporting import HttpSink, follow_events

@@ -35,8 +35,8 @@ from typing import Literal
 
 import numpy as np
 
+from contract.spec import BUILTIN_DATASETS, DATASET_ID_RE
 from workers.archives import ArchiveTooLarge, open_zip
-from workers.spec import BUILTIN_DATASETS, DATASET_ID_RE
 
 MAX_DATASET_BYTES = int(os.environ.get("SYNCBN_MAX_DATASET_BYTES", 256 << 20))
 """Largest accepted .npz, both on disk and uncompressed (the service passes its upload limit
@@ -386,7 +386,6 @@ class NpzInfo(_Split):
     task: Task = "classification"
     class_names: tuple[str, ...] | None = None
     from_images: bool = False
-
 
 
 def dataset_memory(stored: int, x_elements: int, y_elements: int) -> int:

@@ -5,7 +5,7 @@ Order of checks, each failing at once with a message saying why:
 1. the dataset is loaded and validated in the driver (``DatasetError``) and the model checked
    against its input shape, before any worker exists; a user's builder (code bundle) is built
    and run on two samples (``UserCodeError``, with the tail of the user's traceback);
-2. the request is checked against the cluster's alive nodes (``workers.capacity``): more
+2. the request is checked against the cluster's alive nodes (``contract.capacity``): more
    workers/CPUs/GPUs than there are is an ``InfeasibleJobError`` (Ray Train would
    otherwise keep retrying to schedule it);
 3. the run name is new under the storage path (reusing one silently resumes the old run).
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.capacity import Capacity, check_feasible
+from contract.capacity import Capacity, check_feasible
+from contract.protocol import STATS_FILE, read_events
+from contract.spec import JobSpec
 from workers.data import ArrayDataset, load_dataset
-from workers.models import apply_norm, check_data
-from workers.protocol import STATS_FILE, read_events
+from workers.nets import apply_norm, check_data
 from workers.reporting import StatsCallback, StatsSink, epoch_reports
-from workers.spec import JobSpec
 from workers.usercode import check_user_model
 
 CONTROLLER_FAILURE_LIMIT = 2

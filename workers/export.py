@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.spec import JobSpec
 from workers.data import ArrayDataset, standardize
-from workers.models import infer_kind, model_from_recipe
-from workers.spec import JobSpec
+from workers.nets import infer_kind, model_from_recipe
 
 MODEL_FILE = "model.safetensors"
 RECIPE_KEY = "syncbn.recipe"
@@ -107,7 +107,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """The trained model of a file, in eval mode, and its recipe.
 
-    A built-in model is rebuilt from the recipe (``workers.models.model_from_recipe``); for a
+    A built-in model is rebuilt from the recipe (``workers.nets.model_from_recipe``); for a
     code bundle's model pass ``model``, built by the bundle's builder.
     """
     from safetensors.torch import load_file

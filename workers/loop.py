@@ -20,7 +20,7 @@ recomputes the BN running statistics (``syncbn.precise_bn``) before each evaluat
 Rank 0's part of each checkpoint includes the model file of ``workers.export``
 (safetensors weights and the recipe).
 
-Each report is one ``workers.protocol.WorkerReport`` per rank, dumped to a dict; epoch reports
+Each report is one ``contract.protocol.WorkerReport`` per rank, dumped to a dict; epoch reports
 add the ``EpochEval`` fields (``test_accuracy``, ``test_loss``, ``test_miou`` (segmentation),
 ``test_samples`` and ``bn_running``, a digest of the BN running statistics).
 """
@@ -41,12 +41,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from contract.protocol import EpochEval, ReportKind, WorkerReport
+from contract.spec import JobSpec
 from workers.bnstats import BNProbe, running_stats_digest
 from workers.data import IGNORE_LABEL, ArrayDataset, batches, eval_indices, shard_indices
 from workers.export import MODEL_FILE, recipe_for, write_model_file
-from workers.models import apply_norm, model_for
-from workers.protocol import EpochEval, ReportKind, WorkerReport
-from workers.spec import JobSpec
+from workers.nets import apply_norm, model_for
 
 if TYPE_CHECKING:
     import ray.train

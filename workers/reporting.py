@@ -2,14 +2,14 @@
 
 ``StatsCallback`` is a ``ray.train.UserCallback``: Ray Train calls ``after_report`` in the
 controller actor once all workers have called ``ray.train.report``, with ``metrics[i]`` the
-dict of rank i (a dumped ``workers.protocol.WorkerReport``). Each call becomes one
+dict of rank i (a dumped ``contract.protocol.WorkerReport``). Each call becomes one
 ``ReportEvent``::
 
     {"type": "report", "job": ..., "run_id": ..., "time": ..., "kind": "step" | "epoch",
      "epoch": ..., "step": ..., "checkpoint": path | None, "workers": [rank 0 dict, ...]}
 
 and worker failures (``after_exception``) become an ``ExceptionEvent``, ``{"type":
-"exception", "errors": {rank: message}}``. Both are validated against ``workers.protocol``
+"exception", "errors": {rank: message}}``. Both are validated against ``contract.protocol``
 (a malformed report raises), appended to ``<job dir>/stats.jsonl`` (``STATS_FILE``) first
 (so nothing is lost), then handed to the optional sink (the service plugs its own in; it must
 be picklable, because the callback travels to the controller actor). A failing sink is
@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from ray.train import UserCallback
 
-from workers.protocol import INGEST_TOKEN_ENV, INGEST_URL_ENV, ExceptionEvent, ReportEvent
+from contract.protocol import INGEST_TOKEN_ENV, INGEST_URL_ENV, ExceptionEvent, ReportEvent
 
 logger = logging.getLogger(__name__)
 

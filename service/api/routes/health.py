@@ -1,0 +1,56 @@
+"""Liveness, readiness (database and Ray) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from service.api.auth import require_api_token
+from service.api.deps import ServicesDep
+from service.api.schemas import ErrorOut, Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """Liveness: the process answers (no auth, no dependencies; on the event loop, so a busy
+    thread pool never delays it)."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Health,
+    dependencies=[Depends(require_api_token)],
+    responses={401: {"model": ErrorOut}, 503: {"model": Health, "description": "not ready"}},
+)
+async def readyz(services: ServicesDep, response: Response) -> Health:
+    """Readiness: the database answers and the Ray cluster has alive nodes."""
+    checks: dict[str, str] = {}
+    try:
+        await run_in_threadpool(services.db.ping)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {exc}"[:300]
+    try:
+        capacity = await run_in_threadpool(services.ray.capacity)
+        checks["ray"] = "ok" if capacity.nodes else "error: no alive Ray nodes"
+    except Exception as exc:
+        checks["ray"] = f"error: {exc}"[:300]
+    ready = all(v == "ok" for v in checks.values())
+    response.status_code = 200 if ready else 503
+    return Health(status="ready" if ready else "not ready", checks=checks)
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_api_token)],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, 401: {"model": ErrorOut}},
+)
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics: jobs by state, request latency by route, reports ingested."""
+    body = await run_in_threadpool(generate_latest, services.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,245 @@
+"""``/v1/jobs``: submit, list, inspect, cancel, statistics, history, live events, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Header, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from contract.spec import JobSpec
+from service.api.deps import Services, ServicesDep, api_router, job_or_404, not_found
+from service.api.schemas import (
+    ErrorOut,
+    EvaluationOut,
+    JobList,
+    JobOut,
+    LogsOut,
+    MetricsOut,
+    ReportOut,
+    WorkersOut,
+)
+from service.files.housekeeping import remove_job_files
+from service.jobs.lifecycle import JobNotFound, why_kept
+from service.jobs.states import FINAL_STATES, JobState
+from service.jobs.submission import check_queue_room, check_submission, cluster_capacity
+from service.storage import store
+
+logger = logging.getLogger("service.jobs")
+router = api_router("/v1/jobs", "jobs")
+NOT_FOUND = {404: {"model": ErrorOut, "description": "no such job"}}
+EVENT_POLL_S = 0.5
+MAX_EVENT_ID = 2**62
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobOut,
+    responses={
+        422: {"description": "invalid spec, unknown dataset, or can never fit the cluster"},
+        429: {"model": ErrorOut, "description": "the queue is full"},
+    },
+)
+def submit_job(spec: JobSpec, services: ServicesDep) -> JobOut:
+    """Submit a training job; it starts when the cluster has room (FIFO)."""
+    checked = check_submission(services, spec, cluster_capacity(services))
+    with services.db.session() as session:
+        check_queue_room(services, session, 1)
+        job = services.lifecycle.create(session, spec, checked.steps_per_epoch)
+        out = store.job_out(job)
+    logger.info("job submitted", extra={"job_id": out.id, "spec": spec.model_dump()})
+    return out
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    services: ServicesDep,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> JobList:
+    """Jobs, newest first, optionally only those in ``state``."""
+    with services.db.session() as session:
+        jobs, total = store.list_jobs(session, state, limit, offset)
+        return JobList(
+            jobs=[store.job_out(j, with_transitions=False) for j in jobs],
+            total=total,
+            limit=limit,
+            offset=offset,
+        )
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+def get_job(job_id: str, services: ServicesDep) -> JobOut:
+    """One job: state, spec, progress, state transitions, and the result when done."""
+    with services.db.session() as session:
+        job = job_or_404(session, job_id)
+        return store.job_out(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)
+def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
+    """Cancel a job (idempotent): a queued job never starts, a running one's Ray Job stops."""
+    try:
+        job = services.lifecycle.cancel(job_id)
+    except JobNotFound:
+        raise not_found("job", job_id) from None
+    except Exception as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"could not stop the Ray job: {exc}"
+        ) from exc
+    with services.db.session() as session:
+        return store.job_out(job_or_404(session, job.id))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "not over, or a study's"}},
+)
+def delete_job(job_id: str, services: ServicesDep) -> Response:
+    """Delete a job that is over, with its statistics, checkpoints and model files."""
+    with services.db.session() as session:
+        job = job_or_404(session, job_id)
+        if job.study_id is not None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"job {job_id} is part of study {job.study_id}: delete the study instead",
+            )
+        if reason := why_kept(job):
+            raise HTTPException(status.HTTP_409_CONFLICT, reason)
+        store.delete_jobs(session, [job_id])
+    remove_job_files(services.settings, job_id)
+    logger.info("job deleted", extra={"job_id": job_id})
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{job_id}/workers", response_model=WorkersOut, responses=NOT_FOUND)
+def job_workers(job_id: str, services: ServicesDep) -> WorkersOut:
+    """The latest statistics of every worker (rank)."""
+    with services.db.session() as session:
+        job_or_404(session, job_id)
+        report = store.latest_report(session, job_id)
+        if report is None:
+            return WorkersOut(job_id=job_id, workers=[])
+        return WorkersOut(
+            job_id=job_id,
+            epoch=report.epoch,
+            step=report.step,
+            workers=[w.data for w in report.workers],
+        )
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsOut, responses=NOT_FOUND)
+def job_metrics(job_id: str, services: ServicesDep) -> MetricsOut:
+    """The whole history: every report with every rank's statistics, and the evaluations."""
+    with services.db.session() as session:
+        job_or_404(session, job_id)
+        return MetricsOut(
+            job_id=job_id,
+            reports=[
+                ReportOut(
+                    kind=r.kind,
+                    epoch=r.epoch,
+                    step=r.step,
+                    time=r.time,
+                    workers=[w.data for w in r.workers],
+                )
+                for r in store.reports(session, job_id)
+            ],
+            evaluations=[
+                EvaluationOut.model_validate(e) for e in store.evaluations(session, job_id)
+            ],
+        )
+
+
+@router.get("/{job_id}/logs", response_model=LogsOut, responses=NOT_FOUND)
+def job_logs(
+    job_id: str,
+    services: ServicesDep,
+    tail: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+) -> LogsOut:
+    """The last ``tail`` lines of the job's Ray Job logs (driver and workers)."""
+    with services.db.session() as session:
+        job = job_or_404(session, job_id)
+        submitted = job.ray_status is not None
+    text = ""
+    if submitted:
+        try:
+            text = services.ray.logs(job_id)
+        except Exception as exc:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, f"Ray logs unavailable: {exc}"
+            ) from exc
+    return LogsOut(job_id=job_id, logs="\n".join(text.splitlines()[-tail:]))
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={
+        **NOT_FOUND,
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Server-Sent Events: `state`, `report`, `exception`, then `end`",
+        },
+    },
+)
+async def job_events(
+    job_id: str,
+    services: ServicesDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(max_length=19, pattern=r"^\d+$", description="resume after this event id"),
+    ] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="resume after this id")] = 0,
+) -> EventSourceResponse:
+    """Live stream of the job's state changes and reports (from the start, or resumed after
+    ``Last-Event-ID``, as a reconnecting EventSource sends it, or ``after``)."""
+
+    def exists() -> bool:
+        with services.db.session() as session:
+            return store.get_job(session, job_id) is not None
+
+    if not await run_in_threadpool(exists):
+        raise not_found("job", job_id)
+    cursor = after
+    if last_event_id is not None:
+        cursor = int(last_event_id)
+        if cursor > MAX_EVENT_ID:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("header", "last-event-id"),
+                        "msg": f"must be at most {MAX_EVENT_ID}",
+                        "type": "less_than_equal",
+                    }
+                ]
+            )
+    return EventSourceResponse(_event_stream(services, job_id, cursor), ping=15)
+
+
+async def _event_stream(services: Services, job_id: str, cursor: int) -> AsyncIterator:
+    def fetch(after: int) -> tuple[list[tuple[int, str, dict]], str]:
+        with services.db.session() as session:
+            job = store.get_job(session, job_id)
+            events = store.events_after(session, job_id, after)
+            return [(e.id, e.type, e.data) for e in events], job.state if job else JobState.FAILED
+
+    while True:
+        events, state = await run_in_threadpool(fetch, cursor)
+        for event_id, kind, data in events:
+            cursor = event_id
+            yield ServerSentEvent(data=json.dumps(data), event=kind, id=str(event_id))
+        if not events and state in FINAL_STATES:
+            yield ServerSentEvent(data=json.dumps({"state": state}), event="end")
+            return
+        if not events:
+            await asyncio.sleep(EVENT_POLL_S)

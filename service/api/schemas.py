@@ -1,0 +1,258 @@
+"""Response bodies of the REST API (request bodies: ``contract.spec.JobSpec``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from contract.protocol import WorkerReport
+from contract.spec import JobSpec
+from service.jobs.states import JobState
+
+
+class TransitionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    state: JobState
+    reason: str | None = None
+    at: datetime
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="last reported epoch (1-based; 0 before the first report)")
+    step: int = Field(description="optimizer steps done")
+    epochs: int
+    steps_per_epoch: int
+    fraction: float = Field(ge=0, le=1)
+
+
+class Result(BaseModel):
+    test_accuracy: float | None = Field(description="pixel accuracy for segmentation")
+    test_loss: float | None
+    test_miou: float | None = Field(None, description="segmentation: mean IoU over classes")
+    epochs_completed: int
+    wall_time_s: float | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    state: JobState
+    reason: str | None = Field(None, description="why queued, why failed, or who cancelled")
+    spec: JobSpec
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress
+    result: Result | None = Field(None, description="set when the job succeeded")
+    transitions: list[TransitionOut] = []
+    study_id: str | None = Field(None, description="the study this job is an arm x seed of")
+    arm: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class WorkersOut(BaseModel):
+    job_id: str
+    epoch: int | None = None
+    step: int | None = None
+    workers: list[WorkerReport] = Field(description="the latest report of every rank")
+
+
+class ReportOut(BaseModel):
+    kind: str
+    epoch: int
+    step: int
+    time: float
+    workers: list[WorkerReport]
+
+
+class EvaluationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    step: int
+    test_accuracy: float | None
+    test_loss: float | None
+    test_miou: float | None = None
+
+
+class MetricsOut(BaseModel):
+    job_id: str
+    reports: list[ReportOut]
+    evaluations: list[EvaluationOut]
+
+
+class LogsOut(BaseModel):
+    job_id: str
+    logs: str
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    size_bytes: int
+    n_train: int
+    n_test: int
+    input_shape: list[int]
+    num_classes: int
+    task: str = Field("classification", description="classification or segmentation")
+    class_names: list[str] | None = Field(None, description="in label order, when known")
+    created_at: datetime
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetOut]
+
+
+class CodeBundleOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str = Field(description="name it in JobSpec.code")
+    name: str = Field(description="the uploaded file's name")
+    size_bytes: int
+    sha256: str
+    files: int = Field(description="files in the bundle")
+    modules: list[str] = Field(description='importable modules: use "<module>:<function>"')
+    requirements: list[str] = Field(description="requirements.txt lines, pip-installed by Ray")
+    created_at: datetime
+
+
+class CodeBundleList(BaseModel):
+    bundles: list[CodeBundleOut]
+
+
+class ModelFileOut(BaseModel):
+    epoch: int = Field(description="the checkpoint's epoch (1-based)")
+    size_bytes: int
+    sha256: str = Field(description="also the download's ETag")
+    metrics: dict[str, float | None] = Field(description="that epoch's evaluation")
+    bn_statistics: str = Field(description="whose BatchNorm running statistics the file holds")
+    url: str = Field(description="GET it for the .safetensors file")
+
+
+class ModelsOut(BaseModel):
+    job_id: str
+    models: list[ModelFileOut] = Field(description="the kept checkpoints' files, oldest first")
+    recipe: dict[str, Any] | None = Field(
+        None, description="the newest file's recipe (how to rebuild and feed the model)"
+    )
+
+
+class PredictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[Any] = Field(
+        description="raw samples as the dataset provides them (digits: load_digits().images, "
+        "values 0-16), each of the model's input shape; preprocessing comes from the recipe",
+        min_length=1,
+    )
+    epoch: int | None = Field(None, ge=1, description="a kept checkpoint (default: the newest)")
+
+
+class PredictOut(BaseModel):
+    job_id: str
+    epoch: int
+    task: str
+    classes: list[str] | None = Field(description="class names in label order, when known")
+    predictions: list[int] | None = Field(None, description="classification: a class per sample")
+    masks: list[Any] | None = Field(None, description="segmentation: (N, H, W) pixel classes")
+    probabilities: list[Any] = Field(
+        description="softmax over the classes: (N, K), or (N, K, H, W) for segmentation"
+    )
+
+
+class StudyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base: dict[str, Any] = Field(
+        description="a JobSpec without norm and seed: what every arm shares",
+        examples=[{"dataset": "digits", "workers": 4, "batch_size_per_worker": 2, "epochs": 4}],
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=1, max_length=20)
+    arms: list[Literal["local", "sync", "reference"]] | None = Field(
+        None,
+        min_length=1,
+        description="default: local, sync and reference (1 worker x the global batch)",
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        if any(not 0 <= s <= 2**31 - 1 for s in seeds):
+            raise ValueError("seeds must be in [0, 2**31 - 1]")
+        return seeds
+
+    @field_validator("arms")
+    @classmethod
+    def _distinct_arms(cls, arms: list[str] | None) -> list[str] | None:
+        if arms is not None and len(set(arms)) != len(arms):
+            raise ValueError("arms must be distinct")
+        return arms
+
+
+class CurvePoint(BaseModel):
+    epoch: int
+    mean: float | None
+    std: float | None
+    n: int = Field(description="seeds that reached this epoch")
+
+
+class StudyJobOut(BaseModel):
+    id: str
+    seed: int
+    state: JobState
+    reason: str | None = None
+    metric: float | None = None
+
+
+class ArmOut(BaseModel):
+    name: str
+    spec: JobSpec = Field(description="the arm's JobSpec (seed: the first seed's)")
+    jobs: list[StudyJobOut]
+    metric: str = Field(description="test_accuracy, or test_miou for segmentation")
+    metric_mean: float | None = None
+    metric_std: float | None = None
+    step_time_s_mean: float | None = None
+    sync_time_share: float | None = Field(None, description="syncbn collectives / step time")
+    curve: list[CurvePoint] = Field(description="the test metric by epoch over the seeds")
+
+
+class StudyOut(BaseModel):
+    id: str
+    state: Literal["running", "succeeded", "partially_failed", "failed", "cancelled"]
+    reasons: list[str] = Field(description="why jobs failed, one line each")
+    base: dict[str, Any]
+    seeds: list[int]
+    arms: list[ArmOut]
+    skipped: dict[str, str] = Field(description="arms asked for but not run, and why")
+    verdict: str | None = Field(description="what syncbn bought, in plain words")
+    created_at: datetime
+
+
+class StudyList(BaseModel):
+    studies: list[StudyOut]
+
+
+class IngestAck(BaseModel):
+    stored: bool
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]]

@@ -1,1 +1,0 @@
-"""Alembic migrations of the service database (see ``service.db.upgrade``)."""

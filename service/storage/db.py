@@ -1,0 +1,175 @@
+"""Database engine and sessions (SQLAlchemy 2; SQLite in WAL mode by default, PostgreSQL too).
+
+The schema is managed by Alembic (``service/storage/migrations``): ``make_engine`` (and so every
+``Database``) brings the database to the newest revision with ``upgrade`` first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+logger = logging.getLogger("service.storage.db")
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+BASELINE = "0001_initial"
+"""The revision of the schema that releases before migrations made with ``create_all``."""
+BASELINE_TABLES = frozenset(
+    {"jobs", "transitions", "reports", "worker_stats", "evaluations", "events", "datasets"}
+)
+MIGRATION_LOCK = 0x5359_4E43_424E  # PostgreSQL advisory lock key: one migrator at a time
+
+
+def is_memory_url(url: str) -> bool:
+    """True for an in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``)."""
+    return url.startswith("sqlite") and url.split("?", 1)[0].split("//", 1)[-1] in ("", "/:memory:")
+
+
+def make_engine(url: str, migrate: bool = True) -> Engine:
+    """An engine for ``url``, upgraded to the newest schema (``upgrade``) unless not ``migrate``.
+
+    For SQLite: the parent directory, WAL, busy timeout, foreign keys; an in-memory database
+    is one connection shared by every thread (``StaticPool``), so it outlives the migration.
+    """
+    if url.startswith("sqlite"):
+        options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        if is_memory_url(url):
+            options["poolclass"] = StaticPool
+        else:
+            path = url.split("///", 1)[-1].split("?", 1)[0]
+            if path:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, **options)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    if migrate:
+        upgrade(engine)
+    return engine
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration, made in code (no ``alembic.ini``); runs on ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision this release knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision stored in ``alembic_version`` (None: none there)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine_or_url: Engine | str) -> str:
+    """Bring the database to the newest revision; returns it.
+
+    A new (empty) database gets every revision. One a release before migrations made (its
+    tables, no ``alembic_version``) is first stamped at ``BASELINE``. One already at the newest
+    revision is left as it is. PostgreSQL: concurrent callers wait on an advisory lock; SQLite:
+    foreign keys are off while migrating (batch ALTERs copy tables), then checked.
+    """
+    if isinstance(engine_or_url, str):
+        engine = make_engine(engine_or_url, migrate=False)
+        try:
+            return upgrade(engine)
+        finally:
+            engine.dispose()
+    engine = engine_or_url
+    scripts = ScriptDirectory.from_config(alembic_config())
+    head = scripts.get_current_head()
+    assert head is not None
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        current = current_revision(connection)
+        connection.rollback()
+        if current == head:
+            return head
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                _migrate(connection, scripts, head)
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise RuntimeError("the migration left rows violating foreign keys")
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
+    return head
+
+
+def _migrate(connection: Connection, scripts: ScriptDirectory, head: str) -> None:
+    """Stamp a pre-migrations database, then upgrade to ``head`` (inside the caller's
+    transaction, after the lock: another process may have done it meanwhile)."""
+    current = current_revision(connection)
+    if current == head:
+        return
+    config = alembic_config(connection)
+    if current is None:
+        tables = set(inspect(connection).get_table_names()) & BASELINE_TABLES
+        if tables == BASELINE_TABLES:
+            logger.info("database made before migrations: stamping it at %s", BASELINE)
+            command.stamp(config, BASELINE)
+            current = BASELINE
+        elif tables:
+            raise RuntimeError(
+                f"unrecognized database schema: some tables ({', '.join(sorted(tables))}) but "
+                f"not all of {', '.join(sorted(BASELINE_TABLES))}, and no alembic_version"
+            )
+    elif current not in {rev.revision for rev in scripts.walk_revisions()}:
+        raise RuntimeError(
+            f"database schema revision {current!r} is unknown to this release (newest: "
+            f"{head!r}): it was made by a newer release"
+        )
+    logger.info("upgrading database schema from %s to %s", current or "nothing", head)
+    command.upgrade(config, "head")
+
+
+class Database:
+    """The engine plus a ``session()`` context manager that commits or rolls back."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def ping(self) -> None:
+        """Raise if the database cannot answer a trivial query."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()

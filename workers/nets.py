@@ -1,0 +1,260 @@
+"""Models chosen by the task and input shape, each with BatchNorm, and their syncbn conversion.
+
+``model="auto"`` picks ``unet`` for segmentation (a small U-Net with BatchNorm2d that
+predicts a class per pixel); for classification it picks by the shape of one sample:
+
+- ``(C, H, W)`` or ``(H, W)`` (two comparable sides) -> ``resnet``: a small ResNet-style CNN
+  with BatchNorm2d;
+- ``(C, L)`` with few channels and a long axis (C <= 8 and L >= 4 C) or ``(L,)`` with
+  L >= 128 -> ``cnn1d``: a 1-D CNN with BatchNorm1d;
+- ``(F,)`` with F < 128 -> ``mlp`` with BatchNorm1d.
+
+Name a model explicitly when the heuristic guesses wrong (e.g. a long flat feature vector).
+``unet`` takes only segmentation data, the other models only classification data.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contract.spec import JobSpec
+from workers.data import DatasetError, DatasetInfo, Task
+
+SEQUENCE_MIN_LENGTH = 128
+
+
+def infer_kind(input_shape: tuple[int, ...], task: Task = "classification") -> str:
+    """The model ``auto`` picks for samples of ``input_shape`` (batch dimension excluded)."""
+    if task == "segmentation":
+        return "unet"
+    if len(input_shape) == 3:
+        return "resnet"
+    if len(input_shape) == 2:
+        channels, length = input_shape
+        return "cnn1d" if channels <= 8 and length >= 4 * channels else "resnet"
+    if len(input_shape) == 1:
+        return "cnn1d" if input_shape[0] >= SEQUENCE_MIN_LENGTH else "mlp"
+    raise ValueError(f"no model for samples of shape {input_shape}")
+
+
+def check_compatible(kind: str, input_shape: tuple[int, ...]) -> None:
+    """Raise ValueError when model ``kind`` cannot take samples of ``input_shape``."""
+    allowed = {"mlp": (1, 2, 3), "cnn1d": (1, 2), "resnet": (2, 3), "unet": (2, 3)}[kind]
+    if len(input_shape) not in allowed:
+        raise ValueError(f"model {kind!r} cannot take samples of shape {input_shape}")
+
+
+def check_data(spec: JobSpec, info: DatasetInfo) -> None:
+    """Raise ``DatasetError`` (naming the JobSpec field) if ``spec`` cannot train on the data
+    ``info`` describes: the model must suit the task and take its samples, and an MLP's
+    BatchNorm1d must not be left one value per channel. A code bundle's builder (``spec.code``)
+    is not checked here."""
+    if spec.code is not None:
+        return
+    kind = infer_kind(info.input_shape, info.task) if spec.model == "auto" else spec.model
+    if info.task == "segmentation" and kind != "unet":
+        raise DatasetError(
+            f"{info.describe()}: model {kind!r} predicts one class per sample, but this data "
+            'has per-pixel masks: use model="unet" (or "auto")',
+            field="model",
+        )
+    if info.task != "segmentation" and kind == "unet":
+        raise DatasetError(
+            f"{info.describe()}: model 'unet' predicts a class per pixel, but this data has one "
+            'label per sample: use a classification model (or "auto")',
+            field="model",
+        )
+    try:
+        check_compatible(kind, info.input_shape)
+    except ValueError as exc:
+        raise DatasetError(f"{info.describe()}: {exc}", field="model") from exc
+    group = spec.sync_group_size or spec.workers
+    if kind == "mlp" and spec.batch_size_per_worker == 1 and (spec.norm == "local" or group == 1):
+        raise DatasetError(
+            "batch_size_per_worker=1 leaves an MLP's BatchNorm1d one value per channel when "
+            'statistics are not shared: use norm="sync" with several workers or a larger batch',
+            field="batch_size_per_worker",
+        )
+
+
+class MLP(nn.Module):
+    """Flat features -> [Linear, BatchNorm1d, ReLU] x 2 -> Linear."""
+
+    def __init__(self, in_features: int, num_classes: int, width: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, width, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+            nn.Linear(width, width, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+            nn.Linear(width, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv, BatchNorm, ReLU in 1-D or 2-D."""
+
+    def __init__(self, dims: int, cin: int, cout: int, stride: int = 1, act: bool = True) -> None:
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        layers: list[nn.Module] = [
+            conv(cin, cout, 3, stride=stride, padding=1, bias=False),
+            norm(cout),
+        ]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3-wide convolutions with BN and an (optionally strided) shortcut."""
+
+    def __init__(self, dims: int, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        self.body = nn.Sequential(
+            ConvBNAct(dims, cin, cout, stride), ConvBNAct(dims, cout, cout, act=False)
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride=stride, bias=False), norm(cout))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """Stem + one block at full resolution + one strided block, global pooling, linear head.
+
+    ``dims=2`` for images (BatchNorm2d), ``dims=1`` for sequences (BatchNorm1d).
+    """
+
+    def __init__(self, dims: int, in_channels: int, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        self.dims = dims
+        pool = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool1d(1)
+        self.features = nn.Sequential(
+            ConvBNAct(dims, in_channels, width),
+            BasicBlock(dims, width, width),
+            BasicBlock(dims, width, 2 * width, stride=2),
+            pool,
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (N, H, W) images and (N, L) sequences get a channel axis.
+        if x.dim() == self.dims + 1:
+            x = x.unsqueeze(1)
+        return self.head(self.features(x))
+
+
+class UNet(nn.Module):
+    """A small U-Net: (N, C, H, W) or (N, H, W) images -> (N, num_classes, H, W) logits.
+
+    Two levels: ConvBNAct at full resolution (``width`` channels) and at half (2 ``width``),
+    two ConvBNAct at a quarter (4 ``width``), then per level bilinear upsampling to the skip's
+    exact size, concatenation with the skip and one ConvBNAct; a 1x1 convolution gives the
+    logits. Pooling rounds up (``ceil_mode``), so any H and W work, not only multiples of 4.
+    6 BatchNorm2d layers (few, since each costs two all_reduces per step when synchronized).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.enc1 = ConvBNAct(2, in_channels, w)
+        self.enc2 = ConvBNAct(2, w, 2 * w)
+        self.bottom = nn.Sequential(ConvBNAct(2, 2 * w, 4 * w), ConvBNAct(2, 4 * w, 4 * w))
+        self.dec2 = ConvBNAct(2, 4 * w + 2 * w, 2 * w)
+        self.dec1 = ConvBNAct(2, 2 * w + w, w)
+        self.head = nn.Conv2d(w, num_classes, 1)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+
+    @staticmethod
+    def _up(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([up, skip], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # (N, H, W) images get a channel axis
+            x = x.unsqueeze(1)
+        s1 = self.enc1(x)
+        s2 = self.enc2(self.pool(s1))
+        bottom = self.bottom(self.pool(s2))
+        return self.head(self.dec1(self._up(self.dec2(self._up(bottom, s2)), s1)))
+
+
+def build_model(
+    kind: str, input_shape: tuple[int, ...], num_classes: int, task: Task = "classification"
+) -> nn.Module:
+    """A fresh model of ``kind`` ("auto" resolves by ``task`` and ``input_shape``) with torch
+    BatchNorm."""
+    if kind == "auto":
+        kind = infer_kind(input_shape, task)
+    check_compatible(kind, input_shape)
+    if kind == "unet":
+        return UNet(input_shape[0] if len(input_shape) == 3 else 1, num_classes)
+    if kind == "mlp":
+        features = 1
+        for size in input_shape:
+            features *= size
+        return MLP(features, num_classes)
+    if kind == "resnet":
+        channels = input_shape[0] if len(input_shape) == 3 else 1
+        return SmallResNet(2, channels, num_classes)
+    channels = input_shape[0] if len(input_shape) == 2 else 1
+    return SmallResNet(1, channels, num_classes)
+
+
+def model_from_recipe(recipe: dict) -> nn.Module:
+    """A fresh built-in model (plain torch BatchNorm) of a model file's recipe
+    (``workers.export``): load the file's weights into it to get the trained model."""
+    if not recipe.get("builtin", True):
+        raise ValueError(
+            f"this model was built by {recipe.get('model')!r} from code bundle "
+            f"{recipe.get('code')}: build it with that function and load the weights into it"
+        )
+    return build_model(
+        recipe["model"], tuple(recipe["input_shape"]), int(recipe["num_classes"]), recipe["task"]
+    )
+
+
+def apply_norm(
+    model: nn.Module, norm: str, sync_group_size: int | None = None, world_size: int = 1
+) -> nn.Module:
+    """``norm="sync"``: convert BatchNorm layers to ``syncbn.SyncBatchNorm``.
+
+    With ``sync_group_size`` smaller than the world, statistics are synchronized within
+    consecutive groups of that many ranks (every rank must call this: groups are created
+    collectively). ``norm="local"`` returns the model unchanged.
+    """
+    if norm == "local":
+        return model
+    import syncbn
+
+    group = None
+    if sync_group_size is not None and sync_group_size < world_size:
+        group = syncbn.new_sync_groups(sync_group_size)
+    return syncbn.convert_sync_batchnorm(model, process_group=group)
+
+
+def model_for(
+    spec: JobSpec, input_shape: tuple[int, ...], num_classes: int, task: Task = "classification"
+) -> nn.Module:
+    """The job's model with torch BatchNorm: the code bundle's builder, or a built-in one
+    (``task`` resolves ``auto``)."""
+    if spec.builder is not None:
+        from workers.usercode import build_user_model
+
+        return build_user_model(spec.model, input_shape, num_classes)
+    return build_model(spec.model, input_shape, num_classes, task)
