@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from servicekit import ServiceProcess
 
 from contract.spec import JobSpec
+from contract.states import JobState
 from service.cluster.embedded_ray import RayHead, new_token, use_token
-from service.jobs.states import JobState
 from service.storage import store
 from service.storage.db import Database
 

@@ -40,12 +40,11 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from contract.datasets import IMAGE_EXTENSIONS
+from contract.layout import Layout, is_loopback, read_token_file
 from contract.spec import JobSpec
-from service.api.credentials import read_token_file
-from service.jobs.states import FINAL_STATES, JobState
-from service.settings import API_TOKEN_FILE, DEFAULT_HOME, is_loopback
+from contract.states import FINAL_STATES, JobState
 from workers.cli import ProgressView, worker_table
-from workers.imagefolder import IMAGE_EXTENSIONS
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_REJECTED, EXIT_UNAVAILABLE = 0, 1, 2, 3
 STATE_STYLE = {
@@ -121,8 +120,7 @@ def local_token(url: str) -> str | None:
     never sent elsewhere): ``$SYNCBN_HOME/api-token`` (default ``.syncbn``)."""
     if not is_loopback(httpx.URL(url).host):
         return None
-    home = Path(os.environ.get("SYNCBN_HOME", DEFAULT_HOME))
-    return read_token_file(home / API_TOKEN_FILE)
+    return read_token_file(Layout.of().api_token)
 
 
 class Client:

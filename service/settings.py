@@ -9,7 +9,6 @@ API token (``service.api.credentials``); listening beyond loopback needs a real 
 
 from __future__ import annotations
 
-import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -17,21 +16,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_HOME = ".syncbn"
-API_TOKEN_FILE = "api-token"
-"""The generated API token's file in ``$SYNCBN_HOME``."""
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-"""Host names that always mean this machine."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address) is this machine only."""
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from contract.layout import DEFAULT_HOME, Layout, is_loopback
 
 
 class Settings(BaseSettings):
@@ -131,31 +116,36 @@ class Settings(BaseSettings):
         return is_loopback(self.host)
 
     @property
+    def layout(self) -> Layout:
+        """Where everything lives under ``home`` (``contract.layout``)."""
+        return Layout(self.home.resolve())
+
+    @property
     def runs_dir(self) -> Path:
-        return self.home.resolve() / "runs"
+        return self.layout.runs
 
     @property
     def datasets_dir(self) -> Path:
-        return self.home.resolve() / "datasets"
+        return self.layout.datasets
 
     @property
     def predictions_dir(self) -> Path:
         """Inputs and outputs of predictions run on Ray (removed when answered)."""
-        return self.home.resolve() / "predictions"
+        return self.layout.predictions
 
     @property
     def code_dir(self) -> Path:
         """Unpacked code bundles, one folder per id."""
-        return self.home.resolve() / "code"
+        return self.layout.code
 
     @property
     def api_token_file(self) -> Path:
         """Where a generated API token is kept (mode 0600)."""
-        return self.home.resolve() / API_TOKEN_FILE
+        return self.layout.api_token
 
     @cached_property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home.resolve() / 'syncbn.db'}"
+        return self.database_url or f"sqlite:///{self.layout.database}"
 
     @property
     def ingest_base_url(self) -> str:

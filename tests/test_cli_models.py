@@ -19,7 +19,7 @@ from client import cli
 from contract.spec import JobSpec
 from service.app import create_app
 from service.settings import Settings
-from workers.data import load_digits, make_shapes
+from workers.data.builtin import load_digits, make_shapes
 
 TOKEN = "cli-models-token"
 

@@ -30,7 +30,7 @@ from torch import nn
 from service.app import create_app
 from service.files.code_bundles import BundleError, module_name, unpack
 from service.settings import Settings
-from workers.data import standardize
+from workers.data.arrays import standardize
 from workers.nets import apply_norm
 from workers.usercode import UserCodeError, check_user_model
 

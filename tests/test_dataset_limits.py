@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.data import DatasetError, NpzInfo, inspect_npz, load_npz
-from workers.imagefolder import (
+from contract.datasets import DatasetError
+from workers.data.imagefolder import (
     MAX_DECODED_PIXELS,
     MAX_JPEG_SCANS,
     decode_image,
@@ -33,6 +33,7 @@ from workers.imagefolder import (
     read_image_folder,
     write_npz,
 )
+from workers.data.npz import NpzInfo, inspect_npz, load_npz
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ LINUX = Path("/proc/self/status").exists()
 def measure(call: str, **variables: object) -> dict:
     """Run ``call`` (an expression over ``data``, ``imagefolder``, ``np`` and ``variables``)
     in a fresh Python; its DatasetError (or value), CPU seconds and peak RSS delta in MiB."""
-    setup = "import numpy as np\nfrom workers import data, imagefolder\n"
+    setup = "import numpy as np\nfrom workers.data import imagefolder, npz as data\n"
     setup += "".join(f"{name} = {value!r}\n" for name, value in variables.items())
     return hostile.cost_in_subprocess(setup, call)
 
@@ -362,7 +363,7 @@ def test_decode_images_reads_every_header_before_decoding_anything(monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded before the budget was checked")
 
-    monkeypatch.setattr("workers.imagefolder.decode_image", no_decoding)
+    monkeypatch.setattr("workers.data.imagefolder.decode_image", no_decoding)
     with pytest.raises(DatasetError, match="3 images of 300 pixels in all") as error:
         decode_images(items, shape, max_pixels=100, max_decoded_pixels=299)
     assert error.value.setting == "max_decoded_pixels"

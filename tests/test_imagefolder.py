@@ -1,4 +1,4 @@
-"""Image-folder uploads: ``workers.imagefolder`` on its own, then through the REST service.
+"""Image-folder uploads: ``workers.data.imagefolder`` on its own, then through the REST service.
 
 Images are made here with Pillow (nothing is downloaded). REST tests use ``idle_service``
 (256 kB uploads, jobs never start), one service of their own with tiny image limits, and one
@@ -21,8 +21,8 @@ from conftest import UPLOAD_LIMIT
 from PIL import Image
 from servicekit import ServiceProcess
 
-from workers.data import DatasetError, load_npz
-from workers.imagefolder import (
+from contract.datasets import DatasetError
+from workers.data.imagefolder import (
     ImageFolderArrays,
     decode_image,
     is_image_folder,
@@ -30,6 +30,7 @@ from workers.imagefolder import (
     read_image_folder,
     write_npz,
 )
+from workers.data.npz import load_npz
 
 
 # -- making archives ---------------------------------------------------------------------------

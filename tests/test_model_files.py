@@ -19,22 +19,15 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from contract.recipe import MODEL_FILE, RECIPE_KEY, check_inputs, read_recipe
 from contract.spec import JobSpec
 from service.app import create_app
 from service.settings import Settings
 from workers import export
-from workers.data import load_digits, load_npz, make_shapes
-from workers.export import (
-    MODEL_FILE,
-    RECIPE_KEY,
-    check_inputs,
-    load_model,
-    predict,
-    read_recipe,
-    recipe_for,
-    write_model_file,
-)
-from workers.imagefolder import decode_image, read_image_folder, write_npz
+from workers.data.builtin import load_digits, make_shapes
+from workers.data.imagefolder import decode_image, read_image_folder, write_npz
+from workers.data.npz import load_npz
+from workers.export import load_model, predict, recipe_for, write_model_file
 from workers.nets import apply_norm, build_model, model_from_recipe
 
 TOKEN = "model-files-token"

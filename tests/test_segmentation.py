@@ -13,18 +13,13 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from contract.datasets import IGNORE_LABEL, SHAPES_CLASSES, DatasetError, builtin_info
+from contract.model_choice import check_data, infer_kind
 from contract.spec import JobSpec
-from workers.data import (
-    IGNORE_LABEL,
-    SHAPES_CLASSES,
-    ArrayDataset,
-    DatasetError,
-    builtin_info,
-    load_dataset,
-    load_npz,
-    make_shapes,
-)
-from workers.nets import UNet, build_model, check_data, infer_kind
+from workers.data.arrays import ArrayDataset
+from workers.data.builtin import load_dataset, make_shapes
+from workers.data.npz import load_npz
+from workers.nets import UNet, build_model
 
 # ---------------------------------------------------------------- data
 

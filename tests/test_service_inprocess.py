@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from inprocess import local_client
 
 from contract.protocol import INGEST_TOKEN_ENV, WorkerReport
+from contract.states import FINAL_STATES, JobState
 from service.app import create_app
 from service.jobs.lifecycle import MAX_RESUBMISSIONS, RESUBMITTED
-from service.jobs.states import FINAL_STATES, JobState
 from service.settings import Settings
 
 TOKEN = "in-process-token"

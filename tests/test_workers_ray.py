@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from contract.capacity import InfeasibleJobError
+from contract.datasets import DatasetError, steps_per_epoch
 from contract.protocol import EpochEval, WorkerReport, read_events
 from contract.spec import JobSpec
-from workers.data import DatasetError, load_dataset, steps_per_epoch
+from workers.data.builtin import load_dataset
 from workers.driver import run_job
 from workers.reporting import epoch_reports
 

@@ -13,19 +13,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from contract.datasets import DatasetError, steps_per_epoch
+from contract.model_choice import infer_kind
 from contract.spec import JobSpec
-from workers.data import (
-    DatasetError,
-    batches,
-    eval_indices,
-    load_dataset,
-    load_digits,
-    load_npz,
-    make_synthetic,
-    shard_indices,
-    steps_per_epoch,
-)
-from workers.nets import apply_norm, build_model, infer_kind
+from workers.data.builtin import load_dataset, load_digits, make_synthetic
+from workers.data.npz import load_npz
+from workers.data.shard import batches, eval_indices, shard_indices
+from workers.nets import apply_norm, build_model
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -314,3 +308,18 @@ def test_stats_callback_validates_reports_against_the_protocol(tmp_path):
         with pytest.raises(ValidationError):
             callback.after_report(None, bad, None)
     assert len(read_events(tmp_path / "s.jsonl")) == 1  # nothing malformed was written
+
+
+def test_the_contract_knows_the_builtin_datasets_and_the_step_count_without_loading():
+    """``contract.datasets`` (what the service reads at submission, with no numpy or
+    scikit-learn) agrees with the loaders and the sharding the workers use."""
+    from contract.datasets import BUILTIN_INFO, steps_per_epoch
+    from workers.data.builtin import load_dataset
+    from workers.data.shard import batches
+
+    assert {name: load_dataset(name).info for name in BUILTIN_INFO} == BUILTIN_INFO
+    for n in range(1, 70):
+        for world in range(1, 5):
+            for batch in range(1, 9):
+                per_rank = np.arange(-(-n // world))
+                assert steps_per_epoch(n, world, batch) == len(batches(per_rank, batch))

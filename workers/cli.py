@@ -65,7 +65,8 @@ def predict_file(model_path: str, inputs: str, outputs: str) -> int:
     """Predict ``inputs`` with the model file ``model_path`` into ``outputs``."""
     import numpy as np
 
-    from workers.export import load_model, predict, read_recipe
+    from contract.recipe import read_recipe
+    from workers.export import load_model, predict
     from workers.nets import model_for
 
     recipe = read_recipe(model_path)
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from contract.capacity import InfeasibleJobError
-    from workers.data import DatasetError, steps_per_epoch
+    from contract.datasets import DatasetError, steps_per_epoch
     from workers.driver import JobError, JobFailedError, prepare_data, run_job
     from workers.reporting import HttpSink, follow_events
     from workers.usercode import UserCodeError

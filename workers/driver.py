@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from contract.capacity import Capacity, check_feasible
+from contract.model_choice import check_data
 from contract.protocol import STATS_FILE, read_events
 from contract.spec import JobSpec
-from workers.data import ArrayDataset, load_dataset
-from workers.nets import apply_norm, check_data
+from workers.data.arrays import ArrayDataset
+from workers.data.builtin import load_dataset
+from workers.nets import apply_norm
 from workers.reporting import StatsCallback, StatsSink, epoch_reports
 from workers.usercode import check_user_model
 

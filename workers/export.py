@@ -8,14 +8,15 @@ the recipe is JSON in the file's metadata (``RECIPE_KEY``):
 
 - ``model`` (the built-in architecture, ``auto`` resolved) or ``code`` and the builder;
 - ``input_shape``, ``num_classes``, ``class_names``, ``task``, and ``inputs``: ``images``
-  when the raw samples were image files (decoded as ``workers.imagefolder.decode_image``
+  when the raw samples were image files (decoded as ``workers.data.imagefolder.decode_image``
   does), else ``arrays``;
 - ``preprocess``: ``{"standardize": {"mean": m, "std": s}}``, applied to raw samples as
-  ``(raw - m) / s`` (``workers.data.standardize``);
+  ``(raw - m) / s`` (``workers.data.arrays.standardize``);
 - ``bn_statistics``: where the running statistics come from;
 - ``spec`` (the JobSpec), ``epoch`` and ``metrics`` (that epoch's evaluation).
 
 ``load_model`` rebuilds a built-in model from a file; ``predict`` runs it on raw samples.
+Reading the recipe and checking a prediction's inputs need no torch: ``contract.recipe``.
 """
 
 from __future__ import annotations
@@ -29,13 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.model_choice import infer_kind
+from contract.recipe import RECIPE_KEY, RECIPE_VERSION, read_recipe
 from contract.spec import JobSpec
-from workers.data import ArrayDataset, standardize
-from workers.nets import infer_kind, model_from_recipe
+from workers.data.arrays import ArrayDataset, standardize
+from workers.nets import model_from_recipe
 
-MODEL_FILE = "model.safetensors"
-RECIPE_KEY = "syncbn.recipe"
-RECIPE_VERSION = 1
 PREDICT_CHUNK_VALUES = 1 << 18
 """Input values per forward pass of ``predict`` (the rest of a request waits its turn), so a
 request's activations stay small whatever its sample count."""
@@ -93,17 +93,6 @@ def write_model_file(path: str | Path, model: nn.Module, recipe: dict[str, Any])
     return path
 
 
-def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The recipe in a model file's metadata (reads only the header)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if RECIPE_KEY not in metadata:
-        raise ValueError(f"{path}: not a syncbn model file (no {RECIPE_KEY!r} metadata)")
-    return json.loads(metadata[RECIPE_KEY])
-
-
 def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """The trained model of a file, in eval mode, and its recipe.
 
@@ -117,37 +106,6 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
         model = model_from_recipe(recipe)
     model.load_state_dict(load_file(str(path)))
     return model.eval(), recipe
-
-
-def check_inputs(raw: Any, recipe: dict[str, Any], max_samples: int) -> np.ndarray:
-    """Raw samples as a float64 array ``(N, *input_shape)``; ValueError saying what is wrong."""
-    shape = tuple(recipe["input_shape"])
-    want = f"a list of samples, each of shape {list(shape)} as the dataset provides them"
-    try:
-        array = np.asarray(raw)
-    except ValueError:
-        raise ValueError(f"must be {want}; the samples' shapes differ") from None
-    if array.dtype.kind not in "iuf":
-        raise ValueError(f"must be {want}, of numbers (found {array.dtype.name} values)")
-    if array.ndim != len(shape) + 1 or array.shape[1:] != shape or len(array) == 0:
-        raise ValueError(
-            f"must be {want} (before preprocessing); got an array of shape {list(array.shape)}"
-        )
-    if len(array) > max_samples:
-        raise ValueError(f"{len(array)} samples; at most {max_samples} per request")
-    if not np.isfinite(array).all():
-        raise ValueError("contains NaN or infinite values")
-    return array.astype(np.float64)
-
-
-def predict_values(recipe: dict[str, Any], samples: int) -> int:
-    """The numbers a prediction of ``samples`` samples takes in (their input values) and gives
-    back (their probabilities): what its time and memory grow with."""
-    inputs = int(np.prod(recipe["input_shape"]))
-    outputs = recipe["num_classes"]
-    if recipe["task"] == "segmentation":
-        outputs *= int(np.prod(recipe["input_shape"][-2:]))
-    return samples * (inputs + outputs)
 
 
 def predict(model: nn.Module, recipe: dict[str, Any], raw: np.ndarray) -> dict[str, Any]:

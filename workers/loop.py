@@ -41,11 +41,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from contract.datasets import IGNORE_LABEL
 from contract.protocol import EpochEval, ReportKind, WorkerReport
+from contract.recipe import MODEL_FILE
 from contract.spec import JobSpec
 from workers.bnstats import BNProbe, running_stats_digest
-from workers.data import IGNORE_LABEL, ArrayDataset, batches, eval_indices, shard_indices
-from workers.export import MODEL_FILE, recipe_for, write_model_file
+from workers.data.arrays import ArrayDataset
+from workers.data.shard import batches, eval_indices, shard_indices
+from workers.export import recipe_for, write_model_file
 from workers.nets import apply_norm, model_for
 
 if TYPE_CHECKING:

@@ -1,16 +1,7 @@
-"""Models chosen by the task and input shape, each with BatchNorm, and their syncbn conversion.
-
-``model="auto"`` picks ``unet`` for segmentation (a small U-Net with BatchNorm2d that
-predicts a class per pixel); for classification it picks by the shape of one sample:
-
-- ``(C, H, W)`` or ``(H, W)`` (two comparable sides) -> ``resnet``: a small ResNet-style CNN
-  with BatchNorm2d;
-- ``(C, L)`` with few channels and a long axis (C <= 8 and L >= 4 C) or ``(L,)`` with
-  L >= 128 -> ``cnn1d``: a 1-D CNN with BatchNorm1d;
-- ``(F,)`` with F < 128 -> ``mlp`` with BatchNorm1d.
-
-Name a model explicitly when the heuristic guesses wrong (e.g. a long flat feature vector).
-``unet`` takes only segmentation data, the other models only classification data.
+"""The built-in networks (``mlp``, ``cnn1d``, ``resnet``, ``unet``), each with BatchNorm, built
+by name (``build_model``) or from a model file's recipe (``model_from_recipe``), and their
+normalization for a job (``apply_norm``: syncbn, per-worker BN). Which network ``auto`` picks,
+and whether a network fits the data, is ``contract.model_choice``.
 """
 
 from __future__ import annotations
@@ -19,64 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contract.datasets import Task
+from contract.model_choice import check_compatible, infer_kind
 from contract.spec import JobSpec
-from workers.data import DatasetError, DatasetInfo, Task
-
-SEQUENCE_MIN_LENGTH = 128
-
-
-def infer_kind(input_shape: tuple[int, ...], task: Task = "classification") -> str:
-    """The model ``auto`` picks for samples of ``input_shape`` (batch dimension excluded)."""
-    if task == "segmentation":
-        return "unet"
-    if len(input_shape) == 3:
-        return "resnet"
-    if len(input_shape) == 2:
-        channels, length = input_shape
-        return "cnn1d" if channels <= 8 and length >= 4 * channels else "resnet"
-    if len(input_shape) == 1:
-        return "cnn1d" if input_shape[0] >= SEQUENCE_MIN_LENGTH else "mlp"
-    raise ValueError(f"no model for samples of shape {input_shape}")
-
-
-def check_compatible(kind: str, input_shape: tuple[int, ...]) -> None:
-    """Raise ValueError when model ``kind`` cannot take samples of ``input_shape``."""
-    allowed = {"mlp": (1, 2, 3), "cnn1d": (1, 2), "resnet": (2, 3), "unet": (2, 3)}[kind]
-    if len(input_shape) not in allowed:
-        raise ValueError(f"model {kind!r} cannot take samples of shape {input_shape}")
-
-
-def check_data(spec: JobSpec, info: DatasetInfo) -> None:
-    """Raise ``DatasetError`` (naming the JobSpec field) if ``spec`` cannot train on the data
-    ``info`` describes: the model must suit the task and take its samples, and an MLP's
-    BatchNorm1d must not be left one value per channel. A code bundle's builder (``spec.code``)
-    is not checked here."""
-    if spec.code is not None:
-        return
-    kind = infer_kind(info.input_shape, info.task) if spec.model == "auto" else spec.model
-    if info.task == "segmentation" and kind != "unet":
-        raise DatasetError(
-            f"{info.describe()}: model {kind!r} predicts one class per sample, but this data "
-            'has per-pixel masks: use model="unet" (or "auto")',
-            field="model",
-        )
-    if info.task != "segmentation" and kind == "unet":
-        raise DatasetError(
-            f"{info.describe()}: model 'unet' predicts a class per pixel, but this data has one "
-            'label per sample: use a classification model (or "auto")',
-            field="model",
-        )
-    try:
-        check_compatible(kind, info.input_shape)
-    except ValueError as exc:
-        raise DatasetError(f"{info.describe()}: {exc}", field="model") from exc
-    group = spec.sync_group_size or spec.workers
-    if kind == "mlp" and spec.batch_size_per_worker == 1 and (spec.norm == "local" or group == 1):
-        raise DatasetError(
-            "batch_size_per_worker=1 leaves an MLP's BatchNorm1d one value per channel when "
-            'statistics are not shared: use norm="sync" with several workers or a larger batch',
-            field="batch_size_per_worker",
-        )
 
 
 class MLP(nn.Module):

@@ -17,6 +17,7 @@ import os
 import secrets
 from pathlib import Path
 
+from contract.layout import read_token_file
 from service.settings import Settings
 
 MIN_TOKEN_LENGTH = 24
@@ -48,14 +49,6 @@ def write_secret_once(path: Path, value: str) -> str:
     finally:
         partial.unlink(missing_ok=True)
     return path.read_text().strip()
-
-
-def read_token_file(path: Path) -> str | None:
-    """The token kept in ``path`` (None: no such file, or empty)."""
-    try:
-        return path.read_text().strip() or None
-    except (FileNotFoundError, NotADirectoryError):
-        return None
 
 
 def ensure_api_token(settings: Settings) -> str:

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.settings import LOOPBACK_NAMES, Settings
+from contract.layout import LOOPBACK_NAMES
+from service.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/healthz"})

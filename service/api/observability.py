@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.jobs.states import JobState
+from contract.states import JobState
 
 JOB_STATES: tuple[str, ...] = tuple(JobState)
 

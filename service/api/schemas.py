@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract.protocol import WorkerReport
 from contract.spec import JobSpec
-from service.jobs.states import JobState
+from contract.states import JobState
 
 
 class TransitionOut(BaseModel):

@@ -5,7 +5,7 @@ absolute paths, ``..``, links and special files, and skipping ``SKIPPED`` folder
 files; every problem is a ``BundleError``. The work is bounded before it is done:
 
 - zip: the central directory's entry count and size, from its end record, before ``zipfile``
-  parses it (``workers.archives.open_zip``); every size from the index before any file is read;
+  parses it (``workers.data.archives.open_zip``); every size from the index before any file is read;
 - tar: the decompressed stream is read once, by a small reader of our own (``_read_tar``), with
   a budget on its bytes, on its headers and on the bytes of its extended (pax, GNU long name)
   headers; ``tarfile``'s own reader trusts a header's size, reads every member before any count
@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from workers.archives import ArchiveTooLarge, open_zip
+from workers.data.archives import ArchiveTooLarge, open_zip
 
 SKIPPED = ("__MACOSX", "__pycache__", ".DS_Store")
 """Names of files and folders that are not part of a bundle (nor are ``._name`` files)."""

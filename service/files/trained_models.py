@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.recipe import MODEL_FILE, read_recipe
 from service.cluster.ray_jobs import RayJobs, is_terminal, predict_entrypoint
-from workers.export import MODEL_FILE, load_model, predict, read_recipe
 
 INPUTS_FILE, OUTPUTS_FILE = "inputs.npy", "outputs.npz"
 POLL_S = 0.2
@@ -81,6 +81,8 @@ def model_files(runs_dir: Path, job_id: str) -> dict[int, ModelFile]:
 
 @functools.lru_cache(maxsize=8)
 def _loaded(path: str, mtime_ns: int) -> Any:
+    from workers.export import load_model  # torch: loaded with the first prediction
+
     model, _ = load_model(path)
     return model
 
@@ -88,6 +90,8 @@ def _loaded(path: str, mtime_ns: int) -> Any:
 def predict_builtin(file: ModelFile, raw: np.ndarray) -> dict[str, np.ndarray]:
     """Predictions of a built-in model, in this process (the model is loaded once)."""
     model = _loaded(str(file.path), file.path.stat().st_mtime_ns)
+    from workers.export import predict
+
     return predict(model, file.recipe, raw)
 
 

@@ -4,7 +4,7 @@
 report (the first one makes it ``running``), ``follow`` moves it as Ray's status says
 (resubmitting a job that a restarted cluster lost), ``reject`` and ``cancel`` end it. Each
 state change goes through ``_move``, the only caller of ``store.transition``, and is checked
-against the state machine of ``service.jobs.states``.
+against the state machine of ``contract.states``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from contract.protocol import (
     read_events,
 )
 from contract.spec import JobSpec
+from contract.states import JobState
 from service.api.auth import new_ingest_token
 from service.cluster.ray_jobs import RayJobs, entrypoint, is_terminal, parse_outcome
 from service.files.code_bundles import runtime_env
-from service.jobs.states import JobState
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database

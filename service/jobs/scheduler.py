@@ -21,10 +21,10 @@ import logging
 from sqlalchemy.orm import Session
 
 from contract.spec import JobSpec
+from contract.states import ACTIVE_STATES, JobState
 from service.cluster.ray_jobs import RayJobs, RayUnavailable, terminal_statuses
 from service.jobs.admission import Admit, Reject, Wait, admit
 from service.jobs.lifecycle import LOST, Lifecycle
-from service.jobs.states import ACTIVE_STATES, JobState
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database

@@ -12,12 +12,12 @@ from fastapi import HTTPException, status
 from sqlalchemy.orm import Session
 
 from contract.capacity import Capacity, InfeasibleJobError, check_feasible
+from contract.datasets import DatasetError, DatasetInfo, Task, builtin_info, steps_per_epoch
 from contract.spec import JobSpec
+from contract.states import JobState
 from service.api.deps import Services, field_error
 from service.cluster.ray_jobs import RayUnavailable
-from service.jobs.states import JobState
 from service.storage import store
-from workers.data import DatasetError, DatasetInfo, Task, builtin_info, steps_per_epoch
 
 logger = logging.getLogger("service.jobs.submission")
 
@@ -60,7 +60,7 @@ def dataset_info(services: Services, spec: JobSpec) -> DatasetInfo:
 def check_submission(services: Services, spec: JobSpec, capacity: Capacity | None) -> Checked:
     """422 naming the field unless ``spec`` can train on its data and could ever fit the
     cluster of ``capacity`` (None: not checked)."""
-    from workers.nets import check_data  # torch, imported on the first submission
+    from contract.model_choice import check_data
 
     info = dataset_info(services, spec)
     try:

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from contract.protocol import WORKER_COLUMNS, ExceptionEvent, ReportEvent
 from contract.spec import JobSpec
+from contract.states import ACTIVE_STATES, FINAL_STATES, JobState
 from service.api.schemas import JobOut, Progress, Result, TransitionOut
-from service.jobs.states import ACTIVE_STATES, FINAL_STATES, JobState
 from service.storage.tables import (
     CodeBundle,
     Dataset,

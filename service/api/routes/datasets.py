@@ -1,5 +1,5 @@
 """``/v1/datasets``: upload a validated ``.npz`` or an image-folder ``.zip`` (decoded by
-``workers.imagefolder`` and stored as an ``.npz``); ids are made by the server. List them."""
+``workers.data.imagefolder`` and stored as an ``.npz``); ids are made by the server. List them."""
 
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ def upload_dataset(
     ] = None,
 ) -> DatasetOut:
     """Upload a dataset; it is validated (image folders: decoded) before it gets an id."""
-    from workers.data import DatasetError, inspect_npz
-    from workers.imagefolder import image_folder_members, is_image_folder, parse_size
+    from contract.datasets import DatasetError
+    from workers.data.imagefolder import image_folder_members, is_image_folder, parse_size
+    from workers.data.npz import inspect_npz
 
     settings = services.settings
     try:
@@ -119,8 +120,8 @@ def _decode_images(
     archive: Path, target: Path, size: tuple[int, int] | None, settings: Settings
 ) -> None:
     """Decode the image-folder ``archive`` into the ``.npz`` ``target`` (422 on a problem)."""
-    from workers.data import DatasetError
-    from workers.imagefolder import read_image_folder, write_npz
+    from contract.datasets import DatasetError
+    from workers.data.imagefolder import read_image_folder, write_npz
 
     try:
         arrays = read_image_folder(

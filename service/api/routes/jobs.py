@@ -14,6 +14,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from contract.spec import JobSpec
+from contract.states import FINAL_STATES, JobState
 from service.api.deps import Services, ServicesDep, api_router, job_or_404, not_found
 from service.api.schemas import (
     ErrorOut,
@@ -27,7 +28,6 @@ from service.api.schemas import (
 )
 from service.files.housekeeping import remove_job_files
 from service.jobs.lifecycle import JobNotFound, why_kept
-from service.jobs.states import FINAL_STATES, JobState
 from service.jobs.submission import check_queue_room, check_submission, cluster_capacity
 from service.storage import store
 

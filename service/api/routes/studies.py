@@ -11,11 +11,11 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from contract.spec import JobSpec
+from contract.states import FINAL_STATES, JobState
 from service.api.deps import ServicesDep, api_router, field_error, not_found
 from service.api.schemas import ArmOut, ErrorOut, StudyIn, StudyJobOut, StudyList, StudyOut
 from service.files.housekeeping import remove_job_files
 from service.jobs.lifecycle import why_kept
-from service.jobs.states import FINAL_STATES, JobState
 from service.jobs.submission import check_queue_room, check_submission, cluster_capacity
 from service.storage import store
 from service.storage.tables import Job, Study

@@ -10,7 +10,10 @@ import numpy as np
 from fastapi import File, Form, Header, HTTPException, Query, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
+from contract.datasets import DatasetError
+from contract.recipe import check_inputs, predict_values
 from contract.spec import JobSpec
+from contract.states import JobState
 from service.api.deps import (
     Services,
     ServicesDep,
@@ -28,10 +31,6 @@ from service.files.trained_models import (
     predict_builtin,
     predict_on_ray,
 )
-from service.jobs.states import JobState
-from workers.data import DatasetError
-from workers.export import check_inputs, predict_values
-from workers.imagefolder import decode_images
 
 router = api_router("/v1/jobs", "models")
 NO_MODEL = {
@@ -220,6 +219,8 @@ def predict_images(
             f'/v1/jobs/{job_id}/predict with {{"inputs": [...]}}',
         )
     _check_answer_size(services, file, len(files), "files")
+    from workers.data.imagefolder import decode_images  # Pillow: on the first image request
+
     try:
         raw = decode_images(
             [(f.filename or "image", f.file.read()) for f in files],

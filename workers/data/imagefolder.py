@@ -31,10 +31,10 @@ before its directory is parsed (``image_folder_members(max_images)``); ``max_ima
 for the sum of all images' pixels (from their headers: what decoding costs, in time and in
 memory, whatever the files' compressed size); ``max_bytes`` for the archive's uncompressed
 size and for the decoded arrays (the ``.npz`` this makes); ``max_memory`` for the memory they
-need in training (``workers.data.dataset_memory``: the arrays and the float32 copy training
+need in training (``workers.data.npz.dataset_memory``: the arrays and the float32 copy training
 makes of them); and JPEG files of at most
 ``MAX_JPEG_SCANS`` scans (each scan of a progressive JPEG is a pass over the whole image).
-Every problem is a ``workers.data.DatasetError`` naming the member at fault
+Every problem is a ``contract.datasets.DatasetError`` naming the member at fault
 (``field="image_size"`` when the size is what is wrong); a limit's error names the service
 setting in ``setting`` (``max_upload_images``, ``max_image_pixels``, ``max_decoded_pixels``,
 ``max_upload_bytes``, ``max_dataset_memory``).
@@ -62,11 +62,10 @@ from typing import IO
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from workers.archives import ArchiveTooLarge, open_zip
-from workers.data import MAX_CLASSES, MAX_DATASET_MEMORY, DatasetError, dataset_memory
+from contract.datasets import IMAGE_EXTENSIONS, MAX_CLASSES, DatasetError
+from workers.data.archives import ArchiveTooLarge, open_zip
+from workers.data.npz import MAX_DATASET_MEMORY, dataset_memory
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-"""torchvision's ``IMG_EXTENSIONS`` (compared case-insensitively)."""
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "PPM", "TIFF", "WEBP")
 """The only Pillow decoders tried (no EPS/ghostscript, no exotic plugins); JPEG covers MPO."""
 IGNORED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
@@ -233,7 +232,7 @@ def read_image_folder(
 
 
 def write_npz(arrays: ImageFolderArrays, target: str | os.PathLike | IO[bytes]) -> None:
-    """Save as the ``.npz`` ``workers.data.load_npz`` reads (``classes`` as a unicode array)."""
+    """Save as the ``.npz`` ``workers.data.npz.load_npz`` reads (``classes`` as a unicode array)."""
     payload = {
         "x": arrays.x,
         "y": arrays.y,

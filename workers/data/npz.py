@@ -1,374 +1,61 @@
-"""Datasets and per-worker sharding.
-
-- ``digits``: scikit-learn's 8x8 handwritten digits (1797 images, 10 classes) with a fixed
-  seeded, stratified train/test split.
-- ``synthetic``: seeded Gaussian classes in 16 features; fast and learnable, for tests.
-- ``shapes``: seeded synthetic segmentation (``make_shapes``): 600 train / 150 test 24x24 RGB
-  images of circles, squares and triangles on noisy, textured backgrounds, with a contrast
-  that changes from image to image, and their per-pixel masks (0 background, 1 circle,
-  2 square, 3 triangle).
-- uploaded ``.npz`` files (``x``, ``y``, optional ``x_test``/``y_test``, ``classes`` and
-  ``images``, True when ``x`` holds decoded image files, as image-folder uploads do),
-  validated by ``inspect_npz`` when uploaded (headers first: nothing is allocated before the
-  sizes they declare are checked, then the values in chunks, without the float copies) and
-  by ``load_npz`` (the same checks, then split and standardized) in the workers; every
-  problem is a ``DatasetError`` naming the array (and, for a limit, the service setting).
-  The task is inferred from ``y``'s shape: ``(N,)`` one label per sample
-  (classification), ``(N, H, W)`` integer masks matching the images' spatial size
-  (segmentation; ``IGNORE_LABEL`` = 255 marks pixels that count nowhere).
-
-Sharding follows ``torch.utils.data.DistributedSampler`` (shuffle with seed + epoch, pad by
-wrapping so every rank gets the same number of samples and therefore of steps); evaluation
-splits the test set so that every sample is seen exactly once over all ranks.
-"""
+"""Uploaded ``.npz`` datasets: validated from their ``.npy`` headers first (``inspect_npz``:
+nothing is allocated before the sizes they declare are checked, then the values in chunks,
+without the float copies) and loaded for training (``load_npz``: the same checks, then split
+and standardized); every problem is a ``DatasetError`` naming the array (and, for a limit,
+the service setting)."""
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from contract.spec import BUILTIN_DATASETS, DATASET_ID_RE
-from workers.archives import ArchiveTooLarge, open_zip
+from contract.datasets import (
+    IGNORE_LABEL,
+    MAX_CLASSES,
+    SEGMENTATION_MAX_CLASSES,
+    DatasetError,
+    Task,
+)
+from contract.layout import Layout
+from contract.spec import DATASET_ID_RE
+from workers.data.archives import ArchiveTooLarge, open_zip
+from workers.data.arrays import CHECK_CHUNK, ArrayDataset, _Split, _split, _standardize
 
 MAX_DATASET_BYTES = int(os.environ.get("SYNCBN_MAX_DATASET_BYTES", 256 << 20))
 """Largest accepted .npz, both on disk and uncompressed (the service passes its upload limit
 to its jobs in this variable)."""
+
+
 MAX_DATASET_MEMORY = int(os.environ.get("SYNCBN_MAX_DATASET_MEMORY", 512 << 20))
 """Most bytes one copy of a dataset takes in training (``dataset_memory``); the service passes
 its own limit (``max_dataset_memory``) to its jobs in this variable."""
-MAX_CLASSES = 1000
-SPLIT_SEED = 0
-"""Seed of the fixed train/test splits (independent of the job seed)."""
-SHAPES_CLASSES = ("background", "circle", "square", "triangle")
+
+
 REQUIRED_KEYS = ("x", "y")
+
+
 OPTIONAL_KEYS = ("x_test", "y_test", "classes", "images")
-IGNORE_LABEL = 255
-"""Segmentation masks: pixels with this label count neither in the loss nor in the metrics."""
-Task = Literal["classification", "segmentation"]
 
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used, with a message saying why.
-
-    ``field`` names the JobSpec field the problem is about (``dataset`` unless the data is
-    fine but the job's ``model`` or ``batch_size_per_worker`` cannot use it). ``setting``, on
-    errors about a configurable limit, names the service ``Settings`` field that sets it
-    (``max_upload_bytes``, ``max_upload_images``, ``max_image_pixels``,
-    ``max_decoded_pixels``: environment variable ``SYNCBN_<SETTING>``); None otherwise.
-    """
-
-    def __init__(self, message: str, field: str = "dataset", setting: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-        self.setting = setting
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a job needs to know of a dataset without loading it."""
-
-    name: str
-    n_train: int
-    input_shape: tuple[int, ...]
-    num_classes: int
-    task: Task = "classification"
-    class_names: tuple[str, ...] | None = None
-
-    def describe(self) -> str:
-        what = "pixel classes" if self.task == "segmentation" else "classes"
-        return (
-            f"{self.name}: {self.n_train} train samples of shape {self.input_shape}, "
-            f"{self.num_classes} {what}"
-        )
-
-
-class _Split:
-    """What a split dataset says of itself (``name``, ``n_train``, ``n_test``, ``input_shape``,
-    ``num_classes``, ``task``, ``class_names`` come from the class)."""
-
-    name: str
-    n_train: int
-    n_test: int
-    input_shape: tuple[int, ...]
-    num_classes: int
-    task: Task
-    class_names: tuple[str, ...] | None
-
-    @property
-    def info(self) -> DatasetInfo:
-        return DatasetInfo(
-            self.name,
-            self.n_train,
-            self.input_shape,
-            self.num_classes,
-            self.task,
-            self.class_names,
-        )
-
-    def describe(self) -> str:
-        what = "pixel classes" if self.task == "segmentation" else "classes"
-        return (
-            f"{self.name}: {self.n_train} train / {self.n_test} test samples of shape "
-            f"{self.input_shape}, {self.num_classes} {what}"
-        )
-
-
-@dataclass(frozen=True)
-class ArrayDataset(_Split):
-    """Standardized float32 inputs and int64 labels, split into train and test."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    task: Task = "classification"
-    class_names: tuple[str, ...] | None = None
-    """Names of the classes (in label order), when the data has them."""
-    mean: float = 0.0
-    std: float = 1.0
-    """The standardization applied to the raw samples: ``x = (raw - mean) / std``."""
-    from_images: bool = False
-    """The raw samples are decoded image files (an image-folder upload)."""
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one sample (without the batch dimension)."""
-        return tuple(self.x_train.shape[1:])
-
-    @property
-    def n_train(self) -> int:
-        return len(self.x_train)
-
-    @property
-    def n_test(self) -> int:
-        return len(self.x_test)
-
-
-def datasets_dir(override: str | os.PathLike | None = None) -> Path:
-    """Where uploaded datasets live: ``override``, else ``$SYNCBN_HOME/datasets``."""
-    if override is not None:
-        return Path(override)
-    return Path(os.environ.get("SYNCBN_HOME", ".syncbn")) / "datasets"
-
-
-def dataset_path(dataset_id: str, directory: str | os.PathLike | None = None) -> Path:
-    """The .npz file of an uploaded dataset id."""
-    if not DATASET_ID_RE.match(dataset_id):
-        raise DatasetError(f"invalid dataset id {dataset_id!r}")
-    return datasets_dir(directory) / f"{dataset_id}.npz"
-
-
-@functools.cache
-def builtin_info(name: str) -> DatasetInfo:
-    """``DatasetInfo`` of a built-in dataset (built once per process)."""
-    if name not in BUILTIN_DATASETS:
-        raise DatasetError(f"{name!r} is not a built-in dataset")
-    return load_dataset(name).info
-
-
-def load_dataset(name: str, directory: str | os.PathLike | None = None) -> ArrayDataset:
-    """A built-in dataset by name, or an uploaded one by id (validated)."""
-    if name == "digits":
-        return load_digits()
-    if name == "synthetic":
-        return make_synthetic()
-    if name == "shapes":
-        return make_shapes()
-    if name in BUILTIN_DATASETS:  # pragma: no cover - a new builtin without a loader
-        raise DatasetError(f"no loader for built-in dataset {name!r}")
-    path = dataset_path(name, directory)
-    if not path.exists():
-        raise DatasetError(f"dataset {name!r} not found (no file {path})")
-    return load_npz(path, name=name)
-
-
-@dataclass(frozen=True)
-class Standardized:
-    """Train and test samples scaled by the training set's overall ``mean`` and ``std``."""
-
-    x_train: np.ndarray
-    x_test: np.ndarray
-    mean: float
-    std: float
-
-    @property
-    def scale(self) -> dict[str, float]:
-        return {"mean": self.mean, "std": self.std}
-
-
-def standardize(raw: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """``(raw - mean) / std`` as float32: what training applied to every raw sample."""
-    return ((np.asarray(raw, dtype=np.float64) - mean) / std).astype(np.float32)
-
-
-def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> Standardized:
-    """Scale by the training set's overall mean and std (one scalar each)."""
-    mean = float(x_train.mean())
-    std = float(x_train.std()) or 1.0
-    return Standardized(
-        _standardize_rows(x_train, mean, std), _standardize_rows(x_test, mean, std), mean, std
-    )
-
-
-def _standardize_rows(raw: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """``standardize`` a block of rows at a time: the same values, with float64 temporaries
-    of one block (about ``CHECK_CHUNK`` values) instead of two of the whole array."""
-    out = np.empty(raw.shape, dtype=np.float32)
-    step = max(1, CHECK_CHUNK // max(1, math.prod(raw.shape[1:])))
-    for start in range(0, len(raw), step):
-        out[start : start + step] = standardize(raw[start : start + step], mean, std)
-    return out
-
-
-def _split(
-    x: np.ndarray, y: np.ndarray, test_fraction: float, stratify: bool
-) -> tuple[np.ndarray, ...]:
-    from sklearn.model_selection import train_test_split
-
-    # Stratify when every class can be on both sides (scikit-learn refuses otherwise).
-    counts = np.unique(y, return_counts=True)[1]
-    n_test = math.ceil(test_fraction * len(y))
-    possible = counts.min() >= 2 and len(counts) <= min(n_test, len(y) - n_test)
-    strat = y if stratify and possible else None
-    return tuple(
-        train_test_split(x, y, test_size=test_fraction, random_state=SPLIT_SEED, stratify=strat)
-    )
-
-
-def load_digits() -> ArrayDataset:
-    """The 1797 8x8 digits as (N, 8, 8) images; 25 % stratified test split (fixed seed)."""
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    bunch = sk_load_digits()
-    x = bunch.images.astype(np.float32)
-    y = bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = _split(x, y, 0.25, stratify=True)
-    scaled = _standardize(x_train, x_test)
-    return ArrayDataset(
-        "digits", scaled.x_train, y_train, scaled.x_test, y_test, 10, **scaled.scale
-    )
-
-
-def make_synthetic(
-    n_train: int = 1024, n_test: int = 256, features: int = 16, classes: int = 4
-) -> ArrayDataset:
-    """Seeded Gaussian classes: learnable to ~90 % by a small MLP within a few epochs."""
-    rng = np.random.default_rng(SPLIT_SEED)
-    centers = rng.normal(0.0, 1.0, size=(classes, features))
-    scale = rng.uniform(0.5, 4.0, size=features)  # uneven feature scales: BN has work to do
-    offset = rng.normal(0.0, 3.0, size=features)
-
-    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, classes, size=n)
-        x = (centers[y] + rng.normal(0.0, 1.0, size=(n, features))) * scale + offset
-        return x.astype(np.float32), y.astype(np.int64)
-
-    x_train, y_train = draw(n_train)
-    x_test, y_test = draw(n_test)
-    scaled = _standardize(x_train, x_test)
-    return ArrayDataset(
-        "synthetic", scaled.x_train, y_train, scaled.x_test, y_test, classes, **scaled.scale
-    )
-
-
-def _upsample(coarse: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear upsampling of the last two axes of ``coarse`` to ``size`` x ``size``."""
-    k = coarse.shape[-1]
-    grid = np.linspace(0.0, k - 1.0, size)
-    weights = np.maximum(0.0, 1.0 - np.abs(grid[:, None] - np.arange(k)[None, :]))
-    return np.einsum("ik,...kl,jl->...ij", weights, coarse, weights)
-
-
-def _draw_shape(
-    rng: np.random.Generator, cls: int, yy: np.ndarray, xx: np.ndarray, size: int
-) -> np.ndarray:
-    """The pixels inside one randomly placed and sized circle, square or triangle."""
-    r = rng.uniform(0.2, 0.38) * size
-    cy, cx = rng.uniform(0.6 * r, size - 0.6 * r, size=2)
-    dy, dx = yy - cy, xx - cx
-    if cls == 1:  # circle of radius r
-        return dx**2 + dy**2 <= r**2
-    if cls == 2:  # upright square of side 1.6 r
-        return np.maximum(np.abs(dx), np.abs(dy)) <= 0.8 * r
-    # equilateral triangle pointing right, circumradius 1.35 r: inside all three edges
-    normals = np.pi / 3 + 2 * np.pi / 3 * np.arange(3)
-    reach = dx[None] * np.cos(normals)[:, None, None] + dy[None] * np.sin(normals)[:, None, None]
-    return reach.max(0) <= 0.675 * r
-
-
-def make_shapes(
-    n_train: int = 600, n_test: int = 150, size: int = 24, seed: int = SPLIT_SEED
-) -> ArrayDataset:
-    """Seeded synthetic segmentation: RGB ``size`` x ``size`` images with 1 or 2 shapes each
-    (circle, square or triangle; radius 20-38 % of the side, random position and colour; the
-    second may cover the first) and their masks (labels ``SHAPES_CLASSES``; nothing ignored).
-
-    Backgrounds are low-frequency colour texture plus pixel noise; shapes are flat, brighter
-    than the background by a random amount, and slightly tinted, so colour says nothing of
-    the class: only the outline does. Every image has its own contrast (a log-normal gain),
-    and the shapes cover from a tenth to over half of it (30 % in the median), so the
-    statistics of a batch of 2 images are far from those of the data set: the setting where
-    per-worker BatchNorm with tiny batches suffers.
-    """
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
-
-    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-        x = np.empty((n, 3, size, size), dtype=np.float32)
-        y = np.zeros((n, size, size), dtype=np.int64)
-        for i in range(n):
-            image = 0.4 * _upsample(rng.normal(size=(3, 4, 4)), size)
-            for _ in range(rng.integers(1, 3)):
-                cls = int(rng.integers(1, 4))
-                inside = _draw_shape(rng, cls, yy, xx, size)
-                colour = rng.uniform(1.0, 2.0) + rng.normal(0.0, 0.3, size=3)
-                image[:, inside] = colour[:, None]
-                y[i][inside] = cls
-            gain = np.exp(rng.normal(0.0, 0.5))
-            x[i] = gain * image + rng.normal(0.0, 0.3, size=image.shape)
-        return x, y
-
-    x_train, y_train = draw(n_train)
-    x_test, y_test = draw(n_test)
-    scaled = _standardize(x_train, x_test)
-    return ArrayDataset(
-        "shapes",
-        scaled.x_train,
-        y_train,
-        scaled.x_test,
-        y_test,
-        len(SHAPES_CLASSES),
-        task="segmentation",
-        class_names=SHAPES_CLASSES,
-        **scaled.scale,
-    )
-
-
-# -- uploaded .npz files ------------------------------------------------------------------------
-# ``inspect_npz`` validates without standardizing, splitting or converting: it reads every
-# member's .npy header first (nothing is allocated from a header until it agrees with the
-# member's size and the memory budget), then the arrays as stored, and checks them in chunks.
-# ``load_npz`` runs the same checks (``_read_npz``), then splits and standardizes for training.
 
 NPZ_MAX_MEMBERS = 16
 """Entries an .npz may list (its six arrays at most, with room for strays that are then
 reported by name); checked from the zip's end record before the directory is parsed."""
+
+
 TEST_FRACTION = 0.2
 """Share of the samples an upload without ``x_test`` gives to the test split (rounded up)."""
-CHECK_CHUNK = 1 << 20
-"""Elements per chunk when arrays are checked value by value (bounds the temporaries)."""
+
+
 FLOAT_INPUT_BYTES = 4
 """Bytes per element of x (and x_test) once training has made them float32."""
+
+
 LABEL_BYTES = 8
 """Bytes per element of y (and y_test) once training has made them int64."""
 
@@ -679,10 +366,6 @@ def _check_y(key: str, y: np.ndarray, x: np.ndarray, x_key: str) -> None:
         )
 
 
-SEGMENTATION_MAX_CLASSES = min(MAX_CLASSES, IGNORE_LABEL)
-"""Mask labels are 0 .. 254 (255 is ``IGNORE_LABEL``, never a class)."""
-
-
 def _check_masks(key: str, y: np.ndarray, x: np.ndarray, x_key: str) -> None:
     """``y``: one (H, W) mask per image of ``x``, labels in [0, 254] or 255 (ignore)."""
     if x.ndim not in (3, 4):
@@ -748,51 +431,13 @@ def _class_names(names: np.ndarray | None, num_classes: int) -> tuple[str, ...] 
     return tuple(str(n) for n in names)
 
 
-def shard_indices(
-    n: int, rank: int, world: int, epoch: int, seed: int, shuffle: bool = True
-) -> np.ndarray:
-    """This rank's training indices for ``epoch``, exactly as ``DistributedSampler`` picks them.
-
-    Shuffled with ``seed + epoch`` (torch.randperm), padded by wrapping around to a multiple
-    of ``world``, then every ``world``-th index from ``rank``: all ranks get
-    ``ceil(n / world)`` samples.
-    """
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} outside world of size {world}")
-    if shuffle:
-        import torch
-
-        generator = torch.Generator()
-        generator.manual_seed(seed + epoch)
-        order = torch.randperm(n, generator=generator).numpy()
-    else:
-        order = np.arange(n)
-    total = math.ceil(n / world) * world
-    if total > n:
-        reps = math.ceil((total - n) / n)
-        order = np.concatenate([order, np.tile(order, reps)[: total - n]])
-    return order[rank:total:world]
+def datasets_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where uploaded datasets live: ``override``, else ``$SYNCBN_HOME/datasets``."""
+    return Path(override) if override is not None else Layout.of().datasets
 
 
-def eval_indices(n: int, rank: int, world: int) -> np.ndarray:
-    """This rank's part of the test set: every sample on exactly one rank, no padding."""
-    return np.arange(rank, n, world)
-
-
-def batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Consecutive batches; a lone trailing sample joins the previous batch.
-
-    Every rank has the same number of indices (``shard_indices``), hence the same batches
-    and step count, which DDP and syncbn need. A one-sample batch would make a per-worker
-    BatchNorm1d fail in training mode, so it is merged instead of dropped.
-    """
-    out = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    if len(out) > 1 and len(out[-1]) == 1 and batch_size > 1:
-        lone = out.pop()
-        out[-1] = np.concatenate([out[-1], lone])
-    return out
-
-
-def steps_per_epoch(n: int, world: int, batch_size: int) -> int:
-    """Optimizer steps per epoch on every rank (see ``shard_indices`` and ``batches``)."""
-    return len(batches(np.arange(math.ceil(n / world)), batch_size))
+def dataset_path(dataset_id: str, directory: str | os.PathLike | None = None) -> Path:
+    """The .npz file of an uploaded dataset id."""
+    if not DATASET_ID_RE.match(dataset_id):
+        raise DatasetError(f"invalid dataset id {dataset_id!r}")
+    return datasets_dir(directory) / f"{dataset_id}.npz"
