@@ -5,17 +5,9 @@ all_reduce of O(channels) values in the forward pass and one in the backward pas
 """
 
 from syncbn import functional
-from syncbn.batchnorm import SyncBatchNorm
-from syncbn.convert import (
-    SyncBatchNormAct,
-    UnsupportedBatchNormError,
-    convert_sync_batchnorm,
-    register_converter,
-    registered_converter,
-    revert_sync_batchnorm,
-    share_batchnorm_state,
-    unregister_converter,
-)
+from syncbn.batchnorm import SyncBatchNorm, SyncBatchNormAct, share_batchnorm_state
+from syncbn.convert import UnsupportedBatchNormError, convert_sync_batchnorm, revert_sync_batchnorm
+from syncbn.converters import register_converter, registered_converter, unregister_converter
 from syncbn.groups import new_sync_groups
 from syncbn.precise import precise_bn
 from syncbn.stats import LayerStats, StatsRecorder, record_stats

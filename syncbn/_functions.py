@@ -12,7 +12,8 @@ bias gradients are the LOCAL sums; DDP averages them across ranks, as with
 ``torch.nn.SyncBatchNorm``.
 
 The math lives in plain functions (``global_moments``, ``normalize``, ``update_running_stats``,
-``batch_norm_backward``): ``SyncBatchNormFunction`` runs them in eager mode, and the custom
+``batch_norm_backward``; the moments formula, shared with ``precise_bn``, in
+``syncbn._moments``): ``SyncBatchNormFunction`` runs them in eager mode, and the custom
 operators of ``syncbn._ops`` run the same functions under ``torch.compile``.
 """
 
@@ -24,21 +25,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from syncbn._moments import broadcast_shape, mean_var, shifted_sums, unbiased_var, unshifted_sums
 from syncbn.stats import LayerStats, StatsRecorder
-
-
-def reduce_dims(input: torch.Tensor) -> list[int]:
-    """All dims but the channel dim (1)."""
-    return [0, *range(2, input.dim())]
 
 
 def stat_dtype(input: torch.Tensor) -> torch.dtype:
     """Statistics are float32 for float32/float16/bfloat16 inputs, float64 for float64."""
     return torch.float64 if input.dtype == torch.float64 else torch.float32
-
-
-def broadcast_shape(input: torch.Tensor) -> list[int]:
-    return [1, input.size(1)] + [1] * (input.dim() - 2)
 
 
 def local_moments(input: torch.Tensor) -> torch.Tensor:
@@ -52,16 +45,11 @@ def local_moments(input: torch.Tensor) -> torch.Tensor:
     # Shift by one sample per channel: the shifted values are O(std), so float32 sums of
     # them and of their squares lose nothing to cancellation; the shift is added back in
     # float64 (O(C) work).
-    shift = input[(0, slice(None), *([0] * (input.dim() - 2)))].to(stat_dtype(input))
-    centred = input.to(stat_dtype(input)) - shift.view(broadcast_shape(input))
-    dims = reduce_dims(input)
-    s1 = centred.sum(dims).double()
-    # `centred` is a fresh tensor: square it in place, so one temporary of the input's size is
-    # live rather than two (fresh large buffers cost page faults on every call).
-    s2 = centred.square_().sum(dims).double()
-    k = shift.double()
-    packed[:channels] = s1 + count * k
-    packed[channels:-1] = s2 + 2 * k * s1 + count * k * k
+    shift = input[(0, slice(None), *([0] * (input.dim() - 2)))]
+    s1, s2 = shifted_sums(input, shift, stat_dtype(input))
+    sum_x, sum_x2 = unshifted_sums(s1.double(), s2.double(), count, shift.double())
+    packed[:channels] = sum_x
+    packed[channels:-1] = sum_x2
     return packed
 
 
@@ -78,9 +66,7 @@ def moments_to_mean_var(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     ``local_moments`` vector, local or all-reduced."""
     channels = (packed.numel() - 1) // 2
     count = packed[-1]
-    safe = count.clamp_min(1)
-    mean = packed[:channels] / safe
-    var = (packed[channels:-1] / safe - mean * mean).clamp_min(0)
+    mean, var = mean_var(packed[:channels], packed[channels:-1], count)
     return mean, var, count
 
 
@@ -153,7 +139,7 @@ def update_running_stats(
 ) -> None:
     """In place: running = (1 - momentum) * running + momentum * batch statistic, with the
     unbiased variance N/(N-1); plain tensor ops, no host sync (``momentum`` may be a tensor)."""
-    unbiased = var64 * count / (count - 1)
+    unbiased = unbiased_var(var64, count)
     running_mean.mul_(1 - momentum).add_(mean64.to(running_mean.dtype) * momentum)
     running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype) * momentum)
 

@@ -29,10 +29,10 @@ from syncbn._functions import (
     batch_norm_backward,
     global_moments,
     normalize,
-    reduce_dims,
     stat_dtype,
     update_running_stats,
 )
+from syncbn._moments import reduce_dims
 from syncbn.groups import group_world_size
 
 

@@ -1,25 +1,22 @@
 """Converters for timm's batch norm + activation layers (``timm.layers.norm_act``).
 
-Imported by :mod:`syncbn.convert` only when it meets a class from timm, so ``import syncbn``
-never imports timm. timm's ``BatchNormAct2d`` (a ``torch.nn.BatchNorm2d`` subclass) and
+Imported by :mod:`syncbn.converters` only when it meets a class from timm, so ``import syncbn``
+never imports timm; the registry registers what :func:`timm_converters` returns (this module
+registers nothing itself). timm's ``BatchNormAct2d`` (a ``torch.nn.BatchNorm2d`` subclass) and
 ``SyncBatchNormAct`` (a ``torch.nn.SyncBatchNorm`` subclass, what timm's own converter makes)
 run batch norm, then their ``drop`` child, then their ``act`` child; both become
-:class:`syncbn.convert.SyncBatchNormAct` with the same ``drop`` and ``act`` modules.
+:class:`syncbn.SyncBatchNormAct` with the same ``drop`` and ``act`` modules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import torch.distributed as dist
 
-from syncbn.convert import (
-    _REGISTRY,
-    SyncBatchNormAct,
-    register_converter,
-    share_batchnorm_state,
-)
+from syncbn.batchnorm import SyncBatchNormAct, share_batchnorm_state
 
 
 def _norm_act() -> ModuleType | None:
@@ -40,14 +37,12 @@ def _convert(module: Any, process_group: dist.ProcessGroup | None) -> SyncBatchN
     )
 
 
-def register_timm_converters() -> None:
-    """Register converters for timm's BatchNormAct2d and SyncBatchNormAct if timm imports.
-
-    Converters registered before (by the user) are kept.
-    """
+def timm_converters() -> list[tuple[type, Callable[..., Any], Callable[..., Any]]]:
+    """(class, convert_fn, revert_fn) for timm's BatchNormAct2d and SyncBatchNormAct, those of
+    them that the installed timm has; none if timm does not import."""
     norm_act = _norm_act()
     if norm_act is None:
-        return
+        return []
     bn_act = getattr(norm_act, "BatchNormAct2d", None)
     sync_bn_act = getattr(norm_act, "SyncBatchNormAct", None)
 
@@ -77,6 +72,8 @@ def register_timm_converters() -> None:
         out.drop, out.act = converted.drop, converted.act
         return out
 
-    for cls, revert in ((bn_act, revert_bn_act), (sync_bn_act, revert_sync_bn_act)):
-        if cls is not None and cls not in _REGISTRY:
-            register_converter(cls, _convert, revert)
+    return [
+        (cls, _convert, revert)
+        for cls, revert in ((bn_act, revert_bn_act), (sync_bn_act, revert_sync_bn_act))
+        if cls is not None
+    ]

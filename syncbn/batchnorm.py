@@ -1,6 +1,10 @@
-"""The SyncBatchNorm module: a drop-in for torch.nn.BatchNorm1d/2d/3d and torch.nn.SyncBatchNorm."""
+"""The SyncBatchNorm module, a drop-in for torch.nn.BatchNorm1d/2d/3d and torch.nn.SyncBatchNorm,
+and SyncBatchNormAct, the same followed by a drop and an activation layer (what converters of
+"batch norm + activation" subclasses build)."""
 
 from __future__ import annotations
+
+from typing import Any, Self, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -15,6 +19,7 @@ TORCH_CLASS_BY_DIM: dict[int, type[_BatchNorm]] = {
     4: torch.nn.BatchNorm2d,
     5: torch.nn.BatchNorm3d,
 }
+BN = TypeVar("BN", bound=_BatchNorm)
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -80,4 +85,94 @@ class SyncBatchNorm(_BatchNorm):
             self.eps,
             self.process_group,
             layer=self,
+        )
+
+
+def share_batchnorm_state(source: _BatchNorm, target: BN) -> BN:
+    """Give ``target`` ``source``'s parameters, buffers (shared), mode and ``qconfig``.
+
+    Returns ``target``. Meant for converters: both directions keep optimizers and checkpoints
+    pointing at the same tensors.
+    """
+    target.weight, target.bias = source.weight, source.bias
+    target.running_mean = source.running_mean
+    target.running_var = source.running_var
+    target.num_batches_tracked = source.num_batches_tracked
+    target.train(source.training)
+    if hasattr(source, "qconfig"):
+        target.qconfig = source.qconfig
+    return target
+
+
+def sync_batchnorm_like(
+    bn: _BatchNorm,
+    process_group: dist.ProcessGroup | None,
+    cls: type[SyncBatchNorm] = SyncBatchNorm,
+    **kwargs: Any,
+) -> Any:
+    """A new ``cls`` with ``bn``'s hyperparameters (its state is not shared yet)."""
+    return cls(
+        bn.num_features,
+        bn.eps,
+        bn.momentum,
+        bn.affine,
+        bn.track_running_stats,
+        process_group,
+        bias=bn.bias is not None,
+        **kwargs,
+    )
+
+
+class SyncBatchNormAct(SyncBatchNorm):
+    """SyncBatchNorm followed by ``drop`` and then ``act`` (each the identity when None).
+
+    The building block for converters of "batch norm + activation" subclasses such as timm's
+    ``BatchNormAct2d``: the ``drop`` and ``act`` children keep their names, so ``state_dict``
+    keys do not change.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: dist.ProcessGroup | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+        act: torch.nn.Module | None = None,
+        drop: torch.nn.Module | None = None,
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            process_group,
+            device,
+            dtype,
+            bias=bias,
+        )
+        self.drop = torch.nn.Identity() if drop is None else drop
+        self.act = torch.nn.Identity() if act is None else act
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(input)))
+
+    @classmethod
+    def from_batchnorm(
+        cls,
+        bn: _BatchNorm,
+        process_group: dist.ProcessGroup | None = None,
+        *,
+        act: torch.nn.Module | None = None,
+        drop: torch.nn.Module | None = None,
+    ) -> Self:
+        """A new layer sharing ``bn``'s parameters, buffers and mode, then ``drop`` and ``act``."""
+        return share_batchnorm_state(
+            bn, sync_batchnorm_like(bn, process_group, cls, act=act, drop=drop)
         )

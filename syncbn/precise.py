@@ -19,7 +19,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from syncbn._functions import broadcast_shape, moments_to_mean_var, reduce_dims
+from syncbn._functions import moments_to_mean_var
+from syncbn._moments import mean_var, shifted_sums, unbiased_var, unshifted_sums
 from syncbn.functional import check_input
 from syncbn.groups import group_world_size
 
@@ -172,17 +173,13 @@ class _Layer:
         if count == 0:
             mean, var = shift, torch.ones_like(shift)
         else:
-            centred = input.detach().to(torch.float64) - shift.view(broadcast_shape(input))
-            dims = reduce_dims(input)
-            s1 = centred.sum(dims)
-            s2 = centred.square_().sum(dims)
+            s1, s2 = shifted_sums(input.detach(), shift, torch.float64)
             if self.update:
                 sums = self.sums
                 sums[: self.channels] += s1.to(sums.device)
                 sums[self.channels : -1] += s2.to(sums.device)
                 sums[-1] += count
-            d = s1 / count
-            mean, var = shift + d, (s2 / count - d * d).clamp_min(0)
+            mean, var = mean_var(s1, s2, count, shift)
         dtype = self.stats_dtype or (input.dtype if input.dtype == torch.float64 else torch.float32)
         module.running_mean = mean.to(dtype)
         module.running_var = var.to(dtype)
@@ -190,16 +187,16 @@ class _Layer:
     def moments(self) -> torch.Tensor:
         """This rank's [sum x, sum x^2, count] in float64, for the all_reduce. Shifts may differ
         between ranks (local running means), so the sums are taken back to the origin."""
-        channels, k = self.channels, self.shift
+        channels = self.channels
         s1, s2, count = self.sums[:channels], self.sums[channels:-1], self.sums[-1]
-        return torch.cat([s1 + count * k, s2 + 2 * k * s1 + count * k * k, count.view(1)])
+        return torch.cat([*unshifted_sums(s1, s2, count, self.shift), count.view(1)])
 
     def set_population_stats(self, packed: torch.Tensor) -> None:
         """running_mean := mean, running_var := unbiased variance of all ranks' samples."""
         assert self.running_mean is not None and self.running_var is not None
         mean, var, count = moments_to_mean_var(packed)
         seen = count > 0
-        unbiased = var * count / (count - 1).clamp_min(1)
+        unbiased = unbiased_var(var, count)
         with torch.no_grad():
             rm, rv = self.running_mean, self.running_var
             rm.copy_(torch.where(seen, mean.to(rm.device), rm.double()).to(rm.dtype))

@@ -3,11 +3,13 @@ the refusal of unregistered subclasses, at world 1 and on 2 real gloo ranks."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -447,3 +449,77 @@ def test_import_syncbn_does_not_import_timm_or_its_converters() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("syncbn._timm", "syncbn.convert", "syncbn.converters"),
+        ("syncbn.convert", "syncbn.converters", "syncbn._timm"),
+    ],
+)
+def test_timm_converters_and_convert_import_in_either_order(order) -> None:
+    code = "".join(f"import {name}\n" for name in order) + (
+        "import syncbn\n"
+        "assert syncbn.convert.convert_sync_batchnorm is syncbn.convert_sync_batchnorm\n"
+        "assert syncbn._timm.timm_converters() == []  # no timm here\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _syncbn_imports() -> tuple[dict[str, set[str]], list[str]]:
+    """The syncbn modules each syncbn module imports (lazy imports in functions included;
+    ``syncbn/__init__`` left out: importing any module runs it), and the private names one
+    module takes from another (``from syncbn.m import _x``, ``m._x``)."""
+    package = Path(syncbn.__file__).parent
+    names = {f"syncbn.{path.stem}" for path in package.glob("*.py")} - {"syncbn.__init__"}
+    graph: dict[str, set[str]] = {}
+    private: list[str] = []
+    for path in sorted(package.glob("*.py")):
+        here = "syncbn" if path.stem == "__init__" else f"syncbn.{path.stem}"
+        imported: set[str] = set()
+        aliases: dict[str, str] = {}  # local name -> syncbn module
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names if alias.name in names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    if submodule in names:  # from syncbn import _timm
+                        imported.add(submodule)
+                        aliases[alias.asname or alias.name] = submodule
+                    elif node.module in names:
+                        imported.add(node.module)
+                        if alias.name.startswith("_"):
+                            private.append(f"{here} imports {node.module}.{alias.name}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+            ):
+                private.append(f"{here} reads {aliases[node.value.id]}.{node.attr}")
+        if here != "syncbn":
+            graph[here] = imported - {here}
+    return graph, private
+
+
+def test_syncbn_modules_import_no_circle_and_no_private_names() -> None:
+    graph, private = _syncbn_imports()
+    assert {"syncbn.convert", "syncbn.converters", "syncbn._timm"} <= set(graph)
+    assert not private, private
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if module in path:
+            cycle = " -> ".join((*path[path.index(module) :], module))
+            pytest.fail(f"import circle: {cycle}")
+        if module not in done:
+            for target in sorted(graph[module]):
+                visit(target, (*path, module))
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())

@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
 import syncbn
+from syncbn._functions import local_moments, moments_to_mean_var, stat_dtype
+from syncbn._moments import mean_var, shifted_sums, unbiased_var, unshifted_sums
 from syncbn.convert import CONVERTIBLE
 
 
@@ -155,3 +158,85 @@ def test_syncbn_imports_with_torch_alone() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Channel offsets that dwarf the spread (std 2): the case the shifted sums are for.
+OFFSETS = (0.0, 1e3, -5e4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape", [(0, 3), (0, 3, 4, 2), (1, 3), (9, 3), (5, 3, 6), (4, 3, 5, 2), (2, 3, 2, 3, 2)]
+)
+def test_moments_match_float64_numpy(dtype, shape) -> None:
+    """The one moments formula (syncbn._moments) against numpy in float64, on random data with
+    large means, including an empty batch, around a shift and from raw (all-reduced) sums."""
+    gen = torch.Generator().manual_seed(len(shape) * 100 + shape[0])
+    offsets = torch.tensor(OFFSETS, dtype=torch.float64).view(1, 3, *[1] * (len(shape) - 2))
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + offsets).to(dtype)
+    values = np.moveaxis(x.double().numpy(), 1, 0).reshape(3, -1)  # (C, N), float64
+    n = values.shape[1]
+    empty = np.zeros(3)
+    ref_mean = values.mean(axis=1) if n else empty
+    ref_var = values.var(axis=1) if n else empty
+    ref_unbiased = values.var(axis=1, ddof=1) if n > 1 else empty
+    tol = {"rtol": 1e-6, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-11, "atol": 1e-9}
+
+    def check(mean, var, tol=tol) -> None:
+        assert mean.dtype == var.dtype == torch.float64
+        np.testing.assert_allclose(mean.numpy(), ref_mean, **tol)
+        np.testing.assert_allclose(var.numpy(), ref_var, **tol)
+        assert (var >= 0).all()
+
+    count = torch.tensor(float(n), dtype=torch.float64)
+    shift = torch.tensor(OFFSETS, dtype=torch.float64) + torch.tensor(
+        [0.5, -1.0, 2.0], dtype=torch.float64
+    )
+    # Sums around a shift (precise_bn: the running mean), in the statistics dtype.
+    s1, s2 = shifted_sums(x, shift, stat_dtype(x))
+    assert s1.dtype == s2.dtype == stat_dtype(x)
+    s1, s2 = s1.double(), s2.double()
+    mean, var = mean_var(s1, s2, n, shift)
+    if n == 0:  # an empty batch: the shift and a zero variance, no NaN
+        assert torch.equal(mean, shift) and torch.equal(var, torch.zeros(3, dtype=torch.float64))
+    else:
+        check(mean, var)
+    # ... the count as a tensor (the all-reduced form) gives the same.
+    mean_t, var_t = mean_var(s1, s2, count, shift)
+    assert torch.equal(mean_t, mean) and torch.equal(var_t, var)
+
+    # Back to the origin (what ranks all-reduce), then the plain formula.
+    sum_x, sum_x2 = unshifted_sums(s1, s2, count, shift)
+    sum_tol = {"rtol": 1e-6 if dtype == torch.float32 else 1e-12, "atol": 1e-3}
+    np.testing.assert_allclose(sum_x.numpy(), values.sum(axis=1), **sum_tol)
+    np.testing.assert_allclose(sum_x2.numpy(), (values**2).sum(axis=1), **sum_tol)
+    # Raw float64 moments lose ~1e-16 * (mean/std)^2 of the variance: 1e-7 relative here.
+    raw_tol = {"rtol": max(tol["rtol"], 1e-6), "atol": max(tol["atol"], 1e-6)}
+    check(*mean_var(sum_x, sum_x2, count), tol=raw_tol)
+
+    # The forward's packed [sum x, sum x^2, n] (shifted by the first sample), local or reduced.
+    packed = local_moments(x)
+    assert packed.dtype == torch.float64 and packed[-1].item() == n
+    packed_mean, packed_var, packed_count = moments_to_mean_var(packed)
+    assert packed_count.item() == n
+    check(packed_mean, packed_var, tol=raw_tol)
+
+    unbiased = unbiased_var(packed_var, packed_count)
+    np.testing.assert_allclose(unbiased.numpy(), ref_unbiased, **raw_tol)
+    if n <= 1:  # no NaN or inf for an empty batch or a single value
+        assert torch.equal(unbiased, torch.zeros(3, dtype=torch.float64))
+
+
+def test_moments_trace_without_a_graph_break() -> None:
+    """What torch.compile traces of the moments formula (the running-statistics update) has no
+    graph break; the rest runs inside syncbn's custom operators."""
+
+    def stats(s1, s2, count, shift):
+        mean, var = mean_var(s1, s2, count, shift)
+        return mean, unbiased_var(var, count)
+
+    args = (torch.randn(4).double(), torch.rand(4).double() + 4, torch.tensor(3.0).double())
+    shift = torch.randn(4).double()
+    compiled = torch.compile(stats, fullgraph=True, backend="eager")
+    for got, want in zip(compiled(*args, shift), stats(*args, shift), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
