@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from service.api import errors
 from service.api.credentials import ensure_api_token
 from service.api.deps import Services
 from service.api.middleware import (
@@ -28,6 +25,7 @@ from service.api.middleware import (
 )
 from service.api.observability import ServiceMetrics, TimingMiddleware
 from service.api.routes import code, datasets, health, ingest, jobs, studies, trained
+from service.cluster import Cluster
 from service.cluster.ray_jobs import RayJobs, RayUnavailable
 from service.files.housekeeping import sweep
 from service.jobs.lifecycle import Lifecycle
@@ -67,24 +65,6 @@ def route_limits(settings: Settings) -> Callable[[str, str], RouteLimits]:
     return limits_for
 
 
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities as strings (JSON has no such numbers)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422, made safe to encode: it echoes the input, which may hold a NaN (Python's
-    JSON parser reads one) that would otherwise turn the answer into a 500."""
-    content = {"detail": _json_safe(jsonable_encoder(exc.errors()))}
-    return JSONResponse(status_code=422, content=content)
-
-
 def gates(settings: Settings) -> dict[str, Gate]:
     """The concurrency caps of heavy requests (429 beyond them)."""
     return {
@@ -93,7 +73,7 @@ def gates(settings: Settings) -> dict[str, Gate]:
     }
 
 
-def build_services(settings: Settings, ray: RayJobs | None = None) -> Services:
+def build_services(settings: Settings, ray: Cluster | None = None) -> Services:
     """The service's parts; ``ray``: the Ray Jobs client (default: one for
     ``settings.ray_address``; tests of the service alone pass a fake)."""
     if ray is None:
@@ -130,7 +110,7 @@ async def scheduler_loop(services: Services) -> None:
         await asyncio.sleep(interval)
 
 
-def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, ray: Cluster | None = None) -> FastAPI:
     """The service; ``settings`` default to the environment, ``ray`` to a Ray Jobs client of
     ``settings.ray_address``. Without ``settings.api_token`` the token of
     ``$SYNCBN_HOME/api-token`` is used (made on first start)."""
@@ -158,7 +138,7 @@ def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> 
     )
     app.state.settings = settings
     app.state.services = services
-    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    errors.install(app)
     routers = (jobs, trained, studies, datasets, code, health, ingest)
     for module in routers:
         app.include_router(module.router)

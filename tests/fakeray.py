@@ -1,4 +1,5 @@
-"""A stand-in for ``service.cluster.ray_jobs.RayJobs`` for the in-process test tier.
+"""A stand-in for ``service.cluster.ray_jobs.RayJobs`` (the ``service.cluster.Cluster``
+protocol) for the in-process test tier.
 
 It keeps Ray Jobs in a dict; a test moves them (``set_status``) as Ray would. Only the tests
 of the service alone use it; the end-to-end tests run against a real Ray cluster.

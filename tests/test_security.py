@@ -502,6 +502,7 @@ def test_delete_datasets_and_code_bundles_unless_a_live_job_uses_them(client, ap
 
 def test_stale_temporary_files_are_swept_at_start(tmp_path):
     stale = [
+        tmp_path / "datasets" / ".upload-x1" / "upload",
         tmp_path / "datasets" / ".ds-0123.partial",
         tmp_path / "datasets" / ".ds-0123.converted",
         tmp_path / "code" / ".upload-abc" / "bundle",

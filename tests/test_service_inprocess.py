@@ -290,3 +290,18 @@ def test_cli_submit_has_a_flag_for_every_jobspec_field():
     assert set(JobSpec.model_fields) <= set(vars(args))
     with pytest.raises(SystemExit):
         parse_args(["submit", "--norm", "group"])  # choices come from the Literal
+
+
+def test_the_fake_and_the_real_ray_client_keep_one_protocol():
+    """``FakeRay`` stands in for ``RayJobs`` through ``service.cluster.Cluster``: both have
+    every method of the protocol with the same parameters."""
+    import inspect
+
+    from service.cluster import Cluster
+    from service.cluster.ray_jobs import RayJobs
+
+    assert isinstance(FakeRay(), Cluster)
+    for name in ("submit", "status", "info_message", "stop", "logs", "capacity"):
+        expected = list(inspect.signature(getattr(Cluster, name)).parameters)
+        for implementation in (RayJobs, FakeRay):
+            assert list(inspect.signature(getattr(implementation, name)).parameters) == expected

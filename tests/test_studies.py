@@ -10,7 +10,9 @@ from inprocess import local_client
 
 from service.app import create_app
 from service.settings import Settings
-from service.studies.arms import ArmSummary, JobFigures, arm_spec, verdict
+from service.studies.arms import arm_spec
+from service.studies.summary import ArmSummary, JobFigures
+from service.studies.verdict import verdict
 
 TOKEN = "study-token"
 BASE = {"dataset": "digits", "workers": 4, "batch_size_per_worker": 2, "epochs": 2}

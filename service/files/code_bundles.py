@@ -22,20 +22,37 @@ hold megabytes of source, and parsing costs up to ~1 KiB of memory per byte of s
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import re
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, BinaryIO
 
+from service.errors import FieldError
 from service.files.bundle_archives import (
     ArchiveLimits,
     BundleError,  # raised here, and imported from here by the routes
     Member,
     open_bundle_archive,
 )
+from service.files.housekeeping import remove_code_bundle as remove_bundle
+from service.files.uploads import (
+    UploadKind,
+    delete_upload,
+    new_id,
+    publish_then_record,
+    safe_name,
+    stage,
+)
+from service.settings import Settings
+from service.storage import store
+from service.storage.db import Database
+from service.storage.tables import CodeBundle
 
+logger = logging.getLogger("service.files.code_bundles")
 REQUIREMENTS = "requirements.txt"
 RESERVED_MODULES = frozenset({"syncbn", "workers", "service", "torch", "numpy", "ray"})
 """Top-level names a bundle may not use: they would shadow what the job itself imports."""
@@ -284,3 +301,48 @@ def runtime_env(directory: Path, requirements: list[str]) -> dict[str, object]:
     if requirements:
         env["pip"] = list(requirements)
     return env
+
+
+def add_code_bundle(
+    db: Database, settings: Settings, source: BinaryIO, filename: str | None
+) -> CodeBundle:
+    """Receive, validate and unpack an uploaded bundle into ``code/<id>``; its new row
+    (``FieldError`` on ``file`` naming the member at fault, and a limit's setting)."""
+    bundle_id = new_id("code")
+    with stage(source, settings.code_dir, settings.max_code_bytes, "max_code_bytes") as upload:
+        unpacked = upload.scratch / "unpacked"
+        try:
+            info = unpack(
+                upload.path,
+                unpacked,
+                max_bytes=settings.max_code_bytes,
+                max_files=settings.max_code_files,
+                max_source_bytes=settings.max_source_bytes,
+                max_file_source_bytes=settings.max_source_file_bytes,
+            )
+        except BundleError as exc:
+            raise FieldError("file", str(exc), exc.setting) from exc
+        row = CodeBundle(
+            id=bundle_id,
+            name=safe_name(filename, "bundle"),
+            size_bytes=upload.size,
+            sha256=upload.sha256,
+            files=info.files,
+            modules=info.modules,
+            requirements=info.requirements,
+        )
+        publish_then_record(unpacked, settings.code_dir / bundle_id, lambda: _record(db, row))
+    logger.info("code uploaded", extra={"code_id": bundle_id, "modules": info.modules})
+    return row
+
+
+def _record(db: Database, row: CodeBundle) -> None:
+    with db.session() as session:
+        store.add_code_bundle(session, row)
+
+
+def delete_code_bundle(db: Database, settings: Settings, bundle_id: str) -> None:
+    """Delete a bundle's row and files (``NotFound``, ``Conflict`` while a job uses it)."""
+    remove = partial(remove_bundle, settings)
+    kind = UploadKind("code bundle", "code", store.get_code_bundle, remove)
+    delete_upload(db, kind, bundle_id)

@@ -4,9 +4,10 @@ removed with their rows.
 - ``publish``: a finished file or folder is flushed to disk (fsync), then renamed into place
   and the rename itself flushed (fsync of the folder), so a crash leaves the old state or the
   new one, never a torn file under a final name.
-- ``sweep``: at start, what a crashed upload or prediction left: ``datasets/.*.partial``,
-  ``datasets/.*.converted``, ``code/.upload-*``, ``predictions/*`` and the temporary files of
-  an interrupted token write.
+- ``sweep``: at start, what a crashed upload or prediction left: the staging folders
+  ``datasets/.upload-*`` and ``code/.upload-*`` (and ``datasets/.*.partial``, ``.converted``
+  of earlier releases), ``predictions/*`` and the temporary files of an interrupted token
+  write.
 - ``remove_*``: a deleted job's run folder, dataset file or code bundle folder.
 """
 
@@ -52,7 +53,7 @@ def publish(source: Path, target: Path) -> None:
 def _stale(settings: Settings) -> list[Path]:
     home = settings.home.resolve()
     patterns = {
-        settings.datasets_dir: (".*.partial", ".*.converted"),
+        settings.datasets_dir: (".upload-*", ".*.partial", ".*.converted"),
         settings.code_dir: (".upload-*",),
         settings.predictions_dir: ("*",),
         home: (f".{settings.api_token_file.name}.*",),

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from contract.recipe import MODEL_FILE, read_recipe
-from service.cluster.ray_jobs import RayJobs, is_terminal, predict_entrypoint
+from service.cluster import Cluster
+from service.cluster.ray_jobs import is_terminal, predict_entrypoint
 
 INPUTS_FILE, OUTPUTS_FILE = "inputs.npy", "outputs.npz"
 POLL_S = 0.2
@@ -96,7 +97,7 @@ def predict_builtin(file: ModelFile, raw: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def predict_on_ray(
-    ray: RayJobs,
+    ray: Cluster,
     python: str,
     file: ModelFile,
     raw: np.ndarray,

@@ -1,34 +1,127 @@
-"""Receiving an uploaded file: streamed to disk in chunks, with a size limit and a digest, and
-flushed to disk (the caller renames it into place with ``housekeeping.publish``)."""
+"""The one flow of an upload (a dataset or a code bundle), and its deletion.
+
+1. ``stage``: the request body is streamed to a private folder beside the final place, in
+   chunks, with a byte limit (``TooLarge`` naming the setting) and a digest, and flushed;
+2. the caller validates and converts it there (a dataset is decoded and checked, a bundle
+   unpacked), raising ``FieldError`` on the ``file`` field;
+3. ``publish_then_record``: the result is flushed and renamed into place, then its row is
+   inserted; if the insert fails the file goes again (no file without its row). The staging
+   folder goes in every case.
+
+``delete_upload`` removes a row, then its files: 404 when unknown, 409 while a job that is not
+over uses it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
-from fastapi import HTTPException, status
+from sqlalchemy.orm import Session
 
-from service.settings import Settings
+from service.errors import Conflict, NotFound, TooLarge
+from service.files.housekeeping import publish
+from service.storage import store
+from service.storage.db import Database
 
 CHUNK = 1 << 20
+STAGING_PREFIX = ".upload-"
+"""Staging folders are named so (``housekeeping.sweep`` removes those a crash left)."""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A received upload: the file, its size and SHA-256, and a private scratch folder."""
+
+    path: Path
+    size: int
+    sha256: str
+    scratch: Path
 
 
 def receive(source: BinaryIO, target: Path, limit: int, setting: str) -> tuple[int, str]:
-    """Copy ``source`` to ``target``; (bytes, sha256 hex). A 413 past ``limit`` bytes, naming
-    the ``setting`` that sets it (the caller removes ``target``)."""
+    """Copy ``source`` to ``target`` and flush it; (bytes, sha256 hex). ``TooLarge`` past
+    ``limit`` bytes, naming the ``setting`` that sets it."""
     digest, size = hashlib.sha256(), 0
     with open(target, "wb") as out:
         while chunk := source.read(CHUNK):
             size += len(chunk)
             if size > limit:
-                raise HTTPException(
-                    status.HTTP_413_CONTENT_TOO_LARGE,
-                    f"upload larger than {limit} bytes ({Settings.env_name(setting)})",
-                )
+                raise TooLarge(f"upload larger than {limit} bytes", setting)
             digest.update(chunk)
             out.write(chunk)
         out.flush()
         os.fsync(out.fileno())
     return size, digest.hexdigest()
+
+
+@contextmanager
+def stage(source: BinaryIO, folder: Path, limit: int, setting: str) -> Iterator[Staged]:
+    """Receive ``source`` into a new staging folder in ``folder`` (removed on exit)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=STAGING_PREFIX) as scratch:
+        path = Path(scratch) / "upload"
+        size, sha256 = receive(source, path, limit, setting)
+        yield Staged(path, size, sha256, Path(scratch))
+
+
+def publish_then_record(built: Path, final: Path, record: Callable[[], T]) -> T:
+    """Move ``built`` (a file or a folder) to ``final`` durably, then ``record()`` its row;
+    remove ``final`` again if that fails."""
+    publish(built, final)
+    try:
+        return record()
+    except BaseException:
+        if final.is_dir():
+            shutil.rmtree(final, ignore_errors=True)
+        else:
+            final.unlink(missing_ok=True)
+        raise
+
+
+def new_id(prefix: str) -> str:
+    """A server-made id, e.g. ``ds-3f9c0e1a2b4d``."""
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+def safe_name(filename: str | None, fallback: str) -> str:
+    """The uploaded file's base name, as the user knows it (at most 255 characters)."""
+    return os.path.basename(filename or fallback)[:255]
+
+
+@dataclass(frozen=True)
+class UploadKind:
+    """What is deleted for an upload: its row (``get``) and files (``remove``)."""
+
+    what: str
+    spec_key: str
+    """The JobSpec field that names it (jobs using it block the deletion)."""
+    get: Callable[[Session, str], Any]
+    remove: Callable[[str], None]
+
+
+def delete_upload(db: Database, kind: UploadKind, ident: str) -> None:
+    """Delete an upload's row, then its files (``NotFound``; ``Conflict`` while a job that is
+    not over uses it)."""
+    with db.session() as session:
+        row = kind.get(session, ident)
+        if row is None:
+            raise NotFound(kind.what, ident)
+        users = [job.id for job in store.jobs_using(session, kind.spec_key, ident)]
+        if users:
+            shown = ", ".join(users[:5]) + (" ..." if len(users) > 5 else "")
+            raise Conflict(
+                f"{kind.what} {ident} is used by {len(users)} job(s) not over yet ({shown}): "
+                "cancel them or wait for them to end"
+            )
+        store.delete_row(session, row)
+    kind.remove(ident)

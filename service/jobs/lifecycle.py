@@ -27,7 +27,8 @@ from contract.protocol import (
 from contract.spec import JobSpec
 from contract.states import JobState
 from service.api.auth import new_ingest_token
-from service.cluster.ray_jobs import RayJobs, entrypoint, is_terminal, parse_outcome
+from service.cluster import Cluster
+from service.cluster.ray_jobs import entrypoint, is_terminal, parse_outcome
 from service.files.code_bundles import runtime_env
 from service.settings import Settings
 from service.storage import store
@@ -67,7 +68,7 @@ class Lifecycle:
         self,
         settings: Settings,
         db: Database,
-        ray: RayJobs,
+        ray: Cluster,
         on_report: Callable[[str], None] | None = None,
     ) -> None:
         self.settings, self.db, self.ray = settings, db, ray

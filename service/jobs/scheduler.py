@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from contract.spec import JobSpec
 from contract.states import ACTIVE_STATES, JobState
-from service.cluster.ray_jobs import RayJobs, RayUnavailable, terminal_statuses
+from service.cluster import Cluster
+from service.cluster.ray_jobs import RayUnavailable, terminal_statuses
 from service.jobs.admission import Admit, Reject, Wait, admit
 from service.jobs.lifecycle import LOST, Lifecycle
 from service.settings import Settings
@@ -36,7 +37,7 @@ logger = logging.getLogger("service.jobs.scheduler")
 class Scheduler:
     """Follows Ray and admits queued jobs; safe to call from one thread."""
 
-    def __init__(self, settings: Settings, db: Database, ray: RayJobs, lifecycle: Lifecycle):
+    def __init__(self, settings: Settings, db: Database, ray: Cluster, lifecycle: Lifecycle):
         self.settings, self.db, self.ray, self.lifecycle = settings, db, ray, lifecycle
 
     def tick(self) -> None:

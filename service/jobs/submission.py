@@ -1,23 +1,25 @@
 """What every submission is checked against before a job is queued (jobs and studies alike):
 the dataset and model (from the dataset's stored metadata: nothing is loaded), a code bundle's
-module, whether the cluster could ever fit it, and room in the queue. Each problem is an HTTP
-error naming the JobSpec field."""
+module, whether the cluster could ever fit it, and room in the queue. Each problem is a
+``FieldError`` naming the JobSpec field (or ``QueueFull``)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from fastapi import HTTPException, status
 from sqlalchemy.orm import Session
 
 from contract.capacity import Capacity, InfeasibleJobError, check_feasible
 from contract.datasets import DatasetError, DatasetInfo, Task, builtin_info, steps_per_epoch
+from contract.model_choice import check_data
 from contract.spec import JobSpec
 from contract.states import JobState
-from service.api.deps import Services, field_error
+from service.cluster import Cluster
 from service.cluster.ray_jobs import RayUnavailable
+from service.errors import FieldError, QueueFull
 from service.storage import store
+from service.storage.db import Database
 
 logger = logging.getLogger("service.jobs.submission")
 
@@ -30,23 +32,23 @@ class Checked:
     task: Task
 
 
-def cluster_capacity(services: Services) -> Capacity | None:
+def cluster_capacity(ray: Cluster) -> Capacity | None:
     """The cluster's alive nodes (None when Ray cannot be reached: nothing is rejected)."""
     try:
-        return services.ray.capacity()
+        return ray.capacity()
     except RayUnavailable:
         logger.warning("Ray unreachable: accepting without the feasibility check")
         return None
 
 
-def dataset_info(services: Services, spec: JobSpec) -> DatasetInfo:
-    """The metadata of ``spec.dataset`` (422 naming ``dataset`` when it is unknown)."""
+def dataset_info(db: Database, spec: JobSpec) -> DatasetInfo:
+    """The metadata of ``spec.dataset`` (``FieldError`` on ``dataset`` when it is unknown)."""
     if spec.is_builtin_dataset:
         return builtin_info(spec.dataset)
-    with services.db.session() as session:
+    with db.session() as session:
         row = store.get_dataset(session, spec.dataset)
         if row is None:
-            raise field_error("dataset", f"unknown dataset {spec.dataset!r}: upload it first")
+            raise FieldError("dataset", f"unknown dataset {spec.dataset!r}: upload it first")
         return DatasetInfo(
             row.id,
             row.n_train,
@@ -57,46 +59,42 @@ def dataset_info(services: Services, spec: JobSpec) -> DatasetInfo:
         )
 
 
-def check_submission(services: Services, spec: JobSpec, capacity: Capacity | None) -> Checked:
-    """422 naming the field unless ``spec`` can train on its data and could ever fit the
-    cluster of ``capacity`` (None: not checked)."""
-    from contract.model_choice import check_data
-
-    info = dataset_info(services, spec)
+def check_submission(db: Database, spec: JobSpec, capacity: Capacity | None) -> Checked:
+    """``FieldError`` naming the field unless ``spec`` can train on its data and could ever
+    fit the cluster of ``capacity`` (None: not checked)."""
+    info = dataset_info(db, spec)
     try:
         check_data(spec, info)
     except DatasetError as exc:
-        raise field_error(exc.field, str(exc)) from exc
+        raise FieldError(exc.field, str(exc)) from exc
     if spec.builder is not None:
-        _check_builder(services, spec, spec.builder[0])
+        _check_builder(db, spec, spec.builder[0])
     if capacity is not None:
         try:
             check_feasible(spec, capacity)
         except InfeasibleJobError as exc:
-            raise field_error(exc.field, str(exc)) from exc
+            raise FieldError(exc.field, str(exc)) from exc
     steps = steps_per_epoch(info.n_train, spec.workers, spec.batch_size_per_worker)
     return Checked(steps, info.task)
 
 
-def check_queue_room(services: Services, session: Session, jobs: int) -> None:
-    """429 unless ``jobs`` more fit in the queue (``SYNCBN_MAX_QUEUED_JOBS``)."""
+def check_queue_room(session: Session, jobs: int, max_queued: int) -> None:
+    """``QueueFull`` unless ``jobs`` more fit in the queue (``SYNCBN_MAX_QUEUED_JOBS``)."""
     queued = store.count_by_state(session).get(JobState.QUEUED, 0)
-    if queued + jobs > services.settings.max_queued_jobs:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            f"the job queue is full ({queued} queued, at most "
-            f"{services.settings.max_queued_jobs}; this asks for {jobs})",
+    if queued + jobs > max_queued:
+        raise QueueFull(
+            f"the job queue is full ({queued} queued, at most {max_queued}; this asks for {jobs})"
         )
 
 
-def _check_builder(services: Services, spec: JobSpec, module: str) -> None:
-    """422 unless ``spec.code`` is an uploaded bundle that has the builder's ``module``."""
-    with services.db.session() as session:
+def _check_builder(db: Database, spec: JobSpec, module: str) -> None:
+    """``FieldError`` unless ``spec.code`` is an uploaded bundle that has ``module``."""
+    with db.session() as session:
         bundle = store.get_code_bundle(session, spec.code or "")
         if bundle is None:
-            raise field_error("code", f"unknown code bundle {spec.code!r}: upload it first")
+            raise FieldError("code", f"unknown code bundle {spec.code!r}: upload it first")
         if module not in bundle.modules:
-            raise field_error(
+            raise FieldError(
                 "model",
                 f"code bundle {bundle.id} has no module {module!r} "
                 f"(it has: {', '.join(bundle.modules)})",

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from contract.protocol import WORKER_COLUMNS, ExceptionEvent, ReportEvent
 from contract.spec import JobSpec
 from contract.states import ACTIVE_STATES, FINAL_STATES, JobState
-from service.api.schemas import JobOut, Progress, Result, TransitionOut
 from service.storage.tables import (
     CodeBundle,
     Dataset,
@@ -261,6 +260,7 @@ def delete_row(session: Session, row: Dataset | CodeBundle) -> None:
 
 def add_dataset(session: Session, dataset: Dataset) -> Dataset:
     session.add(dataset)
+    session.flush()
     return dataset
 
 
@@ -296,48 +296,15 @@ def delete_study(session: Session, study: Study) -> list[str]:
     return ids
 
 
+def add_code_bundle(session: Session, bundle: CodeBundle) -> CodeBundle:
+    session.add(bundle)
+    session.flush()
+    return bundle
+
+
 def get_code_bundle(session: Session, bundle_id: str) -> CodeBundle | None:
     return session.get(CodeBundle, bundle_id)
 
 
 def list_code_bundles(session: Session) -> list[CodeBundle]:
     return list(session.scalars(select(CodeBundle).order_by(CodeBundle.created_at.desc())).all())
-
-
-def job_out(job: Job, with_transitions: bool = True) -> JobOut:
-    """The API view of a job."""
-    spec = JobSpec.model_validate(job.spec)
-    total = max(1, spec.epochs * job.steps_per_epoch)
-    done = job.state == JobState.SUCCEEDED
-    result = None
-    if done:
-        result = Result(
-            test_accuracy=job.test_accuracy,
-            test_loss=job.test_loss,
-            test_miou=job.test_miou,
-            epochs_completed=job.epoch,
-            wall_time_s=job.wall_time_s,
-        )
-    return JobOut(
-        id=job.id,
-        state=JobState(job.state),
-        reason=job.reason,
-        spec=spec,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        progress=Progress(
-            epoch=job.epoch,
-            step=job.step,
-            epochs=spec.epochs,
-            steps_per_epoch=job.steps_per_epoch,
-            fraction=1.0 if done else min(1.0, job.step / total),
-        ),
-        result=result,
-        transitions=(
-            [TransitionOut.model_validate(t) for t in job.transitions] if with_transitions else []
-        ),
-        study_id=job.study_id,
-        arm=job.arm,
-    )

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import File, Response, UploadFile, status
 
-from service.api.deps import ServicesDep, api_router, delete_upload, limit_error, not_found
+from service.api.deps import ServicesDep, api_router
 from service.api.schemas import CodeBundleList, CodeBundleOut, ErrorOut
-from service.files.code_bundles import BundleError, unpack
-from service.files.housekeeping import publish, remove_code_bundle
-from service.files.uploads import receive
+from service.errors import NotFound
+from service.files.code_bundles import add_code_bundle, delete_code_bundle
 from service.storage import store
-from service.storage.tables import CodeBundle
 
 logger = logging.getLogger("service.code")
 router = api_router("/v1/code", "code")
@@ -45,45 +38,8 @@ def upload_code(
     The service never imports the code: Ray ships it to the workers (``working_dir``), with
     a top-level ``requirements.txt`` installed by Ray (``pip``).
     """
-    settings = services.settings
-    settings.code_dir.mkdir(parents=True, exist_ok=True)
-    bundle_id = f"code-{secrets.token_hex(6)}"
-    target = settings.code_dir / bundle_id
-    with tempfile.TemporaryDirectory(dir=settings.code_dir, prefix=".upload-") as scratch:
-        archive = Path(scratch) / "bundle"
-        size, sha256 = receive(file.file, archive, settings.max_code_bytes, "max_code_bytes")
-        unpacked = Path(scratch) / "unpacked"
-        try:
-            info = unpack(
-                archive,
-                unpacked,
-                max_bytes=settings.max_code_bytes,
-                max_files=settings.max_code_files,
-                max_source_bytes=settings.max_source_bytes,
-                max_file_source_bytes=settings.max_source_file_bytes,
-            )
-        except BundleError as exc:
-            raise limit_error("file", str(exc), exc.setting) from exc
-        publish(unpacked, target)
-    bundle = CodeBundle(
-        id=bundle_id,
-        name=os.path.basename(file.filename or "bundle")[:255],
-        size_bytes=size,
-        sha256=sha256,
-        files=info.files,
-        modules=info.modules,
-        requirements=info.requirements,
-    )
-    try:
-        with services.db.session() as session:
-            session.add(bundle)
-            session.flush()
-            out = CodeBundleOut.model_validate(bundle)
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
-    logger.info("code uploaded", extra={"code_id": bundle_id, "modules": info.modules})
-    return out
+    row = add_code_bundle(services.db, services.settings, file.file, file.filename)
+    return CodeBundleOut.model_validate(row)
 
 
 @router.get("", response_model=CodeBundleList)
@@ -101,7 +57,7 @@ def get_code(code_id: str, services: ServicesDep) -> CodeBundleOut:
     with services.db.session() as session:
         bundle = store.get_code_bundle(session, code_id)
         if bundle is None:
-            raise not_found("code bundle", code_id)
+            raise NotFound("code bundle", code_id)
         return CodeBundleOut.model_validate(bundle)
 
 
@@ -116,4 +72,5 @@ def get_code(code_id: str, services: ServicesDep) -> CodeBundleOut:
 )
 def delete_code(code_id: str, services: ServicesDep) -> Response:
     """Delete a code bundle and its files (the models it trained can no longer predict)."""
-    return delete_upload(services, store.get_code_bundle, "code", code_id, remove_code_bundle)
+    delete_code_bundle(services.db, services.settings, code_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Body, Depends, HTTPException, status
 
 from contract.protocol import Event
 from service.api.auth import require_ingest_token
-from service.api.deps import ServicesDep, field_error, not_found
+from service.api.deps import ServicesDep
+from service.api.errors import field_error
 from service.api.schemas import ErrorOut, IngestAck
+from service.errors import NotFound
 from service.jobs.lifecycle import JobNotFound, ReportRefused
 
 router = APIRouter(prefix="/v1/internal", tags=["internal"])
@@ -32,7 +34,7 @@ def ingest_event(job_id: str, event: Annotated[Event, Body()], services: Service
     try:
         return IngestAck(stored=services.lifecycle.record(job_id, event, "ingest"))
     except JobNotFound:
-        raise not_found("job", job_id) from None
+        raise NotFound("job", job_id) from None
     except ReportRefused as exc:
         if exc.closed:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None

@@ -15,7 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from contract.spec import JobSpec
 from contract.states import FINAL_STATES, JobState
-from service.api.deps import Services, ServicesDep, api_router, job_or_404, not_found
+from service.api import views
+from service.api.deps import Services, ServicesDep, api_router, job_or_404
 from service.api.schemas import (
     ErrorOut,
     EvaluationOut,
@@ -26,8 +27,9 @@ from service.api.schemas import (
     ReportOut,
     WorkersOut,
 )
-from service.files.housekeeping import remove_job_files
-from service.jobs.lifecycle import JobNotFound, why_kept
+from service.errors import NotFound
+from service.jobs.lifecycle import JobNotFound
+from service.jobs.retention import delete_job as delete_job_and_files
 from service.jobs.submission import check_queue_room, check_submission, cluster_capacity
 from service.storage import store
 
@@ -49,11 +51,11 @@ MAX_EVENT_ID = 2**62
 )
 def submit_job(spec: JobSpec, services: ServicesDep) -> JobOut:
     """Submit a training job; it starts when the cluster has room (FIFO)."""
-    checked = check_submission(services, spec, cluster_capacity(services))
+    checked = check_submission(services.db, spec, cluster_capacity(services.ray))
     with services.db.session() as session:
-        check_queue_room(services, session, 1)
+        check_queue_room(session, 1, services.settings.max_queued_jobs)
         job = services.lifecycle.create(session, spec, checked.steps_per_epoch)
-        out = store.job_out(job)
+        out = views.job_out(job)
     logger.info("job submitted", extra={"job_id": out.id, "spec": spec.model_dump()})
     return out
 
@@ -69,7 +71,7 @@ def list_jobs(
     with services.db.session() as session:
         jobs, total = store.list_jobs(session, state, limit, offset)
         return JobList(
-            jobs=[store.job_out(j, with_transitions=False) for j in jobs],
+            jobs=[views.job_out(j, with_transitions=False) for j in jobs],
             total=total,
             limit=limit,
             offset=offset,
@@ -81,7 +83,7 @@ def get_job(job_id: str, services: ServicesDep) -> JobOut:
     """One job: state, spec, progress, state transitions, and the result when done."""
     with services.db.session() as session:
         job = job_or_404(session, job_id)
-        return store.job_out(job)
+        return views.job_out(job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)
@@ -90,13 +92,13 @@ def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
     try:
         job = services.lifecycle.cancel(job_id)
     except JobNotFound:
-        raise not_found("job", job_id) from None
+        raise NotFound("job", job_id) from None
     except Exception as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"could not stop the Ray job: {exc}"
         ) from exc
     with services.db.session() as session:
-        return store.job_out(job_or_404(session, job.id))
+        return views.job_out(job_or_404(session, job.id))
 
 
 @router.delete(
@@ -107,18 +109,7 @@ def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
 )
 def delete_job(job_id: str, services: ServicesDep) -> Response:
     """Delete a job that is over, with its statistics, checkpoints and model files."""
-    with services.db.session() as session:
-        job = job_or_404(session, job_id)
-        if job.study_id is not None:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"job {job_id} is part of study {job.study_id}: delete the study instead",
-            )
-        if reason := why_kept(job):
-            raise HTTPException(status.HTTP_409_CONFLICT, reason)
-        store.delete_jobs(session, [job_id])
-    remove_job_files(services.settings, job_id)
-    logger.info("job deleted", extra={"job_id": job_id})
+    delete_job_and_files(services.db, services.settings, job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -209,7 +200,7 @@ async def job_events(
             return store.get_job(session, job_id) is not None
 
     if not await run_in_threadpool(exists):
-        raise not_found("job", job_id)
+        raise NotFound("job", job_id)
     cursor = after
     if last_event_id is not None:
         cursor = int(last_event_id)

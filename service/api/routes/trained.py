@@ -14,14 +14,8 @@ from contract.datasets import DatasetError
 from contract.recipe import check_inputs, predict_values
 from contract.spec import JobSpec
 from contract.states import JobState
-from service.api.deps import (
-    Services,
-    ServicesDep,
-    api_router,
-    field_error,
-    job_or_404,
-    limit_error,
-)
+from service.api.deps import Services, ServicesDep, api_router, job_or_404
+from service.api.errors import field_error
 from service.api.schemas import ErrorOut, ModelFileOut, ModelsOut, PredictIn, PredictOut
 from service.cluster.ray_jobs import RayUnavailable
 from service.files.trained_models import (
@@ -177,14 +171,14 @@ def _check_answer_size(services: Services, file: ModelFile, samples: int, field:
     it takes in and gives back (what the model's work grows with)."""
     settings = services.settings
     if samples > settings.max_predict_samples:
-        raise limit_error(
+        raise field_error(
             field,
             f"{samples} samples; at most {settings.max_predict_samples} per request",
             "max_predict_samples",
         )
     values = predict_values(file.recipe, samples)
     if values > settings.max_predict_values:
-        raise limit_error(
+        raise field_error(
             field,
             f"{samples} samples of this model take in and give back {values} numbers, more "
             f"than the limit of {settings.max_predict_values} per request: send fewer samples "
@@ -229,7 +223,7 @@ def predict_images(
             max_decoded_pixels=settings.max_decoded_pixels,
         )
     except DatasetError as exc:
-        raise limit_error("files", str(exc), exc.setting) from None
+        raise field_error("files", str(exc), exc.setting) from None
     return _answer(services, job_id, file, raw)
 
 

@@ -1,0 +1,67 @@
+"""How the domain's refusals (``service.errors``) and FastAPI's validation errors are answered:
+the status, and FastAPI's own ``{"detail": ...}`` shape (a 422 lists ``loc``/``msg``/``type``,
+naming the field, and the setting of a limit)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from service.errors import Conflict, FieldError, NotFound, QueueFull, ServiceError, TooLarge
+from service.settings import Settings
+
+STATUS: dict[type[ServiceError], int] = {
+    NotFound: status.HTTP_404_NOT_FOUND,
+    Conflict: status.HTTP_409_CONFLICT,
+    TooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
+    QueueFull: status.HTTP_429_TOO_MANY_REQUESTS,
+}
+
+
+def field_error(field: str, message: str, setting: str | None = None) -> RequestValidationError:
+    """A 422 in FastAPI's own shape naming the request body ``field`` (a dotted path), and
+    the setting of a limit."""
+    if setting:
+        message = f"{message} (set by {Settings.env_name(setting)})"
+    kind = "limit_exceeded" if setting else "value_error"
+    loc = ("body", *(int(p) if p.isdigit() else p for p in field.split(".")))
+    return RequestValidationError([{"loc": loc, "msg": message, "type": kind}])
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as strings (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, made safe to encode: it echoes the input, which may hold a NaN (Python's
+    JSON parser reads one) that would otherwise turn the answer into a 500."""
+    content = {"detail": _json_safe(jsonable_encoder(exc.errors()))}
+    return JSONResponse(status_code=422, content=content)
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    if isinstance(exc, FieldError):
+        return await _validation_error(request, field_error(exc.field, str(exc), exc.setting))
+    message = str(exc)
+    if isinstance(exc, TooLarge):
+        message = f"{message} ({Settings.env_name(exc.setting)})"
+    code = next(code for kind, code in STATUS.items() if isinstance(exc, kind))
+    return JSONResponse(status_code=code, content={"detail": message})
+
+
+def install(app: FastAPI) -> None:
+    """Answer the domain's errors and FastAPI's validation errors as above."""
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]

@@ -1,0 +1,41 @@
+"""What the service's domain refuses, without HTTP: ``service.api.errors`` answers each kind
+(422 naming the field, 404, 409, 413, 429). The domain (jobs, studies, files) raises these;
+only ``service.api`` speaks HTTP."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request the service refuses; the message says why."""
+
+
+class FieldError(ServiceError):
+    """A request field that cannot be used (422 naming ``field``, a dotted path such as
+    ``arms.3.overrides.lr``); ``setting``: the limit's ``Settings`` field, when it is one."""
+
+    def __init__(self, field: str, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.field, self.setting = field, setting
+
+
+class NotFound(ServiceError):
+    """No such thing (404)."""
+
+    def __init__(self, what: str, ident: object) -> None:
+        super().__init__(f"{what} {ident} not found")
+
+
+class Conflict(ServiceError):
+    """Not in this state (409): the message says what would allow it."""
+
+
+class TooLarge(ServiceError):
+    """An upload over its byte limit (413); ``setting`` names the limit."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class QueueFull(ServiceError):
+    """No room for more work now (429)."""

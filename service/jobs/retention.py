@@ -1,0 +1,32 @@
+"""Deleting a job that is over, with everything recorded of it and its files."""
+
+from __future__ import annotations
+
+import logging
+
+from service.errors import Conflict, NotFound
+from service.files.housekeeping import remove_job_files
+from service.jobs.lifecycle import why_kept
+from service.settings import Settings
+from service.storage import store
+from service.storage.db import Database
+
+logger = logging.getLogger("service.jobs.retention")
+
+
+def delete_job(db: Database, settings: Settings, job_id: str) -> None:
+    """Delete the job's rows, then its run folder (checkpoints, model files, stats.jsonl).
+    ``NotFound``; ``Conflict`` while it is not over or belongs to a study."""
+    with db.session() as session:
+        job = store.get_job(session, job_id)
+        if job is None:
+            raise NotFound("job", job_id)
+        if job.study_id is not None:
+            raise Conflict(
+                f"job {job_id} is part of study {job.study_id}: delete the study instead"
+            )
+        if reason := why_kept(job):
+            raise Conflict(reason)
+        store.delete_jobs(session, [job_id])
+    remove_job_files(settings, job_id)
+    logger.info("job deleted", extra={"job_id": job_id})

@@ -1,0 +1,186 @@
+"""Studies as the service runs them: created as ordinary queued jobs (one per arm and seed),
+summarized from their jobs, cancelled, deleted. Errors are the domain's (``FieldError`` naming
+``base.<field>``, ``NotFound``, ``Conflict``, ``QueueFull``); a base that is not a valid JobSpec
+raises pydantic's ``ValidationError`` (the API places it under ``base``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from contract.spec import JobSpec
+from contract.states import FINAL_STATES, JobState
+from service.cluster import Cluster
+from service.errors import Conflict, FieldError, NotFound
+from service.files.housekeeping import remove_job_files
+from service.jobs.lifecycle import Lifecycle, why_kept
+from service.jobs.submission import check_queue_room, check_submission, cluster_capacity
+from service.settings import Settings
+from service.storage import store
+from service.storage.db import Database
+from service.storage.tables import Job, Study
+from service.studies.arms import (
+    ARMS,
+    METRIC_NAMES,
+    SET_BY_STUDY,
+    arm_spec,
+    metric_for,
+    reference_skip_reason,
+)
+from service.studies.summary import ArmSummary, JobFigures
+from service.studies.verdict import verdict
+
+
+@dataclass
+class StudyState:
+    """What a study is now: its row, its jobs by arm with their summaries, the failures'
+    reasons and the verdict."""
+
+    study: Study
+    state: str
+    arms: list[tuple[ArmSummary, list[Job]]]
+    reasons: list[str]
+    verdict: str | None
+
+
+def _arm_specs(base: dict[str, Any], arms: list[str] | None, seed: int) -> dict[str, JobSpec]:
+    for key in SET_BY_STUDY:
+        if key in base:
+            what = "the arms set norm" if key == "norm" else "use seeds"
+            raise FieldError(f"base.{key}", f"a study sets {key} itself: leave it out ({what})")
+    return {arm: arm_spec(base, arm, seed) for arm in arms or ARMS}
+
+
+def create_study(
+    db: Database,
+    lifecycle: Lifecycle,
+    ray: Cluster,
+    settings: Settings,
+    base: dict[str, Any],
+    seeds: list[int],
+    arms: list[str] | None,
+) -> StudyState:
+    """Queue one job per arm and seed, after checking each arm as a submission."""
+    specs = _arm_specs(base, arms, seeds[0])
+    capacity = cluster_capacity(ray)
+    skipped: dict[str, str] = {}
+    if "reference" in specs:
+        reason = reference_skip_reason(arm_spec(base, "sync", seeds[0]))
+        if reason is not None:
+            skipped["reference"] = reason
+            del specs["reference"]
+    if not specs:
+        raise FieldError("arms", f"no arm can run: {'; '.join(skipped.values())}")
+    checked = {}
+    for arm, spec in specs.items():
+        try:
+            checked[arm] = check_submission(db, spec, capacity)
+        except FieldError as exc:
+            raise FieldError(f"base.{exc.field}", str(exc), exc.setting) from None
+    task = next(iter(checked.values())).task
+    with db.session() as session:
+        check_queue_room(session, len(specs) * len(seeds), settings.max_queued_jobs)
+        study = store.add_study(
+            session,
+            Study(
+                id=store.new_study_id(),
+                base=base,
+                seeds=seeds,
+                arms=list(specs),
+                skipped=skipped,
+                metric=metric_for(task),
+            ),
+        )
+        for seed in seeds:
+            for arm, spec in specs.items():
+                seeded = spec.model_copy(update={"seed": seed})
+                lifecycle.create(session, seeded, checked[arm].steps_per_epoch, (study.id, arm))
+        return summarize(session, study)
+
+
+def study_or_404(session: Session, study_id: str) -> Study:
+    study = store.get_study(session, study_id)
+    if study is None:
+        raise NotFound("study", study_id)
+    return study
+
+
+def cancel_study(db: Database, lifecycle: Lifecycle, study_id: str) -> StudyState:
+    """Cancel every job of the study that has not finished (idempotent)."""
+    with db.session() as session:
+        study = study_or_404(session, study_id)
+        study.cancelled = True
+        open_jobs = [
+            j.id for j in store.study_jobs(session, study_id) if j.state not in FINAL_STATES
+        ]
+    for job_id in open_jobs:
+        lifecycle.cancel(job_id)
+    with db.session() as session:
+        return summarize(session, study_or_404(session, study_id))
+
+
+def delete_study(db: Database, settings: Settings, study_id: str) -> None:
+    """Delete a study whose jobs are all over, with the jobs and their files."""
+    with db.session() as session:
+        study = study_or_404(session, study_id)
+        for job in store.study_jobs(session, study_id):
+            if reason := why_kept(job):
+                raise Conflict(f"{reason} (cancel the study first)")
+        job_ids = store.delete_study(session, study)
+    for job_id in job_ids:
+        remove_job_files(settings, job_id)
+
+
+def _state(study: Study, jobs: list[Job]) -> str:
+    states = [JobState(j.state) for j in jobs]
+    if any(s not in FINAL_STATES for s in states):
+        return "running"
+    if study.cancelled:
+        return "cancelled"
+    succeeded = sum(s == JobState.SUCCEEDED for s in states)
+    if succeeded == len(states):
+        return "succeeded"
+    return "partially_failed" if succeeded else "failed"
+
+
+def summarize(session: Session, study: Study) -> StudyState:
+    """The study as its jobs say now."""
+    jobs = store.study_jobs(session, study.id)
+    ids = [j.id for j in jobs]
+    times = store.mean_step_times(session, ids)
+    curves: dict[str, dict[int, float]] = defaultdict(dict)
+    for evaluation in store.evaluations_of(session, ids):
+        value = getattr(evaluation, study.metric)
+        if value is not None:
+            curves[evaluation.job_id][evaluation.epoch] = value
+    by_arm: dict[str, list[Job]] = defaultdict(list)
+    for job in jobs:
+        by_arm[job.arm or ""].append(job)
+    arms = []
+    for arm in study.arms:
+        figures = [
+            JobFigures(
+                job_id=j.id,
+                seed=int(j.spec["seed"]),
+                state=j.state,
+                metric=getattr(j, study.metric),
+                step_time_s=times.get(j.id, (None, None))[0],
+                sync_time_s=times.get(j.id, (None, None))[1],
+                curve=curves.get(j.id, {}),
+            )
+            for j in by_arm[arm]
+        ]
+        arms.append((ArmSummary(arm, figures), by_arm[arm]))
+    pending = sum(j.state not in FINAL_STATES for j in jobs)
+    label = f"1x{JobSpec.model_validate(jobs[0].spec).global_batch_size}" if jobs else "1-worker"
+    reasons = [
+        f"{j.arm} seed {j.spec['seed']}: {j.state}: {j.reason or ''}".rstrip(": ")
+        for j in jobs
+        if j.state in (JobState.FAILED, JobState.CANCELLED)
+    ]
+    summaries = {summary.name: summary for summary, _ in arms}
+    said = verdict(summaries, METRIC_NAMES[study.metric], label, pending)
+    return StudyState(study, _state(study, jobs), arms, reasons, said)
