@@ -24,15 +24,12 @@ from PIL import Image
 
 from contract.datasets import DatasetError
 from workers.data.imagefolder import (
-    MAX_DECODED_PIXELS,
-    MAX_JPEG_SCANS,
-    decode_image,
-    decode_images,
     image_folder_members,
     is_image_folder,
     read_image_folder,
     write_npz,
 )
+from workers.data.images import MAX_DECODED_PIXELS, MAX_JPEG_SCANS, decode_image, decode_images
 from workers.data.npz import NpzInfo, inspect_npz, load_npz
 
 MiB = 1 << 20
@@ -363,7 +360,7 @@ def test_decode_images_reads_every_header_before_decoding_anything(monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded before the budget was checked")
 
-    monkeypatch.setattr("workers.data.imagefolder.decode_image", no_decoding)
+    monkeypatch.setattr("workers.data.images.decode_image", no_decoding)
     with pytest.raises(DatasetError, match="3 images of 300 pixels in all") as error:
         decode_images(items, shape, max_pixels=100, max_decoded_pixels=299)
     assert error.value.setting == "max_decoded_pixels"

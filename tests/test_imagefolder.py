@@ -24,12 +24,12 @@ from servicekit import ServiceProcess
 from contract.datasets import DatasetError
 from workers.data.imagefolder import (
     ImageFolderArrays,
-    decode_image,
     is_image_folder,
     parse_size,
     read_image_folder,
     write_npz,
 )
+from workers.data.images import decode_image
 from workers.data.npz import load_npz
 
 

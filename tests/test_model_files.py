@@ -25,7 +25,8 @@ from service.app import create_app
 from service.settings import Settings
 from workers import export
 from workers.data.builtin import load_digits, make_shapes
-from workers.data.imagefolder import decode_image, read_image_folder, write_npz
+from workers.data.imagefolder import read_image_folder, write_npz
+from workers.data.images import decode_image
 from workers.data.npz import load_npz
 from workers.export import load_model, predict, recipe_for, write_model_file
 from workers.nets import apply_norm, build_model, model_from_recipe

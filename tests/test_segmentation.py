@@ -163,7 +163,7 @@ def test_check_data_matches_model_and_task():
 
 
 def test_confusion_matrix_metrics_by_hand():
-    from workers.loop import confusion_matrix, confusion_metrics
+    from workers.metrics import confusion_matrix, confusion_metrics
 
     target = torch.tensor([[[0, 0, 1], [1, 2, IGNORE_LABEL]]])
     pred = torch.tensor([[[0, 1, 1], [1, 0, 2]]])
@@ -179,7 +179,7 @@ def test_confusion_matrix_metrics_by_hand():
 
 
 def test_segmentation_loss_skips_ignored_pixels_and_window_counts_pixels():
-    from workers.loop import _Window, loss_and_hits
+    from workers.metrics import Window, loss_and_hits
 
     out = torch.randn(2, 3, 4, 4, requires_grad=True)
     y = torch.randint(0, 3, (2, 4, 4))
@@ -192,7 +192,7 @@ def test_segmentation_loss_skips_ignored_pixels_and_window_counts_pixels():
     nothing.backward()
     assert none == 0 and nothing.item() == 0.0 and torch.isfinite(out.grad).all()
 
-    window = _Window()
+    window = Window()
     window.add(2, 1.0, correct=30, counted=40, step_time=0.1)
     window.add(2, 0.5, correct=10, counted=10, step_time=0.1)
     stats = window.stats(0.0)
@@ -222,8 +222,8 @@ def _numpy_reference(model, data: ArrayDataset) -> dict[str, float]:
 
 
 def test_evaluate_on_one_rank_matches_numpy(monkeypatch):
-    import workers.loop
-    from workers.loop import evaluate
+    import workers.metrics
+    from workers.metrics import evaluate
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, size=(11, 9, 7))
@@ -237,7 +237,7 @@ def test_evaluate_on_one_rank_matches_numpy(monkeypatch):
     expected = _numpy_reference(model, data)
     whole = evaluate(model, data, 0, 1, torch.device("cpu"))
     # In batches of 2 images (the pixel budget): the same numbers.
-    monkeypatch.setattr(workers.loop, "EVAL_PIXELS", 2 * 9 * 7)
+    monkeypatch.setattr(workers.metrics, "EVAL_PIXELS", 2 * 9 * 7)
     batched = evaluate(model, data, 0, 1, torch.device("cpu"))
     assert model.training  # evaluate puts the model back in training mode
     for result in (whole, batched):

@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from client.render import ProgressView, worker_table
 from contract.spec import JobSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFEASIBLE = 0, 1, 2, 3
@@ -99,97 +100,6 @@ def format_validation_error(exc: ValidationError) -> str:
         field = ".".join(str(part) for part in error["loc"]) or "(spec)"
         lines.append(f"  {field}: {error['msg']}")
     return "invalid job spec:\n" + "\n".join(lines)
-
-
-class ProgressView:
-    """A rich progress display fed with stats events (from ``follow_events``)."""
-
-    def __init__(self, console: Any, spec: JobSpec, steps_per_epoch: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.spec = spec
-        self.steps_per_epoch = steps_per_epoch
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=console,
-            transient=False,
-        )
-        self.epochs = self.progress.add_task("epochs", total=spec.epochs, info="starting")
-        self.steps = self.progress.add_task("epoch 1 steps", total=steps_per_epoch, info="")
-
-    def __enter__(self) -> ProgressView:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    def handle(self, event: dict[str, Any]) -> None:
-        if event.get("type") == "exception":
-            errors = "; ".join(f"rank {r}: {m}" for r, m in event.get("errors", {}).items())
-            self.progress.console.print(f"[red]worker failure[/red] {errors[:300]}")
-            return
-        if event.get("type") != "report" or not event.get("workers"):
-            return
-        workers = event["workers"]
-        epoch, step = int(event.get("epoch") or 0), int(event.get("step") or 0)
-        loss = sum(w.get("loss") or 0.0 for w in workers) / len(workers)
-        in_epoch = step - (epoch - 1) * self.steps_per_epoch
-        self.progress.update(
-            self.steps, description=f"epoch {epoch} steps", completed=max(0, in_epoch)
-        )
-        if event.get("kind") == "epoch":
-            acc = workers[0].get("test_accuracy")
-            self.progress.update(
-                self.epochs,
-                completed=epoch,
-                info=f"loss {loss:.4f}  test acc {acc:.4f}" if acc is not None else "",
-            )
-        else:
-            self.progress.update(self.epochs, info=f"loss {loss:.4f}")
-
-
-def worker_table(workers: list[dict[str, Any]]) -> Any:
-    """The final per-worker statistics as a rich table."""
-    from rich.table import Table
-
-    table = Table(title="per-worker statistics (last epoch)")
-    for column in (
-        "rank",
-        "samples",
-        "loss",
-        "train acc",
-        "samples/s",
-        "step ms",
-        "sync ms",
-        "BN mean shift",
-    ):
-        table.add_column(column, justify="right")
-    for w in workers:
-        shifts = [v.get("mean_shift") for v in (w.get("bn") or {}).values()]
-        shifts = [s for s in shifts if s is not None]
-        shift = f"{sum(shifts) / len(shifts):.3f}" if shifts else "-"
-        table.add_row(
-            str(w.get("rank")),
-            str(w.get("samples")),
-            f"{w.get('loss', float('nan')):.4f}",
-            f"{w.get('train_accuracy', float('nan')):.4f}",
-            f"{w.get('samples_per_s', 0.0):.0f}",
-            f"{1000 * w.get('step_time_s', 0.0):.2f}",
-            f"{1000 * w.get('sync_time_s', 0.0):.2f}",
-            shift,
-        )
-    return table
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ the recipe is JSON in the file's metadata (``RECIPE_KEY``):
 
 - ``model`` (the built-in architecture, ``auto`` resolved) or ``code`` and the builder;
 - ``input_shape``, ``num_classes``, ``class_names``, ``task``, and ``inputs``: ``images``
-  when the raw samples were image files (decoded as ``workers.data.imagefolder.decode_image``
+  when the raw samples were image files (decoded as ``workers.data.images.decode_image``
   does), else ``arrays``;
 - ``preprocess``: ``{"standardize": {"mean": m, "std": s}}``, applied to raw samples as
   ``(raw - m) / s`` (``workers.data.arrays.standardize``);

@@ -213,7 +213,7 @@ def predict_images(
             f'/v1/jobs/{job_id}/predict with {{"inputs": [...]}}',
         )
     _check_answer_size(services, file, len(files), "files")
-    from workers.data.imagefolder import decode_images  # Pillow: on the first image request
+    from workers.data.images import decode_images
 
     try:
         raw = decode_images(
