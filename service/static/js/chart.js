@@ -1,6 +1,7 @@
 // The SVG line chart of the job page (loss and accuracy curves), redrawn when its box resizes.
 
-import { h, isNum, s } from "./dom.js";
+import { h, s } from "./dom.js";
+import { isNum } from "./format.js";
 
 function niceStep(span, count) {
   const raw = span / Math.max(1, count);

@@ -7,9 +7,11 @@
 // The job page follows "v1/jobs/<id>/events" with fetch() and a streaming body reader
 // (EventSource cannot send headers) and falls back to polling while the stream is down.
 //
-// Modules: config.js (constants), dom.js (h(), svg, formatting), token.js (token storage and
-// dialog), api.js (fetch wrapper, errors, OpenAPI, event stream), chart.js (SVG line chart),
-// schema.js + form.js (the submit form, built from JobSpec in /openapi.json),
+// Modules: config.js (constants), dom.js (queries, h(), svg, the <time> and state badge
+// elements), format.js (numbers, sizes, durations, timestamps and log text as text; no DOM),
+// token.js (token storage and dialog), api.js (fetch wrapper, errors, OpenAPI, event stream),
+// chart.js (SVG line chart), schema.js + jobform.js (the submit form, built from JobSpec in
+// /openapi.json), uploads.js (the dataset and code bundle upload forms, their option labels),
 // views/jobs.js (the jobs page), views/job/*.js (one job's page), views/compare.js (jobs'
 // curves overlaid), views/studies.js and views/study.js (studies), metric-chart.js (the test
 // metric by epoch of several runs).

@@ -3,7 +3,7 @@
 
 import { drawChart } from "./chart.js";
 import { RANK_COLORS } from "./config.js";
-import { pct } from "./dom.js";
+import { pct } from "./format.js";
 
 /** Colour of the i-th line; a study's arms keep theirs: sync blue, local orange, reference green. */
 export const lineColor = (i) => RANK_COLORS[i % RANK_COLORS.length];

@@ -3,8 +3,9 @@
 
 import { api } from "../api.js";
 import { LIST_POLL_MS, PAGE_SIZE } from "../config.js";
-import { $, badge, h, isNum, pct, timeEl } from "../dom.js";
-import { setupJobForm } from "../form.js";
+import { $, badge, h, timeEl } from "../dom.js";
+import { isNum, pct } from "../format.js";
+import { setupJobForm } from "../jobform.js";
 import { isAuthBlocked } from "../token.js";
 import { setupCompare } from "./compare.js";
 

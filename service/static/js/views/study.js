@@ -5,7 +5,8 @@
 import { api, ApiError } from "../api.js";
 import { observeChart, unobserveChart } from "../chart.js";
 import { LIST_POLL_MS } from "../config.js";
-import { $, badge, dash, fixed, h, isNum, ms, pct } from "../dom.js";
+import { $, badge, h } from "../dom.js";
+import { dash, fixed, isNum, ms, pct } from "../format.js";
 import { ARM_COLORS, drawMetricChart, lineColor, metricName } from "../metric-chart.js";
 
 /** "4 × 2, sync": workers × batch per worker and the norm. */

@@ -1,7 +1,8 @@
 // The BatchNorm heatmap: per BN layer (rows) and worker rank (columns), how far each worker's
 // batch statistics are from the global batch's.
 
-import { dash, fixed, h, isNum } from "../../dom.js";
+import { h } from "../../dom.js";
+import { dash, fixed, isNum } from "../../format.js";
 
 /** Draw the heatmap of the latest report for the metric chosen in the "Show" select. */
 export function renderBN(ctx) {

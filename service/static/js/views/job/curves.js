@@ -3,7 +3,7 @@
 
 import { drawChart } from "../../chart.js";
 import { RANK_COLORS } from "../../config.js";
-import { fixed, isNum, pct } from "../../dom.js";
+import { fixed, isNum, pct } from "../../format.js";
 
 /** Redraw both charts. */
 export function renderCharts(ctx) {

@@ -1,7 +1,7 @@
 // The job page's data: the job, every report seen (history and stream), the evaluations.
 
 import { api } from "../../api.js";
-import { isNum } from "../../dom.js";
+import { isNum } from "../../format.js";
 
 function reportKey(r) { return `${r.kind}:${r.epoch}:${r.step}`; }
 

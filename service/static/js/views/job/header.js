@@ -1,8 +1,8 @@
 // The job page's header (state, reason, progress), its summary and its timeline.
 
 import { FINAL } from "../../config.js";
-import { $, badge, dash, duration, fixed, h, isNum, parseTime, pct, splitReason, stripAnsi, timeEl }
-  from "../../dom.js";
+import { $, badge, h, timeEl } from "../../dom.js";
+import { dash, duration, fixed, isNum, parseTime, pct, splitReason, stripAnsi } from "../../format.js";
 import { syncCancel } from "./cancel.js";
 
 function renderState(ctx, job) {

@@ -1,7 +1,7 @@
 // The job's log tail (last 200 lines), kept scrolled to the end while it was at the end.
 
 import { api } from "../../api.js";
-import { stripAnsi } from "../../dom.js";
+import { stripAnsi } from "../../format.js";
 
 /** Load the log tail into the logs <pre>. */
 export async function loadLogs(ctx) {

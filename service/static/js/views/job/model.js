@@ -2,7 +2,8 @@
 // that epoch's test metric, and whose BatchNorm statistics the file holds.
 
 import { ApiError, api, download } from "../../api.js";
-import { bytes, h, isNum, pct } from "../../dom.js";
+import { h } from "../../dom.js";
+import { bytes, isNum, pct } from "../../format.js";
 
 const jobPath = (ctx, rest) => `jobs/${encodeURIComponent(ctx.jobId)}${rest}`;
 

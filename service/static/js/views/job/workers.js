@@ -1,7 +1,8 @@
 // The workers table: one row per rank of the latest report.
 
 import { RANK_COLORS } from "../../config.js";
-import { dash, fixed, h, isNum, ms, pct, rate, timeEl } from "../../dom.js";
+import { h, timeEl } from "../../dom.js";
+import { dash, fixed, isNum, ms, pct, rate } from "../../format.js";
 
 /** Fill the workers table from the latest report (or show that there is none yet). */
 export function renderWorkers(ctx) {

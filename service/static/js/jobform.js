@@ -1,11 +1,13 @@
-// The submit form (built from JobSpec's schema in /openapi.json) and the upload forms (a dataset:
-// .npz or image-folder .zip; a code bundle: .zip or .tar.gz with the model's builder). "Run as a
-// study" posts the same fields (minus norm and seed) to /v1/studies.
+// The job submit form, built from JobSpec's schema in /openapi.json: fields, client-side checks,
+// errors next to their fields, the dataset and code selects (with uploads.js's upload forms
+// feeding them), the model field's builder suggestions. "Run as a study" posts the same fields
+// (minus norm and seed) to /v1/studies.
 
 import { api, ApiError, openApi } from "./api.js";
 import { $, $$, h, setHidden } from "./dom.js";
 import { jobFields } from "./schema.js";
 import { AuthCancelled } from "./token.js";
+import { builderOf, bundleLabel, datasetLabel, setupUploads } from "./uploads.js";
 
 /** Number as an attribute value (null when absent). */
 const num = (x) => (typeof x === "number" ? String(x) : null);
@@ -111,41 +113,6 @@ function showErrors(form, names, errors, general) {
   first?.focus();
 }
 
-/** An upload's failure as text: pydantic's messages joined (naming fields other than the file). */
-function uploadError(err) {
-  if (err instanceof ApiError && Array.isArray(err.detail)) {
-    return err.detail.map((d) => {
-      const loc = Array.isArray(d.loc) ? d.loc : [];
-      const name = loc.length >= 2 && loc[0] === "body" ? String(loc[loc.length - 1]) : null;
-      return name && name !== "file" ? `${name}: ${d.msg}` : d.msg || JSON.stringify(d);
-    }).join("; ");
-  }
-  return err.message;
-}
-
-/** "cat, dog" or "a, b, c, d, … (12)": class names, briefly. */
-function briefNames(names, max = 4) {
-  if (!Array.isArray(names) || !names.length) return "";
-  return names.length <= max ? names.join(", ") : `${names.slice(0, max).join(", ")}, … (${names.length})`;
-}
-
-/** An uploaded dataset's option text: name, id, size, shape, task and classes. */
-function datasetLabel(d) {
-  const shape = Array.isArray(d.input_shape) ? d.input_shape.join("×") : "";
-  const classes = `${d.num_classes} classes${d.class_names?.length ? `: ${briefNames(d.class_names)}` : ""}`;
-  const task = d.task === "segmentation" ? "segmentation, " : "";
-  return `${d.name || d.id} (${d.id}) — ${d.n_train} train, ${shape}, ${task}${classes}`;
-}
-
-/** A code bundle's option text. */
-function bundleLabel(b) {
-  const modules = b.modules?.length ? b.modules.join(", ") : "no modules";
-  return `${b.name || b.id} (${b.id}) — ${modules}`;
-}
-
-/** The builder suggested for a bundle's module. */
-const builderOf = (module) => `${module}:build_model`;
-
 function errorsFromDetail(detail) {
   if (!Array.isArray(detail)) return [];
   return detail.map((d) => {
@@ -157,6 +124,7 @@ function errorsFromDetail(detail) {
 
 /**
  * Wire the submit form under `root` (the jobs page); `onSubmitted(job)` runs after a submit.
+ * Also wires the upload forms (uploads.js): an upload joins its select and is chosen there.
  * Returns {load()}: builds the fields from the schema (once; retried after a failure) and
  * fills the dataset list.
  */
@@ -315,56 +283,20 @@ export function setupJobForm(root, { onSubmitted }) {
     setTimeout(syncModel);  // after the controls have their defaults back
   });
 
-  const upload = $("#upload-form", root);
-  upload.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const input = $("#upload-file", root);
-    const uploadStatus = $("#upload-status", root);
-    if (!input.files.length) { uploadStatus.textContent = "Choose an .npz or .zip file first."; return; }
-    const data = new FormData();
-    data.append("file", input.files[0]);
-    const size = $("#upload-size", root).value.trim();
-    if (size) data.append("image_size", size);
-    uploadStatus.textContent = "Uploading…";
-    try {
-      const dataset = await api("datasets", { method: "POST", form: data });
-      uploadStatus.textContent = `Uploaded as ${dataset.id}: ${datasetLabel(dataset).split(" — ")[1]}.`;
+  setupUploads(root, {
+    onDataset: async (dataset) => {
       await loadDatasets();
       if (form.elements.dataset) form.elements.dataset.value = dataset.id;
-    } catch (err) {
-      uploadStatus.textContent = `Upload failed: ${uploadError(err)}`;
-    }
-  });
-
-  const codeUpload = $("#code-upload-form", root);
-  codeUpload.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const input = $("#code-file", root);
-    const codeStatus = $("#code-upload-status", root);
-    codeStatus.classList.remove("error");
-    if (!input.files.length) { codeStatus.textContent = "Choose a .zip or .tar.gz file first."; return; }
-    const data = new FormData();
-    data.append("file", input.files[0]);
-    codeStatus.textContent = "Uploading…";
-    try {
-      const bundle = await api("code", { method: "POST", form: data });
+    },
+    onBundle: (bundle) => {
       addBundle(bundle);
       const select = form.elements.code;
       if (select) {
         select.value = bundle.id;
         syncModel();
       }
-      const modules = bundle.modules?.length ? bundle.modules : [];
-      codeStatus.replaceChildren(`Uploaded as `, h("code", {}, bundle.id),
-        modules.length ? ` (${bundle.files} file${bundle.files === 1 ? "" : "s"}): modules ` : ": no Python modules found.",
-        ...modules.flatMap((m, i) => [i ? ", " : "", h("code", {}, m)]),
-        modules.length ? `. Model: ${form.elements.model?.value || builderOf(modules[0])}.` : "",
-        bundle.requirements?.length ? ` Requirements: ${bundle.requirements.join(", ")}.` : "");
-      codeStatus.dataset.codeId = bundle.id;
-    } catch (err) {
-      codeStatus.classList.add("error");
-      codeStatus.textContent = `Upload failed: ${uploadError(err)}`;
-    }
+      return form.elements.model?.value;
+    },
   });
 
   return {
