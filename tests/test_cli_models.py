@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +137,19 @@ def test_predict_counts_the_pixels_of_each_class_of_a_mask(service, capsys, tmp_
         names = expected["classes"]
         pixels = ", ".join(f"{k} {names[k]}: {n}" for k, n in enumerate(counts) if n)
         assert re.search(rf"│ +{i} │ 24 x 24 │ {re.escape(pixels)} +│", out), out
+
+
+def test_the_client_imports_no_server_worker_or_array_code():
+    """``syncbn`` is an HTTP client (httpx, rich and the pure ``contract``): importing it and
+    building its parser loads no server, worker, Ray, torch, image or numpy code."""
+    code = """
+import sys
+import client.cli
+client.cli.parse_args(["list"])
+client.cli.parse_args(["predict", "j-1", "x.npy"])
+heavy = {"torch", "fastapi", "sqlalchemy", "PIL", "ray", "service", "workers", "numpy"}
+print(sorted({name.split(".")[0] for name in sys.modules} & heavy))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -14,6 +14,7 @@ from test_cli_models import TOKEN, service, syncbn  # noqa: F401 (fixture)
 from test_service_inprocess import report
 
 from client import cli
+from client.commands import studies
 
 ACCURACY = {"local": 0.80, "sync": 0.90, "reference": 0.92}
 STUDY = ["study", "--dataset", "digits", "--workers", "4", "--batch-size", "2", "--epochs", "2"]
@@ -21,7 +22,7 @@ STUDY = ["study", "--dataset", "digits", "--workers", "4", "--batch-size", "2", 
 
 @pytest.fixture
 def ray(service, monkeypatch) -> FakeRay:  # noqa: F811
-    """The app's FakeRay; ``cli.pause`` runs ``drive`` instead of sleeping."""
+    """The app's FakeRay; ``studies.pause`` runs ``drive`` instead of sleeping."""
     http, _ = service
     app = http.app
     fake = app.state.services.ray
@@ -40,7 +41,7 @@ def ray(service, monkeypatch) -> FakeRay:  # noqa: F811
             fake.set_status(job["id"], "SUCCEEDED", logs='{"status": 0, "result": {}}')
         app.state.services.scheduler.tick()
 
-    monkeypatch.setattr(cli, "pause", drive)
+    monkeypatch.setattr(studies, "pause", drive)
     return fake
 
 

@@ -1,0 +1,142 @@
+"""Jobs: ``submit``, ``list``, ``show``, ``watch``, ``cancel``, ``logs``, and ``delete`` (of a
+job, a study, a dataset or a code bundle)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+
+from client.commands.base import (
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    Command,
+    positional,
+    printed_json,
+    request_and_show,
+)
+from client.http import Client
+from client.render import STATE_STYLE, ProgressView, jobs_table, show_job, state_text, worker_table
+from client.spec_args import add_spec_arguments, spec_from_args
+from contract.spec import JobSpec
+from contract.states import JobState
+
+DELETE_PATHS = {
+    "job": "/v1/jobs",
+    "study": "/v1/studies",
+    "dataset": "/v1/datasets",
+    "code": "/v1/code",
+}
+
+
+def watch_job(client: Client, console: Console, job_id: str) -> int:
+    """Follow a job live: progress bar and per-worker table; exit status from its end state."""
+    job = client.request("GET", f"/v1/jobs/{job_id}")
+    view = ProgressView(
+        console, JobSpec.model_validate(job["spec"]), job["progress"]["steps_per_epoch"]
+    )
+    latest: list[dict[str, Any]] = []
+    state = job["state"]
+
+    class Screen:
+        def __rich__(self) -> Group:
+            parts: list[Any] = [f"job {job_id}: {state_text(state)}", view.progress]
+            if latest:
+                parts.append(worker_table(latest))
+            return Group(*parts)
+
+    with Live(Screen(), console=console, refresh_per_second=4):
+        for kind, data in client.events(job_id):
+            if kind == "state":
+                state = data["state"]
+            elif kind == "report":
+                latest = data.get("workers") or latest
+                view.handle({"type": "report", **data})
+            elif kind == "exception":
+                view.handle({"type": "exception", **data})
+            elif kind == "end":
+                state = data["state"]
+    job = client.request("GET", f"/v1/jobs/{job_id}")
+    show_job(console, job)
+    return EXIT_OK if job["state"] == JobState.SUCCEEDED else EXIT_JOB_FAILED
+
+
+def submit_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_arguments(parser, "JobSpec JSON file")
+    parser.add_argument("--watch", action="store_true", help="then watch it")
+
+
+def submit(args: argparse.Namespace, client: Client, console: Console) -> int:
+    out = client.request("POST", "/v1/jobs", json=spec_from_args(args))
+    if args.watch and not args.json:
+        console.print(f"submitted [bold]{out['id']}[/bold]")
+        return watch_job(client, console, out["id"])
+    if not printed_json(args, out):
+        show_job(console, out)
+    return EXIT_OK
+
+
+def list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state", choices=sorted(STATE_STYLE))
+    parser.add_argument("--limit", type=int, default=50)
+
+
+def list_jobs(args: argparse.Namespace, client: Client, console: Console) -> int:
+    params = {"limit": args.limit, **({"state": args.state} if args.state else {})}
+    out = client.request("GET", "/v1/jobs", params=params)
+    if not printed_json(args, out):
+        console.print(jobs_table(out["jobs"]))
+        console.print(f"{out['total']} job(s)")
+    return EXIT_OK
+
+
+def watch(args: argparse.Namespace, client: Client, console: Console) -> int:
+    return watch_job(client, console, args.job_id)
+
+
+def logs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_id")
+    parser.add_argument("--tail", type=int, default=200)
+
+
+def logs(args: argparse.Namespace, client: Client, console: Console) -> int:
+    out = client.request("GET", f"/v1/jobs/{args.job_id}/logs", params={"tail": args.tail})
+    if not printed_json(args, out):
+        print(out["logs"])
+    return EXIT_OK
+
+
+def delete_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=sorted(DELETE_PATHS))
+    parser.add_argument("id")
+
+
+def delete(args: argparse.Namespace, client: Client, console: Console) -> int:
+    client.request("DELETE", f"{DELETE_PATHS[args.kind]}/{args.id}")
+    if not printed_json(args, {"deleted": args.id, "kind": args.kind}):
+        console.print(f"deleted {args.kind} [bold]{escape(args.id)}[/bold]")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "submit": Command("submit a job (flags override --file)", submit_arguments, submit),
+    "list": Command("list jobs", list_arguments, list_jobs),
+    "show": Command(
+        "one job", positional("job_id"), request_and_show("GET", "/v1/jobs/{job_id}", show_job)
+    ),
+    "watch": Command("follow a job live", positional("job_id"), watch),
+    "cancel": Command(
+        "cancel a job",
+        positional("job_id"),
+        request_and_show("POST", "/v1/jobs/{job_id}/cancel", show_job),
+    ),
+    "logs": Command("a job's Ray logs", logs_arguments, logs),
+    "delete": Command(
+        "delete a job or study that is over, a dataset or a code bundle, with files",
+        delete_arguments,
+        delete,
+    ),
+}

@@ -1,0 +1,119 @@
+"""Studies: ``study`` (submit one), ``studies``, ``study-show``, ``study-watch``,
+``study-cancel``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+
+from client.commands.base import (
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    Command,
+    positional,
+    printed_json,
+    request_and_show,
+)
+from client.http import Client
+from client.render import arms_table, show_study, state_text, studies_table
+from client.spec_args import add_spec_arguments, spec_from_args
+
+STUDY_SETS = ("norm", "seed")
+"""JobSpec fields a study sets itself (no ``study`` flags for them)."""
+STUDY_POLL_S = 1.5
+
+
+def pause() -> None:
+    """The wait between two polls of a study."""
+    time.sleep(STUDY_POLL_S)
+
+
+def watch_study(client: Client, console: Console, study_id: str) -> int:
+    """Follow a study: per arm its jobs done, the running jobs' progress and the metric so far;
+    then the table and the verdict. Exit status 0 only when every job succeeded."""
+    path = f"/v1/studies/{study_id}"
+    study = client.request("GET", path)
+    running: dict[str, dict[str, Any]] = {}
+
+    class Screen:
+        def __rich__(self) -> Group:
+            parts: list[Any] = [f"study {study_id}: {state_text(study['state'])}"]
+            parts.append(arms_table(study, running))
+            if study["verdict"]:
+                parts.append(f"so far: {escape(study['verdict'])}")
+            return Group(*parts)
+
+    with Live(Screen(), console=console, refresh_per_second=4, transient=True) as live:
+        while study["state"] == "running":
+            pause()
+            study = client.request("GET", path)
+            ids = [j["id"] for a in study["arms"] for j in a["jobs"] if j["state"] == "running"]
+            running = {i: client.request("GET", f"/v1/jobs/{i}") for i in ids}
+            live.refresh()
+    show_study(console, study)
+    return EXIT_OK if study["state"] == "succeeded" else EXIT_JOB_FAILED
+
+
+def study_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_arguments(parser, "base JobSpec JSON file (without norm and seed)", STUDY_SETS)
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
+    parser.add_argument("--arms", nargs="+", choices=["local", "sync", "reference"])
+    parser.add_argument("--watch", action="store_true", help="then watch it")
+
+
+def study(args: argparse.Namespace, client: Client, console: Console) -> int:
+    body = {"base": spec_from_args(args), "seeds": args.seeds, "arms": args.arms}
+    body = {k: v for k, v in body.items() if v is not None}
+    out = client.request("POST", "/v1/studies", json=body)
+    if args.watch and not args.json:
+        console.print(f"study [bold]{out['id']}[/bold]")
+        return watch_study(client, console, out["id"])
+    if not printed_json(args, out):
+        console.print(
+            f"study [bold]{out['id']}[/bold]: {len(out['arms'])} arm(s) x "
+            f"{len(out['seeds'])} seed(s) queued; follow it with syncbn study-watch {out['id']}"
+        )
+        for arm, reason in out["skipped"].items():
+            console.print(f"  skipped {arm}: {reason}", markup=False)
+    return EXIT_OK
+
+
+def studies_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=50)
+
+
+def studies(args: argparse.Namespace, client: Client, console: Console) -> int:
+    out = client.request("GET", "/v1/studies", params={"limit": args.limit})
+    if not printed_json(args, out):
+        console.print(studies_table(out["studies"]))
+    return EXIT_OK
+
+
+def study_watch(args: argparse.Namespace, client: Client, console: Console) -> int:
+    return watch_study(client, console, args.study_id)
+
+
+COMMANDS = {
+    "study": Command(
+        "a study: local vs sync BatchNorm (and the 1-worker reference) x seeds",
+        study_arguments,
+        study,
+    ),
+    "studies": Command("list studies", studies_arguments, studies),
+    "study-show": Command(
+        "one study: its arms and the verdict",
+        positional("study_id"),
+        request_and_show("GET", "/v1/studies/{study_id}", show_study),
+    ),
+    "study-watch": Command("follow a study live", positional("study_id"), study_watch),
+    "study-cancel": Command(
+        "cancel every unfinished job of a study",
+        positional("study_id"),
+        request_and_show("POST", "/v1/studies/{study_id}/cancel", show_study),
+    ),
+}
