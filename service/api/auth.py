@@ -58,8 +58,8 @@ def _check(expected: str, given: str) -> None:
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def require_api_token(request: Request, credentials: Credentials) -> None:
-    """Dependency: the API token."""
+async def require_api_token(request: Request, credentials: Credentials) -> None:
+    """Dependency: the API token (``async``: checked on the event loop, no thread hop)."""
     _check(request.app.state.settings.api_token, _given(credentials))
 
 

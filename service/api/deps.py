@@ -34,7 +34,8 @@ class Services:
     metrics: ServiceMetrics
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """``async``: a sync dependency would cost every request a thread-pool hop."""
     return request.app.state.services
 
 
@@ -52,9 +53,9 @@ def api_router(prefix: str, tag: str) -> APIRouter:
     )
 
 
-def job_or_404(session: Session, job_id: str) -> Job:
+def job_or_404(session: Session, job_id: str, with_transitions: bool = False) -> Job:
     """The job ``job_id``, or a 404 saying it does not exist."""
-    job = store.get_job(session, job_id)
+    job = store.get_job(session, job_id, with_transitions)
     if job is None:
         raise NotFound("job", job_id)
     return job

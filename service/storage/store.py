@@ -11,7 +11,7 @@ from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from contract.protocol import WORKER_COLUMNS, ExceptionEvent, ReportEvent
 from contract.spec import JobSpec
@@ -153,8 +153,10 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def get_job(session: Session, job_id: str) -> Job | None:
-    return session.get(Job, job_id)
+def get_job(session: Session, job_id: str, with_transitions: bool = False) -> Job | None:
+    """The job (``with_transitions``: its transitions loaded in the same query)."""
+    options = [joinedload(Job.transitions)] if with_transitions else []
+    return session.get(Job, job_id, options=options)
 
 
 def list_jobs(

@@ -82,8 +82,7 @@ def list_jobs(
 def get_job(job_id: str, services: ServicesDep) -> JobOut:
     """One job: state, spec, progress, state transitions, and the result when done."""
     with services.db.session() as session:
-        job = job_or_404(session, job_id)
-        return views.job_out(job)
+        return views.job_out(job_or_404(session, job_id, with_transitions=True))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)
@@ -98,7 +97,7 @@ def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
             status.HTTP_503_SERVICE_UNAVAILABLE, f"could not stop the Ray job: {exc}"
         ) from exc
     with services.db.session() as session:
-        return views.job_out(job_or_404(session, job.id))
+        return views.job_out(job_or_404(session, job.id, with_transitions=True))
 
 
 @router.delete(
