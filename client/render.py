@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from contract.datasets import METRIC_LABELS
 from contract.states import FINAL_STATES, JobState
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ def arms_table(study: dict[str, Any], running: dict[str, dict[str, Any]] | None 
     """One row per arm: its spec, jobs, metric over the seeds, step time and sync share; with
     ``running`` (job id -> job), also the progress of its running jobs."""
     arms = study["arms"]
-    metric = "mIoU" if arms and arms[0]["metric"] == "test_miou" else "accuracy"
+    metric = METRIC_LABELS[arms[0]["metric"]] if arms else "accuracy"
     table = Table(title=f"study {study['id']}")
     for column in ("arm", "spec", "jobs"):
         table.add_column(column, no_wrap=True)

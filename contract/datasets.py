@@ -62,6 +62,16 @@ SEGMENTATION_MAX_CLASSES = min(MAX_CLASSES, IGNORE_LABEL)
 SHAPES_CLASSES = ("background", "circle", "square", "triangle")
 
 
+METRIC_LABELS = {"test_accuracy": "accuracy", "test_miou": "mIoU"}
+"""The test metric that says how good a job of each task is, and its name in words."""
+
+
+def metric_for(task: Task) -> str:
+    """The result field that compares jobs of ``task``: ``test_miou`` for segmentation (pixel
+    accuracy hides small classes), else ``test_accuracy``."""
+    return "test_miou" if task == "segmentation" else "test_accuracy"
+
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """torchvision's ``IMG_EXTENSIONS``: the image files an image folder may hold and predict
 takes (compared case-insensitively)."""

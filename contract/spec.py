@@ -27,6 +27,9 @@ ENTRY_POINT_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 NormName = Literal["sync", "local"]
 Precision = Literal["fp32", "bf16"]
 
+SET_BY_STUDY = ("norm", "seed")
+"""JobSpec fields a study sets itself (per arm, per seed): a study's base leaves them out."""
+
 
 class JobSpec(BaseModel):
     """A training job: which data, which model, how many workers, how to normalize.

@@ -59,7 +59,7 @@ def main() -> int:
     with ExitStack() as stack:
         if not settings.ray_address:
             print(f"embedded Ray head of {settings.home.resolve()} ...", flush=True)
-            embedded = EmbeddedRay(settings.home.resolve() / "ray", settings.embedded_ray_cpus)
+            embedded = EmbeddedRay(settings.layout.ray, settings.embedded_ray_cpus)
             head = stack.enter_context(embedded)
             how = "re-attached to the running" if embedded.attached else "started a new"
             print(f"{how} Ray head (pid {head.pid}) at {head.dashboard_url}", flush=True)

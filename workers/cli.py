@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from client.render import ProgressView, worker_table
+from contract.layout import Layout
 from contract.spec import JobSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFEASIBLE = 0, 1, 2, 3
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     run.add_argument(
         "--storage",
-        default=str(Path(os.environ.get("SYNCBN_HOME", ".syncbn")) / "runs"),
+        default=str(Layout.of().runs),
         help="storage path for runs (default: $SYNCBN_HOME/runs)",
     )
     run.add_argument("--address", default=None, help="Ray cluster address (default: local)")

@@ -22,8 +22,8 @@ from client.commands.base import (
 from client.http import Client
 from client.render import arms_table, show_study, state_text, studies_table
 from client.spec_args import add_spec_arguments, spec_from_args
+from contract.spec import SET_BY_STUDY
 
-STUDY_SETS = ("norm", "seed")
 """JobSpec fields a study sets itself (no ``study`` flags for them)."""
 STUDY_POLL_S = 1.5
 
@@ -60,7 +60,7 @@ def watch_study(client: Client, console: Console, study_id: str) -> int:
 
 
 def study_arguments(parser: argparse.ArgumentParser) -> None:
-    add_spec_arguments(parser, "base JobSpec JSON file (without norm and seed)", STUDY_SETS)
+    add_spec_arguments(parser, "base JobSpec JSON file (without norm and seed)", SET_BY_STUDY)
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
     parser.add_argument("--arms", nargs="+", choices=["local", "sync", "reference"])
     parser.add_argument("--watch", action="store_true", help="then watch it")

@@ -7,7 +7,8 @@ in the FIFO queue:
 - ``sync``: ``norm="sync"``, the same;
 - ``reference``: one worker with the whole global batch (the statistics syncbn imitates).
 
-This module: the arms and their specs, and which metric a study compares (one place).
+This module: the arms and their specs (the metric a study compares is
+``contract.datasets.metric_for``, its name ``METRIC_LABELS``, shared with the client).
 ``summary`` reduces a study's jobs to per-arm figures, ``verdict`` says what they mean,
 ``runs`` creates, cancels and deletes studies.
 """
@@ -20,17 +21,6 @@ from contract.spec import JobSpec
 
 ArmName = Literal["local", "sync", "reference"]
 ARMS: tuple[ArmName, ...] = ("local", "sync", "reference")
-SET_BY_STUDY = ("norm", "seed")
-"""JobSpec fields a study sets itself: a base must leave them out."""
-
-
-METRIC_NAMES = {"test_accuracy": "accuracy", "test_miou": "mIoU"}
-"""What a study compares its arms on, by task: pixel mIoU for segmentation, else accuracy."""
-
-
-def metric_for(task: str) -> str:
-    """The job result a study of ``task`` compares (``test_miou`` or ``test_accuracy``)."""
-    return "test_miou" if task == "segmentation" else "test_accuracy"
 
 
 def arm_spec(base: dict[str, Any], arm: ArmName, seed: int) -> JobSpec:

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from contract.spec import JobSpec
+from contract.datasets import METRIC_LABELS, metric_for
+from contract.spec import SET_BY_STUDY, JobSpec
 from contract.states import FINAL_STATES, JobState
 from service.cluster import Cluster
 from service.errors import Conflict, FieldError, NotFound
@@ -24,10 +25,7 @@ from service.storage.db import Database
 from service.storage.tables import Job, Study
 from service.studies.arms import (
     ARMS,
-    METRIC_NAMES,
-    SET_BY_STUDY,
     arm_spec,
-    metric_for,
     reference_skip_reason,
 )
 from service.studies.summary import ArmSummary, JobFigures
@@ -182,5 +180,5 @@ def summarize(session: Session, study: Study) -> StudyState:
         if j.state in (JobState.FAILED, JobState.CANCELLED)
     ]
     summaries = {summary.name: summary for summary, _ in arms}
-    said = verdict(summaries, METRIC_NAMES[study.metric], label, pending)
+    said = verdict(summaries, METRIC_LABELS[study.metric], label, pending)
     return StudyState(study, _state(study, jobs), arms, reasons, said)
