@@ -331,14 +331,9 @@ def add_code_bundle(
             modules=info.modules,
             requirements=info.requirements,
         )
-        publish_then_record(unpacked, settings.code_dir / bundle_id, lambda: _record(db, row))
+        publish_then_record(unpacked, settings.code_dir / bundle_id, db, row)
     logger.info("code uploaded", extra={"code_id": bundle_id, "modules": info.modules})
     return row
-
-
-def _record(db: Database, row: CodeBundle) -> None:
-    with db.session() as session:
-        store.add_code_bundle(session, row)
 
 
 def delete_code_bundle(db: Database, settings: Settings, bundle_id: str) -> None:

@@ -67,14 +67,9 @@ def add_dataset(
             class_names=list(info.class_names) if info.class_names else None,
         )
         final = settings.datasets_dir / f"{dataset_id}.npz"
-        publish_then_record(checked, final, lambda: _record(db, row))
+        publish_then_record(checked, final, db, row)
     logger.info("dataset uploaded", extra={"dataset_id": dataset_id, "bytes": upload.size})
     return row
-
-
-def _record(db: Database, row: Dataset) -> None:
-    with db.session() as session:
-        store.add_dataset(session, row)
 
 
 def _decode_images(

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
@@ -31,11 +31,11 @@ from service.errors import Conflict, NotFound, TooLarge
 from service.files.housekeeping import publish
 from service.storage import store
 from service.storage.db import Database
+from service.storage.tables import CodeBundle, Dataset
 
 CHUNK = 1 << 20
 STAGING_PREFIX = ".upload-"
 """Staging folders are named so (``housekeeping.sweep`` removes those a crash left)."""
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,13 @@ def stage(source: BinaryIO, folder: Path, limit: int, setting: str) -> Iterator[
         yield Staged(path, size, sha256, Path(scratch))
 
 
-def publish_then_record(built: Path, final: Path, record: Callable[[], T]) -> T:
-    """Move ``built`` (a file or a folder) to ``final`` durably, then ``record()`` its row;
+def publish_then_record(built: Path, final: Path, db: Database, row: Dataset | CodeBundle) -> None:
+    """Move ``built`` (a file or a folder) to ``final`` durably, then insert its ``row``;
     remove ``final`` again if that fails."""
     publish(built, final)
     try:
-        return record()
+        with db.session() as session:
+            store.add_row(session, row)
     except BaseException:
         if final.is_dir():
             shutil.rmtree(final, ignore_errors=True)

@@ -260,10 +260,10 @@ def delete_row(session: Session, row: Dataset | CodeBundle) -> None:
     session.delete(row)
 
 
-def add_dataset(session: Session, dataset: Dataset) -> Dataset:
-    session.add(dataset)
+def add_row(session: Session, row: Dataset | CodeBundle) -> None:
+    """Insert an upload's row (a dataset, a code bundle)."""
+    session.add(row)
     session.flush()
-    return dataset
 
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
@@ -296,12 +296,6 @@ def delete_study(session: Session, study: Study) -> list[str]:
     delete_jobs(session, ids)
     session.delete(study)
     return ids
-
-
-def add_code_bundle(session: Session, bundle: CodeBundle) -> CodeBundle:
-    session.add(bundle)
-    session.flush()
-    return bundle
 
 
 def get_code_bundle(session: Session, bundle_id: str) -> CodeBundle | None:
