@@ -5,7 +5,7 @@ TORCH  := torch==2.13.0
 export SYNCBN_HOME ?= .syncbn
 export PORT ?= 8000
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-fast lint bench clean
 
 # torch is installed first and pinned: an unpinned torch pulls GBs of CUDA wheels.
 define make_venv
@@ -34,6 +34,11 @@ test: $(VENV)/.installed-dev
 	bash scripts/install-chromium.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# The unit tier alone (tests/unit: no Ray, no browser, no spawned ranks), for the edit-test loop.
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests/unit -q
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's Chromium for the dashboard's browser tests (tests/test_page.py): Playwright drives
+# Debian's Chromium for the dashboard's browser tests (tests/e2e/test_page_*.py): Playwright drives
 # /usr/bin/chromium because it cannot download its own browser here. Idempotent: does nothing
 # when /usr/bin/chromium exists. Needs root (or sudo) and the Debian archive.
 set -euo pipefail

@@ -1,94 +1,47 @@
-"""Shared fixtures: one real Ray head for the session, and real service processes.
+"""The test suite in three tiers, one folder each; a test's folder is its marker.
 
-- ``ray_head``: ``ray start --head --block`` (2 CPUs, dashboard/Jobs API on), started once.
-- ``ray_cluster``: this pytest process connected to it as a Ray driver (workers tests).
-- ``service``: ``python -m service`` (real uvicorn, SQLite file) with API token
-  ``test-token``, running jobs on ``ray_head``; every job is cancelled after each test.
-- ``idle_service``: the same with ``SYNCBN_MAX_RUNNING_JOBS=0`` (jobs are accepted and queued
-  but never started) and a 256 kB upload limit: for error cases and property-based tests.
+- ``unit/`` (``-m unit``; ``make test-fast``, under 40 s on a 2-core machine): no Ray, no
+  uvicorn subprocess, no browser, no spawned ranks. Pure functions, the app in this process
+  (``TestClient``, ``FakeRay``), short subprocesses (a token race, a refused start, a probe
+  command). Its conftest has the one in-process app fixture, ``make_app(**settings)``
+  (``inprocess.new_app`` on ``tmp_path``), and the ``app``, ``client`` and ``ray`` built with it.
+- ``ranks/`` (``-m ranks``): real ``torch.distributed`` gloo process groups on spawned local
+  ranks (``syncbn.launch.run_on_ranks``). It imports no Ray.
+- ``e2e/`` (``-m e2e``): a real Ray head, the real service (uvicorn, SQLite or PostgreSQL),
+  headless Chromium, ``python -m service`` with an empty ``HOME``, two Ray nodes; and the checks
+  that examine a fresh Python process, seconds each: what a hostile input costs it
+  (``test_bundle_costs.py``, ``test_dataset_costs.py``) and what importing a package loads
+  (``test_imports.py``). Its conftest sets the test cluster's Ray token before Ray is imported
+  and has the ``ray_head``, ``ray_cluster``, ``service``, ``idle_service``, ``browser`` and
+  ``page`` fixtures.
+
+``make test`` (plain ``pytest``) runs all three. Helpers shared across files and tiers live
+here, beside this file (``pythonpath = ["tests"]``): ``fakeray``, ``inprocess`` (the app in
+process), ``servicekit`` (the real service as a subprocess), ``hostile`` (issue 20's payloads
+and meters, also used by ``benchmarks/``), ``rankkit`` (the distributed cases), and one
+``*kit`` module per subject whose tests span files or tiers (``deploykit``, ``pagekit``,
+``imagekit``, ``bundlekit``, ``limitkit``, ``migrationkit``, ``precisekit``, ``compilekit``,
+``convertkit``). Data: ``fixtures/``, ``snapshots/``.
 """
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
-from service.cluster.embedded_ray import RayHead, new_token, use_token
+import pytest
 
-# The test cluster's own token, set before Ray is first imported (Ray reads the auth mode and
-# token then): nothing comes from ~/.ray or from RAY_* variables of the calling shell.
-TEST_RAY_TOKEN = new_token()
-use_token(TEST_RAY_TOKEN)
-# Poll the Train workers every 0.5 s (Ray's 2 s default makes each report wait up to 2 s).
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-
-import pytest  # noqa: E402
-from servicekit import ServiceProcess, wait_ray_idle  # noqa: E402
-
-RAY_TEST_CPUS = 2
-UPLOAD_LIMIT = 256 * 1024
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "ranks", "e2e")
 
 
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory):
-    """A local Ray head with ``RAY_TEST_CPUS`` CPUs in its own process tree."""
-    directory = tmp_path_factory.mktemp("ray-head")
-    with RayHead(directory, num_cpus=RAY_TEST_CPUS, token=TEST_RAY_TOKEN) as head:
-        yield head
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(ray_head):
-    """This process as a driver of ``ray_head``; yields the GCS address."""
-    import ray
-
-    ray.init(
-        address=ray_head.gcs_address,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    try:
-        yield ray_head.gcs_address
-    finally:
-        ray.shutdown()
-
-
-def _service(tmp_path_factory, ray_head, name: str, env: dict[str, str] | None = None):
-    process = ServiceProcess(tmp_path_factory.mktemp(name), ray_head.dashboard_url, env=env)
-    process.start()
-    return process
-
-
-@pytest.fixture(scope="session")
-def _service_session(tmp_path_factory, ray_head):
-    process = _service(tmp_path_factory, ray_head, "service")
-    try:
-        yield process
-    finally:
-        process.cancel_all()
-        process.stop()
-
-
-@pytest.fixture
-def service(_service_session, ray_head):
-    """The running service; jobs left over by the test are cancelled afterwards."""
-    yield _service_session
-    _service_session.cancel_all()
-    wait_ray_idle(ray_head.dashboard_url)
-
-
-@pytest.fixture(scope="session")
-def _idle_service_session(tmp_path_factory, ray_head):
-    env = {"SYNCBN_MAX_RUNNING_JOBS": "0", "SYNCBN_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}
-    process = _service(tmp_path_factory, ray_head, "idle-service", env)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def idle_service(_idle_service_session):
-    """A service that queues jobs but never starts them (and takes uploads up to 256 kB);
-    jobs a test leaves queued are cancelled afterwards."""
-    yield _idle_service_session
-    _idle_service_session.cancel_all()
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, the first folder under ``tests/``."""
+    for item in items:
+        try:
+            parts = item.path.resolve().relative_to(TESTS).parts
+        except ValueError:
+            continue  # not under tests/
+        if len(parts) < 2 or parts[0] not in TIERS:
+            folders = ", ".join(f"tests/{tier}/" for tier in TIERS)
+            raise pytest.UsageError(f"{item.nodeid}: every test lives in a tier folder: {folders}")
+        item.add_marker(getattr(pytest.mark, parts[0]))

@@ -1,8 +1,9 @@
 """A stand-in for ``service.cluster.ray_jobs.RayJobs`` (the ``service.cluster.Cluster``
-protocol) for the in-process test tier.
+protocol) for the unit tier's in-process app (``inprocess.new_app``).
 
 It keeps Ray Jobs in a dict; a test moves them (``set_status``) as Ray would. Only the tests
-of the service alone use it; the end-to-end tests run against a real Ray cluster.
+of the service alone use it; the end-to-end tests (``tests/e2e``) run against a real Ray
+cluster.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Hostile requests of issue 20's table, as a stranger would send them, and a meter of what one
 costs the real service process (its peak RSS and CPU seconds).
 
-Used by the end-to-end tests (``test_safe_defaults.py``) and by ``benchmarks/abuse.py``, so
-the benchmark's figures come from the very requests the tests assert on.
+Used by the tests (``tests/e2e/test_safe_defaults.py`` against the service, the limit tests in
+``tests/unit`` and their costs in ``tests/e2e``) and by ``benchmarks/abuse.py``, so the
+benchmark's figures come from the very requests the tests assert on.
 """
 
 from __future__ import annotations

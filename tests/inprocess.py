@@ -1,15 +1,53 @@
-"""The in-process tier's client: the app with ``FakeRay``, called through ``TestClient`` as a
-client on this machine would call it (``Host: 127.0.0.1``, the API token in the header)."""
+"""The unit tier's service: the app with ``FakeRay`` in this process, and a ``TestClient`` that
+calls it as a client on this machine would (``Host: 127.0.0.1``, the API token in the header).
+
+``new_app`` is the one way the tests build an app (``tests/unit/conftest.py`` wraps it in the
+``make_app`` fixture; the OpenAPI snapshot script calls it directly). Its scheduler loop is not
+started (no lifespan, unless the test enters the ``TestClient``): a test calls ``tick(app)``.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from fakeray import FakeRay
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service.app import create_app
+from service.settings import Settings
+
 LOCAL = "http://127.0.0.1"
+TOKEN = "unit-token"
+DEFAULTS: dict[str, Any] = {
+    "database_url": "sqlite:///:memory:",
+    "api_token": TOKEN,
+    "worker_python": "python",
+}
+"""The in-process app's settings unless a test says otherwise: an in-memory database, ``TOKEN``
+and the workers' ``python``. Always passed, so none of them comes from the calling shell's
+``SYNCBN_*`` or ``DATABASE_URL`` variables."""
+SERVICE_DEFAULTS: dict[str, Any] = {"database_url": None, "api_token": None}
+"""What ``python -m service`` does without them: SQLite in the home (``syncbn.db``) and an API
+token made there on first start (``api-token``)."""
+GOOD = {"dataset": "synthetic", "workers": 2, "batch_size_per_worker": 8, "epochs": 2}
+"""A small job that fits ``FakeRay(cpus=2)``."""
+
+
+def new_app(home: Path, ray: FakeRay | None = None, **settings: Any) -> FastAPI:
+    """The service on ``home`` with ``ray`` (a ``FakeRay`` with 2 CPUs unless given) and
+    ``DEFAULTS`` overridden by ``settings``."""
+    options = {"home": home, **DEFAULTS, **settings}
+    return create_app(Settings(**options), ray=FakeRay(cpus=2) if ray is None else ray)
 
 
 def local_client(app: FastAPI, **headers: str) -> TestClient:
     """A ``TestClient`` of ``app`` on loopback with its API token (and ``headers``)."""
     token = app.state.settings.api_token
     return TestClient(app, base_url=LOCAL, headers={"Authorization": f"Bearer {token}", **headers})
+
+
+def tick(app: FastAPI) -> None:
+    """One pass of the scheduler, as its loop would run it."""
+    app.state.services.scheduler.tick()

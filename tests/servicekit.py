@@ -15,6 +15,8 @@ import httpx
 from service.cluster.embedded_ray import free_ports, ray_env
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+UPLOAD_LIMIT = 256 * 1024
+"""``SYNCBN_MAX_UPLOAD_BYTES`` of the ``idle_service`` fixture (``tests/e2e/conftest.py``)."""
 
 
 class ServiceProcess:
