@@ -61,6 +61,8 @@ class StatsRecorder:
         self.layers: dict[str, LayerStats] = {}
         self.sync_time_s = 0.0
         self.collectives = 0
+        self.allreduce_bytes = 0
+        """Bytes of the buffers this rank all-reduced (what it contributes to the collectives)."""
 
     def name_of(self, layer: object) -> str:
         return self._names.get(id(layer), f"layer{id(layer):x}")
@@ -69,7 +71,8 @@ class StatsRecorder:
         self.layers[self.name_of(layer)] = stats
 
     def timed_all_reduce(self, tensor: torch.Tensor, group: dist.ProcessGroup | None) -> None:
-        """all_reduce(SUM) and add its wall time (device-synchronized) to ``sync_time_s``."""
+        """all_reduce(SUM), adding its wall time (device-synchronized) to ``sync_time_s`` and its
+        buffer's bytes to ``allreduce_bytes``."""
         cuda = tensor.is_cuda
         if cuda:
             torch.cuda.synchronize(tensor.device)
@@ -79,6 +82,7 @@ class StatsRecorder:
             torch.cuda.synchronize(tensor.device)
         self.sync_time_s += time.perf_counter() - start
         self.collectives += 1
+        self.allreduce_bytes += tensor.numel() * tensor.element_size()
 
 
 def active_recorder() -> StatsRecorder | None:

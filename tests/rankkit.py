@@ -138,16 +138,16 @@ OTHER_COLLECTIVES = (
 )
 
 
-def count_all_reduces() -> list[int]:
-    """From now on in this rank: record the size of every ``all_reduce`` in the returned list;
-    any other collective fails the rank."""
+def count_all_reduces(unit: str = "values") -> list[int]:
+    """From now on in this rank: record the size of every ``all_reduce`` in the returned list,
+    in values or (``unit="bytes"``) bytes; any other collective fails the rank."""
     import torch.distributed as dist
 
     calls: list[int] = []
     real = dist.all_reduce
 
     def counting(tensor, *args, **kwargs):
-        calls.append(tensor.numel())
+        calls.append(tensor.numel() * (tensor.element_size() if unit == "bytes" else 1))
         return real(tensor, *args, **kwargs)
 
     def forbidden(*args, **kwargs):

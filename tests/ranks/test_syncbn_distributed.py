@@ -162,31 +162,59 @@ def subgroups(rank: int, world_size: int) -> dict:
     with pytest.raises(ValueError, match="not divisible by group_size 3"):
         syncbn.new_sync_groups(3)
     group = syncbn.new_sync_groups(2)
+    sent = count_all_reduces("bytes")
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(4 * world_size, 3, 5, generator=gen) * torch.arange(1, 4 * world_size + 1).view(
         -1, 1, 1
     )
+    upstream = torch.randn(x.shape, generator=gen)
     bn = syncbn.SyncBatchNorm(3, momentum=1.0, process_group=group)
-    out = bn(x[4 * rank : 4 * rank + 4])
+    local = x[4 * rank : 4 * rank + 4].clone().requires_grad_()
+    with syncbn.record_stats(bn) as rec:
+        out = bn(local)
+        (out * upstream[4 * rank : 4 * rank + 4]).sum().backward()
     return {
         "x": x,
-        "out": out,
+        "upstream": upstream,
+        "out": out.detach(),
+        "grad_input": local.grad,
+        "grad_weight": bn.weight.grad,
+        "grad_bias": bn.bias.grad,
         "running_mean": bn.running_mean,
+        "running_var": bn.running_var,
         "group_size": dist.get_world_size(group),
+        "counted_bytes": sum(sent),
+        "recorded_bytes": rec.allreduce_bytes,
     }
 
 
-def test_sync_groups_synchronize_within_each_group_only() -> None:
+def test_sync_groups_equal_batchnorm_on_each_groups_batch_and_differ_between_groups() -> None:
     results = run_on_ranks(subgroups, 4)
-    x = results[0]["x"]
-    for pair in ((0, 1), (2, 3)):
+    x, upstream = results[0]["x"], results[0]["upstream"]
+    for first, second in ((0, 1), (2, 3)):
+        rows = slice(4 * first, 4 * second + 4)
         ref = torch.nn.BatchNorm1d(3, momentum=1.0)
-        ref_out = ref(x[4 * pair[0] : 4 * pair[1] + 4])
-        for i, rank in enumerate(pair):
-            assert results[rank]["group_size"] == 2
-            torch.testing.assert_close(results[rank]["out"], ref_out[4 * i : 4 * i + 4])
-            torch.testing.assert_close(results[rank]["running_mean"], ref.running_mean)
+        batch = x[rows].clone().requires_grad_()
+        ref_out = ref(batch)
+        (ref_out * upstream[rows]).sum().backward()
+        for i, rank in enumerate((first, second)):
+            got = results[rank]
+            assert got["group_size"] == 2
+            mine = slice(4 * i, 4 * i + 4)
+            torch.testing.assert_close(got["out"], ref_out[mine].detach())
+            torch.testing.assert_close(got["grad_input"], batch.grad[mine])
+            torch.testing.assert_close(got["running_mean"], ref.running_mean)
+            torch.testing.assert_close(got["running_var"], ref.running_var)
+        # Each rank holds its batch's share of the parameter gradients (DDP sums them).
+        for key, param in (("grad_weight", ref.weight), ("grad_bias", ref.bias)):
+            total = results[first][key] + results[second][key]
+            torch.testing.assert_close(total, param.grad)
     assert not torch.allclose(results[0]["running_mean"], results[2]["running_mean"])
+    assert not torch.allclose(results[0]["running_var"], results[2]["running_var"])
+    for got in results:
+        # forward [sum x, sum x^2, n] in float64 + backward [sum dy, sum dy*xhat] in float32,
+        # for 3 channels: what each rank sends whatever the group size
+        assert got["counted_bytes"] == got["recorded_bytes"] == 8 * (2 * 3 + 1) + 4 * 2 * 3
 
 
 def recorded(rank: int, world_size: int) -> dict:
