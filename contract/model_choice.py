@@ -33,6 +33,17 @@ def infer_kind(input_shape: tuple[int, ...], task: Task = "classification") -> s
     raise ValueError(f"no model for samples of shape {input_shape}")
 
 
+NORM_CHANNELS: dict[str, tuple[int, ...]] = {
+    "mlp": (64,),
+    "cnn1d": (16, 32),
+    "resnet": (16, 32),
+    "unet": (16, 32, 64),
+}
+"""The channel counts of each built-in model's BatchNorm layers (``workers/nets.py``; a unit
+test keeps the two in step), so a ``group_norm_groups`` that cannot divide them is refused at
+submit instead of failing in the workers."""
+
+
 def check_compatible(kind: str, input_shape: tuple[int, ...]) -> None:
     """Raise ValueError when model ``kind`` cannot take samples of ``input_shape``."""
     allowed = {"mlp": (1, 2, 3), "cnn1d": (1, 2), "resnet": (2, 3), "unet": (2, 3)}[kind]
@@ -65,9 +76,19 @@ def check_data(spec: JobSpec, info: DatasetInfo) -> None:
     except ValueError as exc:
         raise DatasetError(f"{info.describe()}: {exc}", field="model") from exc
     group = spec.sync_group_size or spec.workers
-    if kind == "mlp" and spec.batch_size_per_worker == 1 and (spec.norm == "local" or group == 1):
+    alone = spec.norm == "local" or (spec.norm == "sync" and group == 1)
+    if kind == "mlp" and spec.batch_size_per_worker == 1 and alone:
         raise DatasetError(
             "batch_size_per_worker=1 leaves an MLP's BatchNorm1d one value per channel when "
-            'statistics are not shared: use norm="sync" with several workers or a larger batch',
+            'statistics are not shared: use norm="sync" with several workers, norm="group" '
+            "(batch-independent) or a larger batch",
             field="batch_size_per_worker",
+        )
+    groups = spec.group_norm_groups
+    if spec.norm == "group" and groups and any(c % groups for c in NORM_CHANNELS[kind]):
+        raise DatasetError(
+            f"model {kind!r} has BatchNorm layers of {', '.join(map(str, NORM_CHANNELS[kind]))} "
+            f"channels: {groups} groups must divide each (or leave group_norm_groups unset for "
+            "the largest divisor up to 32)",
+            field="group_norm_groups",
         )

@@ -115,6 +115,13 @@ class WorkerReport(EpochEval):
     sync_time_s: float | None = Field(
         None, description="mean time per step inside syncbn's collectives"
     )
+    allreduce_bytes_per_step: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_COUNT,
+        description="bytes this rank all-reduces for BatchNorm per optimizer step (0: none, "
+        "as with norm=local or norm=group)",
+    )
     lr: float | None = None
     time: float | None = Field(None, description="UNIX time of the report on this rank")
     bn: dict[str, LayerSummary] = Field(
@@ -122,7 +129,7 @@ class WorkerReport(EpochEval):
     )
 
 
-WORKER_COLUMNS = ("loss", "samples_per_s", "step_time_s", "sync_time_s")
+WORKER_COLUMNS = ("loss", "samples_per_s", "step_time_s", "sync_time_s", "allreduce_bytes_per_step")
 """The per-worker numbers the service keeps in columns (the rest stays in JSON)."""
 
 

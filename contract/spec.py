@@ -24,11 +24,18 @@ CODE_ID_RE = re.compile(r"^code-[0-9a-f]{12}$")
 ENTRY_POINT_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 """A builder in a bundle, as uvicorn names an app: ``package.module:function``."""
 
-NormName = Literal["sync", "local"]
+NormName = Literal["sync", "local", "group"]
 Precision = Literal["fp32", "bf16"]
 
 SET_BY_STUDY = ("norm", "seed")
 """JobSpec fields a study sets itself (per arm, per seed): a study's base leaves them out."""
+ARM_PRESETS: dict[str, str] = {
+    "local": "per-worker BatchNorm (norm=local)",
+    "sync": "syncbn over the workers (norm=sync)",
+    "group": "GroupNorm instead of BatchNorm (norm=group)",
+    "reference": "1 worker with the whole global batch (what syncbn imitates)",
+}
+"""A study's preset arms by name, with what each runs (``service.studies.arms``)."""
 
 
 class JobSpec(BaseModel):
@@ -36,7 +43,8 @@ class JobSpec(BaseModel):
 
     The global batch is ``workers * batch_size_per_worker``. With ``norm="sync"`` every
     worker normalizes with the statistics of the global batch (or of its group of
-    ``sync_group_size`` consecutive workers); with ``norm="local"`` each worker uses its own.
+    ``sync_group_size`` consecutive workers); with ``norm="local"`` each worker uses its own;
+    with ``norm="group"`` every BatchNorm layer becomes a GroupNorm (no batch statistics).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -60,16 +68,38 @@ class JobSpec(BaseModel):
         max_length=200,
     )
     workers: int = Field(2, ge=1, le=256, description="Ray Train workers (one process each)")
-    batch_size_per_worker: int = Field(16, ge=1, le=65536)
-    epochs: int = Field(3, ge=1, le=10000)
+    batch_size_per_worker: int = Field(
+        16,
+        ge=1,
+        le=65536,
+        description="samples per worker per step (the global batch is workers x this)",
+    )
+    epochs: int = Field(3, ge=1, le=10000, description="passes over the training split")
     lr: float = Field(0.05, gt=0, le=10.0, description="peak SGD learning rate (cosine decay)")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0, le=1)
-    norm: NormName = "sync"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="SGD weight decay (L2)")
+    norm: NormName = Field(
+        "sync",
+        description="sync: BatchNorm with the global batch's statistics (syncbn); local: each "
+        "worker's own; group: every BatchNorm layer becomes a GroupNorm (batch-independent, "
+        "no communication)",
+    )
     sync_group_size: int | None = Field(
         None, ge=1, description="synchronize BN within consecutive groups of this many workers"
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    group_norm_groups: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description='norm="group": groups per layer (must divide every layer\'s channels); '
+        "default: the largest divisor of each layer's channels up to 32",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="seeds the initial weights and the shuffling (the train/test split is fixed)",
+    )
     report_every_steps: int = Field(
         0, ge=0, description="also report every k optimizer steps (0: once per epoch only)"
     )
@@ -92,8 +122,12 @@ class JobSpec(BaseModel):
         "population statistics of this many batches per worker under the current weights "
         "(syncbn.precise_bn); 0: off (the running averages)",
     )
-    cpus_per_worker: float = Field(1.0, gt=0, le=1024)
-    use_gpu: bool = False
+    cpus_per_worker: float = Field(
+        1.0, gt=0, le=1024, description="logical CPUs Ray reserves for each worker"
+    )
+    use_gpu: bool = Field(
+        False, description="one GPU per worker (NCCL); needs GPUs in the Ray cluster"
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -143,11 +177,25 @@ class JobSpec(BaseModel):
         workers, norm = info.data.get("workers"), info.data.get("norm")
         if group is None:
             return None
-        if norm == "local":
-            raise ValueError('only meaningful with norm="sync"')
+        if norm in ("local", "group"):
+            raise ValueError(f'only meaningful with norm="sync" (not {norm!r})')
         if workers is not None and workers % group:
             raise ValueError(f"{group} does not divide workers={workers}; choose a divisor")
         return group
+
+    @field_validator("group_norm_groups")
+    @classmethod
+    def _groups_need_group_norm(cls, groups: int | None, info: ValidationInfo) -> int | None:
+        if groups is not None and info.data.get("norm") not in ("group", None):
+            raise ValueError('only meaningful with norm="group"')
+        return groups
+
+    @field_validator("precise_bn_batches")
+    @classmethod
+    def _precise_needs_batchnorm(cls, batches: int, info: ValidationInfo) -> int:
+        if batches and info.data.get("norm") == "group":
+            raise ValueError('norm="group" has no BatchNorm statistics to make precise: use 0')
+        return batches
 
     @property
     def builder(self) -> tuple[str, str] | None:

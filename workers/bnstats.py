@@ -50,6 +50,9 @@ class BNProbe:
             if isinstance(m, _BatchNorm) and not isinstance(m, syncbn.SyncBatchNorm)
         }
         self.sync_time_s = 0.0
+        self.allreduce_bytes_per_step = 0
+        """Bytes this rank all-reduced for BatchNorm in one optimizer step (the same every
+        step: one all_reduce per SyncBatchNorm layer forward and one backward)."""
         self._layers: dict[str, LayerStats] = {}
         self._captured: dict[str, torch.Tensor] = {}
 
@@ -60,6 +63,7 @@ class BNProbe:
             with syncbn.record_stats(self.model) as rec:
                 yield
             self.sync_time_s += rec.sync_time_s
+            self.allreduce_bytes_per_step = max(self.allreduce_bytes_per_step, rec.allreduce_bytes)
             if detailed:
                 self._layers = dict(rec.layers)
             return

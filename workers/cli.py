@@ -68,13 +68,14 @@ def predict_file(model_path: str, inputs: str, outputs: str) -> int:
 
     from contract.recipe import read_recipe
     from workers.export import load_model, predict
-    from workers.nets import model_for
+    from workers.nets import model_for, saved_layers
 
     recipe = read_recipe(model_path)
     spec = JobSpec.model_validate(recipe["spec"])
     model = None
     if not recipe["builtin"]:
-        model = model_for(spec, tuple(recipe["input_shape"]), recipe["num_classes"], recipe["task"])
+        built = model_for(spec, tuple(recipe["input_shape"]), recipe["num_classes"], recipe["task"])
+        model = saved_layers(built, spec)
     model, recipe = load_model(model_path, model)
     result = predict(model, recipe, np.load(inputs, allow_pickle=False))
     np.savez(outputs, **result)
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             for thread in threads:
                 thread.join(timeout=5)
 
-    return finish(console, args, status, error, result)
+    return finish(console, args, status, error, result, spec.norm)
 
 
 def finish(
@@ -187,12 +188,13 @@ def finish(
     status: int,
     error: str | None,
     result: Any = None,
+    norm: str | None = None,
 ) -> int:
     """Print the outcome (and with ``--json`` the one JSON line the service reads); ``status``."""
     if error is not None:
         console.print(error, markup=False, style="red")
     if result is not None:
-        console.print(worker_table(result.workers))
+        console.print(worker_table(result.workers, norm))
         console.print(
             f"test accuracy [bold]{result.test_accuracy:.4f}[/bold] "
             f"(loss {result.test_loss:.4f}) after {result.epochs_completed} epochs "

@@ -85,7 +85,7 @@ def prepare_data(spec: JobSpec, datasets_dir: str | Path | None = None) -> Array
     if spec.builder is not None:
         check_user_model(
             spec.model,
-            lambda model: apply_norm(model, spec.norm),
+            lambda model: apply_norm(model, spec.norm, group_norm_groups=spec.group_norm_groups),
             data.x_train[:2],
             data.task,
             data.num_classes,

@@ -43,6 +43,8 @@ request's activations stay small whatever its sample count."""
 
 def bn_statistics(spec: JobSpec) -> str:
     """Plain words on whose BatchNorm running statistics a job's file holds."""
+    if spec.norm == "group":
+        return "none: norm=group replaced every BatchNorm by GroupNorm, which keeps no statistics"
     if spec.precise_bn_batches:
         return (
             f"precise: the exact population statistics of {spec.precise_bn_batches} batches "
@@ -50,6 +52,11 @@ def bn_statistics(spec: JobSpec) -> str:
         )
     if spec.norm == "local":
         return "rank 0's running averages (norm=local: every worker keeps its own)"
+    if spec.sync_group_size and spec.sync_group_size < spec.workers:
+        return (
+            f"rank 0's running averages of its group's synchronized statistics (sync_group_size="
+            f"{spec.sync_group_size}: each group of workers keeps its own)"
+        )
     return "running averages of the synchronized batch statistics (the same on every worker)"
 
 
@@ -97,7 +104,8 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
     """The trained model of a file, in eval mode, and its recipe.
 
     A built-in model is rebuilt from the recipe (``workers.nets.model_from_recipe``); for a
-    code bundle's model pass ``model``, built by the bundle's builder.
+    code bundle's model pass ``model``, built by the bundle's builder (with
+    ``workers.nets.saved_layers`` for its normalization).
     """
     from safetensors.torch import load_file
 

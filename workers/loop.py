@@ -110,7 +110,9 @@ class _RankTrainer:
 
         torch.manual_seed(spec.seed)
         model = model_for(spec, self.data.input_shape, self.data.num_classes, self.data.task)
-        self.model = apply_norm(model, spec.norm, spec.sync_group_size, self.world).to(self.device)
+        self.model = apply_norm(
+            model, spec.norm, spec.sync_group_size, self.world, spec.group_norm_groups
+        ).to(self.device)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=spec.lr,
@@ -256,6 +258,7 @@ class _RankTrainer:
             batch_size=self.spec.batch_size_per_worker,
             samples=self.samples,
             **window.stats(self.probe.take_sync_time()),
+            allreduce_bytes_per_step=self.probe.allreduce_bytes_per_step,
             bn=self.probe.layer_summaries(),
             lr=self.optimizer.param_groups[0]["lr"],
             time=time.time(),

@@ -1,7 +1,7 @@
 """The built-in networks (``mlp``, ``cnn1d``, ``resnet``, ``unet``), each with BatchNorm, built
 by name (``build_model``) or from a model file's recipe (``model_from_recipe``), and their
-normalization for a job (``apply_norm``: syncbn, per-worker BN). Which network ``auto`` picks,
-and whether a network fits the data, is ``contract.model_choice``.
+normalization for a job (``apply_norm``: syncbn, per-worker BN, GroupNorm). Which network
+``auto`` picks, and whether a network fits the data, is ``contract.model_choice``.
 """
 
 from __future__ import annotations
@@ -153,31 +153,50 @@ def build_model(
 
 
 def model_from_recipe(recipe: dict) -> nn.Module:
-    """A fresh built-in model (plain torch BatchNorm) of a model file's recipe
-    (``workers.export``): load the file's weights into it to get the trained model."""
+    """A fresh built-in model of a model file's recipe (``workers.export``), with the layers
+    its weights fit (``saved_layers``): load the file's weights into it to get the trained
+    model."""
     if not recipe.get("builtin", True):
         raise ValueError(
             f"this model was built by {recipe.get('model')!r} from code bundle "
             f"{recipe.get('code')}: build it with that function and load the weights into it"
         )
-    return build_model(
+    model = build_model(
         recipe["model"], tuple(recipe["input_shape"]), int(recipe["num_classes"]), recipe["task"]
     )
+    return saved_layers(model, JobSpec.model_validate(recipe["spec"]))
+
+
+def saved_layers(model: nn.Module, spec: JobSpec) -> nn.Module:
+    """A freshly built ``model`` with the normalization layers a trained model file of
+    ``spec`` holds: GroupNorm for ``norm="group"``, else torch BatchNorm (syncbn saves plain
+    BatchNorm state)."""
+    if spec.norm != "group":
+        return model
+    return apply_norm(model, "group", group_norm_groups=spec.group_norm_groups)
 
 
 def apply_norm(
-    model: nn.Module, norm: str, sync_group_size: int | None = None, world_size: int = 1
+    model: nn.Module,
+    norm: str,
+    sync_group_size: int | None = None,
+    world_size: int = 1,
+    group_norm_groups: int | None = None,
 ) -> nn.Module:
-    """``norm="sync"``: convert BatchNorm layers to ``syncbn.SyncBatchNorm``.
+    """The job's normalization on a model built with torch BatchNorm.
 
-    With ``sync_group_size`` smaller than the world, statistics are synchronized within
-    consecutive groups of that many ranks (every rank must call this: groups are created
-    collectively). ``norm="local"`` returns the model unchanged.
+    ``norm="sync"``: BatchNorm layers become ``syncbn.SyncBatchNorm``; with
+    ``sync_group_size`` smaller than the world, statistics are synchronized within consecutive
+    groups of that many ranks (every rank must call this: groups are created collectively).
+    ``norm="group"``: they become GroupNorm (``group_norm_groups`` groups each, or the largest
+    divisor of the channels up to 32). ``norm="local"`` returns the model unchanged.
     """
     if norm == "local":
         return model
     import syncbn
 
+    if norm == "group":
+        return syncbn.convert_group_norm(model, group_norm_groups)
     group = None
     if sync_group_size is not None and sync_group_size < world_size:
         group = syncbn.new_sync_groups(sync_group_size)

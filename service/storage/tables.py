@@ -119,6 +119,7 @@ class WorkerStats(Base):
     samples_per_s: Mapped[float | None] = mapped_column(Float)
     step_time_s: Mapped[float | None] = mapped_column(Float)
     sync_time_s: Mapped[float | None] = mapped_column(Float)
+    allreduce_bytes_per_step: Mapped[float | None] = mapped_column(Float)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 

@@ -53,7 +53,8 @@ def model_file(tmp_path, data, spec: JobSpec, epoch: int = 1, name: str = MODEL_
     """A model file as rank 0 writes it (syncbn layers: converted with ``norm=sync``)."""
     torch.manual_seed(epoch)
     model = build_model(spec.model, data.input_shape, data.num_classes, data.task)
-    model = trained_like(apply_norm(model, spec.norm), data.x_train)
+    normalized = apply_norm(model, spec.norm, group_norm_groups=spec.group_norm_groups)
+    model = trained_like(normalized, data.x_train)
     metrics = {"test_accuracy": 0.5, "test_loss": 1.0, "test_miou": None}
     path = tmp_path / name
     write_model_file(path, model, recipe_for(spec, data, epoch, metrics))
@@ -97,6 +98,27 @@ def test_predict_uses_the_recipe_preprocessing_and_running_statistics(tmp_path, 
     for i in (0, 17, 39):
         alone = predict(model, recipe, raw[i : i + 1])["probabilities"][0]
         np.testing.assert_allclose(alone, out["probabilities"][i], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_a_group_norm_model_file_loads_and_predicts_without_batch_statistics(
+    tmp_path, shapes, groups
+):
+    spec = JobSpec(dataset="shapes", norm="group", group_norm_groups=groups)
+    path, trained = model_file(tmp_path, shapes, spec)
+    recipe = read_recipe(path)
+    assert recipe["bn_statistics"].startswith("none: norm=group")
+    assert not any(k.endswith("running_mean") for k in load_file(str(path)))
+    model, _ = load_model(path)  # rebuilt with GroupNorm, loaded strictly
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == (groups or 16) for m in norms[:1])
+    raw = shapes.x_test[:4] * shapes.std + shapes.mean
+    out = predict(model, recipe, raw)
+    x = torch.from_numpy(shapes.x_test[:4])
+    with torch.no_grad():
+        expected = torch.softmax(trained.eval()(x), 1).numpy()
+    np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
+    assert out["masks"].shape == (4, *shapes.input_shape[-2:])
 
 
 def test_segmentation_predicts_a_class_per_pixel(tmp_path, shapes):

@@ -20,12 +20,14 @@ from service.jobs.lifecycle import MAX_RESUBMISSIONS, RESUBMITTED
 
 
 def worker(rank: int, epoch: int, step: int, **extra) -> dict:
-    return WorkerReport(
-        rank=rank, world_size=2, epoch=epoch, step=step, batch_size=8, samples=8 * step,
-        loss=0.5, train_accuracy=0.8, samples_per_s=100.0, step_time_s=0.01, sync_time_s=0.001,
-        bn={"net.1": {"local_count": 8, "global_count": 16, "mean_shift": 0.1, "var_ratio": 1.0}},
-        **extra,
-    ).model_dump(mode="json")  # fmt: skip
+    fields = {
+        "rank": rank, "world_size": 2, "epoch": epoch, "step": step, "batch_size": 8,
+        "samples": 8 * step, "loss": 0.5, "train_accuracy": 0.8, "samples_per_s": 100.0,
+        "step_time_s": 0.01, "sync_time_s": 0.001,
+        "bn": {"net.1": {"local_count": 8, "global_count": 16, "mean_shift": 0.1,
+                         "var_ratio": 1.0}},
+    }  # fmt: skip
+    return WorkerReport(**{**fields, **extra}).model_dump(mode="json")
 
 
 def report(client, job_id: str, kind: str, epoch: int, step: int, **extra) -> dict:
@@ -171,9 +173,12 @@ def test_queue_waits_for_the_running_limit_and_rejects_what_never_fits(client, a
         ({**GOOD, "workers": 4}, "workers"),
         ({**GOOD, "model": "resnet"}, "model"),
         ({**GOOD, "dataset": "ds-000000000000"}, "dataset"),
-        ({**GOOD, "norm": "group"}, "norm"),
+        ({**GOOD, "norm": "instance"}, "norm"),
+        ({**GOOD, "norm": "group", "precise_bn_batches": 1}, "precise_bn_batches"),
         ({**GOOD, "dataset": "digits", "model": "mlp", "workers": 1, "batch_size_per_worker": 1},
          "batch_size_per_worker"),
+        ({**GOOD, "dataset": "digits", "model": "mlp", "norm": "group", "group_norm_groups": 3},
+         "group_norm_groups"),
     ],
 )  # fmt: skip
 def test_bad_specs_get_a_422_naming_the_field(client, body, field):
@@ -235,7 +240,7 @@ def test_cli_submit_has_a_flag_for_every_jobspec_field():
     }  # fmt: skip
     assert set(JobSpec.model_fields) <= set(vars(args))
     with pytest.raises(SystemExit):
-        parse_args(["submit", "--norm", "group"])  # choices come from the Literal
+        parse_args(["submit", "--norm", "instance"])  # choices come from the Literal
 
 
 def test_the_fake_and_the_real_ray_client_keep_one_protocol():

@@ -23,8 +23,10 @@ export function renderBN(ctx) {
   const layers = [];
   for (const w of workers) for (const name of Object.keys(w.bn || {})) if (!layers.includes(name)) layers.push(name);
   if (!layers.length) {
-    box.replaceChildren(h("p", { class: "muted empty" }, workers.length
-      ? "This model reports no BatchNorm layers." : "No report yet."));
+    box.replaceChildren(h("p", { class: "muted empty", "data-testid": "bn-none" }, norm === "group"
+      ? "No BatchNorm statistics: with norm=group every BatchNorm layer is a GroupNorm, which "
+        + "normalizes each sample on its own (nothing to compare between workers)."
+      : workers.length ? "This model reports no BatchNorm layers." : "No report yet."));
     return;
   }
   // Colour: mean_shift 0 → 1σ (clamped); var_ratio by |log2(ratio)| 0 → 1 (×2 or ÷2).

@@ -2,7 +2,7 @@
 
 import { RANK_COLORS } from "../../config.js";
 import { h, timeEl } from "../../dom.js";
-import { dash, fixed, isNum, ms, pct, rate } from "../../format.js";
+import { bytes, dash, fixed, isNum, ms, pct, rate } from "../../format.js";
 
 /** Fill the workers table from the latest report (or show that there is none yet). */
 export function renderWorkers(ctx) {
@@ -27,6 +27,7 @@ export function renderWorkers(ctx) {
       h("td", { class: "share" }, share === null ? dash : h("span", { class: "bar-cell" },
         h("span", { class: "bar", style: `--v:${(share * 100).toFixed(1)}%` }),
         h("span", {}, pct(share)))),
+      h("td", { class: "num", "data-testid": "worker-bytes" }, bytes(w.allreduce_bytes_per_step)),
       h("td", { class: "num" }, fixed(w.loss, 4)),
       h("td", { class: "num" }, pct(w.train_accuracy)));
   }));
