@@ -100,8 +100,14 @@ def show_job(console: Console, job: dict[str, Any]) -> None:
 
 
 def spec_summary(spec: dict[str, Any]) -> str:
-    """``"4x2 local"``: workers x batch per worker, and the norm."""
-    return f"{spec['workers']}x{spec['batch_size_per_worker']} {spec['norm']}"
+    """``"4x2 sync/2"``: workers x batch per worker, the norm, and its sync group size or
+    GroupNorm group count when set."""
+    text = f"{spec['workers']}x{spec['batch_size_per_worker']} {spec['norm']}"
+    if spec.get("sync_group_size") and spec["sync_group_size"] < spec["workers"]:
+        text += f"/{spec['sync_group_size']}"
+    if spec.get("group_norm_groups"):
+        text += f":{spec['group_norm_groups']}"
+    return text
 
 
 def spread_text(mean: float | None, std: float | None) -> str:
@@ -134,7 +140,7 @@ def arms_table(study: dict[str, Any], running: dict[str, dict[str, Any]] | None 
     table = Table(title=f"study {study['id']}")
     for column in ("arm", "spec", "jobs"):
         table.add_column(column, no_wrap=True)
-    for column in (f"test {metric}", "step time", "sync share"):
+    for column in (f"test {metric}", "step time", "sync share", "BN bytes/step"):
         table.add_column(column, no_wrap=True, justify="right")
     if running is not None:
         table.add_column("running")
@@ -150,6 +156,7 @@ def arms_table(study: dict[str, Any], running: dict[str, dict[str, Any]] | None 
             spread_text(arm["metric_mean"], arm["metric_std"]),
             "-" if step is None else f"{1000 * step:.1f} ms",
             "-" if share is None else f"{100 * share:.1f} %",
+            bytes_text(arm.get("allreduce_bytes_per_step")),
         ]
         if running is not None:
             row.append(
@@ -173,6 +180,13 @@ def show_study(console: Console, study: dict[str, Any]) -> None:
         console.print(f"  {reason}", markup=False, style="red")
     if study["verdict"]:
         console.print(f"verdict: [bold]{escape(study['verdict'])}[/bold]")
+    if study.get("recommendation"):
+        console.print(advice_text(study["recommendation"]))
+
+
+def advice_text(advice: dict[str, str]) -> str:
+    """A study's recommendation as rich markup: ``recommended: ARM. REASON``."""
+    return f"recommended: [bold]{escape(advice['arm'])}[/bold]. {escape(advice['reason'])}"
 
 
 def studies_table(studies: list[dict[str, Any]]) -> Table:
@@ -281,16 +295,28 @@ class ProgressView:
             self.progress.update(self.epochs, info=f"loss {loss:.4f}")
 
 
-def worker_table(workers: list[dict[str, Any]]) -> Table:
-    """The final per-worker statistics as a rich table."""
+def bytes_text(count: float | None) -> str:
+    """``"1.2 kB"``: a byte count in decimal units, or ``-``."""
+    if count is None:
+        return "-"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:.0f} B"
+
+
+def worker_table(workers: list[dict[str, Any]], norm: str | None = None) -> Table:
+    """The final per-worker statistics as a rich table (``norm="group"``: no BN statistics)."""
     table = Table(title="per-worker statistics (last epoch)")
     columns = ("rank", "samples", "loss", "train acc", "samples/s", "step ms", "sync ms")
-    for column in (*columns, "BN mean shift"):
+    for column in (*columns, "BN bytes/step", "BN mean shift"):
         table.add_column(column, justify="right")
     for w in workers:
         shifts = [v.get("mean_shift") for v in (w.get("bn") or {}).values()]
         shifts = [s for s in shifts if s is not None]
         shift = f"{sum(shifts) / len(shifts):.3f}" if shifts else "-"
+        if norm == "group":
+            shift = "none (GroupNorm)"
         table.add_row(
             str(w.get("rank")),
             str(w.get("samples")),
@@ -299,6 +325,7 @@ def worker_table(workers: list[dict[str, Any]]) -> Table:
             f"{w.get('samples_per_s', 0.0):.0f}",
             f"{1000 * w.get('step_time_s', 0.0):.2f}",
             f"{1000 * w.get('sync_time_s', 0.0):.2f}",
+            bytes_text(w.get("allreduce_bytes_per_step")),
             shift,
         )
     return table

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
 
@@ -20,12 +21,16 @@ from client.commands.base import (
     request_and_show,
 )
 from client.http import Client
-from client.render import arms_table, show_study, state_text, studies_table
+from client.render import advice_text, arms_table, show_study, state_text, studies_table
 from client.spec_args import add_spec_arguments, spec_from_args
-from contract.spec import SET_BY_STUDY
+from contract.spec import ARM_PRESETS, SET_BY_STUDY
 
-"""JobSpec fields a study sets itself (no ``study`` flags for them)."""
 STUDY_POLL_S = 1.5
+ARMS_HELP = (
+    f"presets ({', '.join(ARM_PRESETS)}), sync:K (syncbn within groups of K workers), group:G "
+    "(GroupNorm with G groups per layer) or NAME='{JSON JobSpec overrides}'; default: local "
+    "sync reference"
+)
 
 
 def pause() -> None:
@@ -45,7 +50,9 @@ def watch_study(client: Client, console: Console, study_id: str) -> int:
             parts: list[Any] = [f"study {study_id}: {state_text(study['state'])}"]
             parts.append(arms_table(study, running))
             if study["verdict"]:
-                parts.append(f"so far: {escape(study['verdict'])}")
+                parts.append(f"verdict: {escape(study['verdict'])}")
+            if study["recommendation"]:
+                parts.append(advice_text(study["recommendation"]))
             return Group(*parts)
 
     with Live(Screen(), console=console, refresh_per_second=4, transient=True) as live:
@@ -59,10 +66,33 @@ def watch_study(client: Client, console: Console, study_id: str) -> int:
     return EXIT_OK if study["state"] == "succeeded" else EXIT_JOB_FAILED
 
 
+def parse_arm(text: str) -> str | dict[str, Any]:
+    """One ``--arms`` word as the API's arm: a preset's name, or ``{"name", "overrides"}``."""
+    if text in ARM_PRESETS:
+        return text
+    kind, colon, size = text.partition(":")
+    if colon and kind in ("sync", "group") and size.isdigit() and int(size) > 0:
+        overrides: dict[str, Any] = {"sync_group_size": int(size)}
+        if kind == "group":  # as the group preset, with this many groups
+            overrides = {"norm": "group", "group_norm_groups": int(size), "precise_bn_batches": 0}
+        return {"name": text, "overrides": overrides}
+    name, equals, fields = text.partition("=")
+    if equals and name:
+        try:
+            overrides = json.loads(fields)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: the overrides are not JSON ({exc})"
+            ) from None
+        if isinstance(overrides, dict) and overrides:
+            return {"name": name, "overrides": overrides}
+    raise argparse.ArgumentTypeError(f"{text!r} is not an arm: give {ARMS_HELP}")
+
+
 def study_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser, "base JobSpec JSON file (without norm and seed)", SET_BY_STUDY)
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
-    parser.add_argument("--arms", nargs="+", choices=["local", "sync", "reference"])
+    parser.add_argument("--arms", nargs="+", type=parse_arm, metavar="ARM", help=ARMS_HELP)
     parser.add_argument("--watch", action="store_true", help="then watch it")
 
 
@@ -84,7 +114,7 @@ def study(args: argparse.Namespace, client: Client, console: Console) -> int:
 
 
 def studies_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--limit", type=int, default=50, help="at most this many, newest first")
 
 
 def studies(args: argparse.Namespace, client: Client, console: Console) -> int:
@@ -100,7 +130,7 @@ def study_watch(args: argparse.Namespace, client: Client, console: Console) -> i
 
 COMMANDS = {
     "study": Command(
-        "a study: local vs sync BatchNorm (and the 1-worker reference) x seeds",
+        "a study: which normalization for this batch size (arms x seeds), with a recommendation",
         study_arguments,
         study,
     ),

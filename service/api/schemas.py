@@ -5,11 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from contract.protocol import WorkerReport
 from contract.spec import JobSpec
 from contract.states import JobState
+from service.studies.arms import ARM_NAME_PATTERN, DEFAULT_ARMS, MAX_ARMS, PRESETS, Arm
 
 
 class TransitionOut(BaseModel):
@@ -171,6 +181,68 @@ class PredictOut(BaseModel):
     )
 
 
+class ArmIn(BaseModel):
+    """A study arm: a preset's name (a string), or a name with the JobSpec fields it changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=ARM_NAME_PATTERN, description="unique in the study")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JobSpec fields this arm changes in the base (any but seed)",
+        examples=[{"sync_group_size": 2}],
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_by_name(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if not isinstance(data, dict | ArmIn):
+            raise ValueError(
+                f'must be a preset\'s name ({", ".join(PRESETS)}) or {{"name", "overrides"}}'
+            )
+        return data
+
+    @field_validator("overrides")
+    @classmethod
+    def _not_the_seed(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        if "seed" in overrides:
+            raise ValueError("a study sets seed itself (use seeds): leave it out")
+        return overrides
+
+    @model_validator(mode="after")
+    def _preset_or_overrides(self) -> ArmIn:
+        presets = ", ".join(PRESETS)
+        if self.name in PRESETS and self.overrides:
+            raise ValueError(
+                f"{self.name!r} is a preset and takes no overrides: give this arm another name"
+            )
+        if self.name not in PRESETS and not self.overrides:
+            raise ValueError(
+                f"{self.name!r} is not a preset ({presets}): give a preset's name, or an "
+                'object {"name": ..., "overrides": {JobSpec fields}}'
+            )
+        return self
+
+    def arm(self) -> Arm:
+        return Arm(self.name, self.overrides)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """Say in the schema that a preset's name alone is an arm too."""
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        object_form = {k: v for k, v in target.items() if k not in ("title", "description")}
+        preset = {"type": "string", "enum": list(PRESETS)}
+        kept = {k: target[k] for k in ("title", "description") if k in target}
+        target.clear()
+        target.update(kept, anyOf=[preset, object_form])
+        return schema
+
+
 class StudyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -179,10 +251,12 @@ class StudyIn(BaseModel):
         examples=[{"dataset": "digits", "workers": 4, "batch_size_per_worker": 2, "epochs": 4}],
     )
     seeds: list[int] = Field([0, 1, 2], min_length=1, max_length=20)
-    arms: list[Literal["local", "sync", "reference"]] | None = Field(
+    arms: list[ArmIn] | None = Field(
         None,
         min_length=1,
-        description="default: local, sync and reference (1 worker x the global batch)",
+        max_length=MAX_ARMS,
+        description="presets (" + ", ".join(f"{k}: {v}" for k, v in PRESETS.items()) + ") or "
+        '{"name", "overrides"} objects; default: ' + ", ".join(DEFAULT_ARMS),
     )
 
     @field_validator("seeds")
@@ -196,9 +270,11 @@ class StudyIn(BaseModel):
 
     @field_validator("arms")
     @classmethod
-    def _distinct_arms(cls, arms: list[str] | None) -> list[str] | None:
-        if arms is not None and len(set(arms)) != len(arms):
-            raise ValueError("arms must be distinct")
+    def _distinct_arms(cls, arms: list[ArmIn] | None) -> list[ArmIn] | None:
+        names = [arm.name for arm in arms or []]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"arm names must be distinct: {', '.join(twice)} more than once")
         return arms
 
 
@@ -226,7 +302,15 @@ class ArmOut(BaseModel):
     metric_std: float | None = None
     step_time_s_mean: float | None = None
     sync_time_share: float | None = Field(None, description="syncbn collectives / step time")
+    allreduce_bytes_per_step: float | None = Field(
+        None, description="bytes one rank all-reduces for BatchNorm per step (0: none)"
+    )
     curve: list[CurvePoint] = Field(description="the test metric by epoch over the seeds")
+
+
+class RecommendationOut(BaseModel):
+    arm: str
+    reason: str = Field(description="why, with the numbers")
 
 
 class StudyOut(BaseModel):
@@ -238,6 +322,10 @@ class StudyOut(BaseModel):
     arms: list[ArmOut]
     skipped: dict[str, str] = Field(description="arms asked for but not run, and why")
     verdict: str | None = Field(description="what syncbn bought, in plain words")
+    recommendation: RecommendationOut | None = Field(
+        description="the cheapest arm, by step time, among those within seed noise of the "
+        "best metric; null before any result"
+    )
     created_at: datetime
 
 

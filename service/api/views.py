@@ -9,6 +9,7 @@ from service.api.schemas import (
     ArmOut,
     JobOut,
     Progress,
+    RecommendationOut,
     Result,
     StudyJobOut,
     StudyOut,
@@ -70,6 +71,11 @@ def study_out(state: StudyState) -> StudyOut:
         arms=[_arm_out(summary, jobs, study.metric) for summary, jobs in state.arms],
         skipped=study.skipped,
         verdict=state.verdict,
+        recommendation=(
+            RecommendationOut(arm=state.recommendation.arm, reason=state.recommendation.reason)
+            if state.recommendation
+            else None
+        ),
         created_at=study.created_at,
     )
 
@@ -89,5 +95,6 @@ def _arm_out(summary: ArmSummary, jobs: list[Job], metric: str) -> ArmOut:
         metric_std=summary.metric_std,
         step_time_s_mean=summary.step_time_s_mean,
         sync_time_share=summary.sync_time_share,
+        allreduce_bytes_per_step=summary.allreduce_bytes_per_step,
         curve=summary.curve(),  # type: ignore[arg-type]
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -238,17 +239,29 @@ def study_jobs(session: Session, study_id: str) -> list[Job]:
     return list(session.scalars(query).all())
 
 
-def mean_step_times(
-    session: Session, job_ids: Collection[str]
-) -> dict[str, tuple[float | None, float | None]]:
-    """Per job: the mean ``step_time_s`` and ``sync_time_s`` over its ranks' epoch reports."""
+@dataclass(frozen=True)
+class StepCosts:
+    """What a job's optimizer steps cost, averaged over its ranks' epoch reports."""
+
+    step_time_s: float | None = None
+    sync_time_s: float | None = None
+    allreduce_bytes_per_step: float | None = None
+
+
+def step_costs(session: Session, job_ids: Collection[str]) -> dict[str, StepCosts]:
+    """Per job: its mean step time, time inside syncbn's collectives and BatchNorm bytes."""
     query = (
-        select(Report.job_id, func.avg(WorkerStats.step_time_s), func.avg(WorkerStats.sync_time_s))
+        select(
+            Report.job_id,
+            func.avg(WorkerStats.step_time_s),
+            func.avg(WorkerStats.sync_time_s),
+            func.avg(WorkerStats.allreduce_bytes_per_step),
+        )
         .join(WorkerStats, WorkerStats.report_id == Report.id)
         .where(Report.job_id.in_(list(job_ids)), Report.kind == "epoch")
         .group_by(Report.job_id)
     )
-    return {job_id: (step, sync) for job_id, step, sync in session.execute(query)}
+    return {job_id: StepCosts(*costs) for job_id, *costs in session.execute(query)}
 
 
 def evaluations_of(session: Session, job_ids: Collection[str]) -> list[Evaluation]:

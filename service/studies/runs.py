@@ -1,7 +1,8 @@
 """Studies as the service runs them: created as ordinary queued jobs (one per arm and seed),
 summarized from their jobs, cancelled, deleted. Errors are the domain's (``FieldError`` naming
-``base.<field>``, ``NotFound``, ``Conflict``, ``QueueFull``); a base that is not a valid JobSpec
-raises pydantic's ``ValidationError`` (the API places it under ``base``)."""
+``base.<field>`` or ``arms.<i>.overrides.<field>``, ``NotFound``, ``Conflict``,
+``QueueFull``); a base that is not a valid JobSpec in any arm raises pydantic's
+``ValidationError`` (the API places it under ``base``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from contract.datasets import METRIC_LABELS, metric_for
@@ -23,11 +25,8 @@ from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
 from service.storage.tables import Job, Study
-from service.studies.arms import (
-    ARMS,
-    arm_spec,
-    reference_skip_reason,
-)
+from service.studies.arms import DEFAULT_ARMS, Arm, arm_spec, reference_skip_reason
+from service.studies.recommendation import Recommendation, recommend
 from service.studies.summary import ArmSummary, JobFigures
 from service.studies.verdict import verdict
 
@@ -35,21 +34,55 @@ from service.studies.verdict import verdict
 @dataclass
 class StudyState:
     """What a study is now: its row, its jobs by arm with their summaries, the failures'
-    reasons and the verdict."""
+    reasons, the verdict and the recommendation."""
 
     study: Study
     state: str
     arms: list[tuple[ArmSummary, list[Job]]]
     reasons: list[str]
     verdict: str | None
+    recommendation: Recommendation | None
 
 
-def _arm_specs(base: dict[str, Any], arms: list[str] | None, seed: int) -> dict[str, JobSpec]:
+def _field_of(arm: Arm, index: int, field: str) -> str:
+    """Where a spec field's value came from: the arm's overrides or the base."""
+    return f"arms.{index}.overrides.{field}" if field in arm.overrides else f"base.{field}"
+
+
+def _arm_specs(
+    base: dict[str, Any], arms: list[Arm], seed: int, defaulted: bool = False
+) -> dict[str, JobSpec]:
+    """Each arm's spec. A ValidationError when the base fails in every arm (the base's fault),
+    else a FieldError naming the first failing arm's override, or the arm itself (the base's
+    field when the arms are the defaults, which the request did not list)."""
     for key in SET_BY_STUDY:
         if key in base:
             what = "the arms set norm" if key == "norm" else "use seeds"
             raise FieldError(f"base.{key}", f"a study sets {key} itself: leave it out ({what})")
-    return {arm: arm_spec(base, arm, seed) for arm in arms or ARMS}
+    specs: dict[str, JobSpec] = {}
+    failures: list[tuple[int, Arm, ValidationError]] = []
+    for index, arm in enumerate(arms):
+        try:
+            specs[arm.name] = arm_spec(base, arm, seed)
+        except ValidationError as exc:
+            failures.append((index, arm, exc))
+    if not failures:
+        return specs
+    index, arm, exc = failures[0]
+    errors = exc.errors()
+    fields = [str(e["loc"][0]) if e["loc"] else "" for e in errors]
+    for field, error in zip(fields, errors, strict=True):
+        if field in arm.overrides:
+            raise FieldError(".".join(["arms", str(index), "overrides", field]), error["msg"])
+    if len(failures) == len(arms):
+        raise exc
+    if defaulted:
+        raise FieldError(
+            f"base.{fields[0]}", f"with the default arm {arm.name!r}: {errors[0]['msg']}"
+        )
+    raise FieldError(
+        f"arms.{index}", f"{arm.name}: with this arm, base.{fields[0]}: {errors[0]['msg']}"
+    )
 
 
 def create_study(
@@ -59,10 +92,12 @@ def create_study(
     settings: Settings,
     base: dict[str, Any],
     seeds: list[int],
-    arms: list[str] | None,
+    arms: list[Arm] | None,
 ) -> StudyState:
     """Queue one job per arm and seed, after checking each arm as a submission."""
-    specs = _arm_specs(base, arms, seeds[0])
+    defaulted = not arms
+    arms = arms or [Arm(name) for name in DEFAULT_ARMS]
+    specs = _arm_specs(base, arms, seeds[0], defaulted)
     capacity = cluster_capacity(ray)
     skipped: dict[str, str] = {}
     if "reference" in specs:
@@ -73,11 +108,13 @@ def create_study(
     if not specs:
         raise FieldError("arms", f"no arm can run: {'; '.join(skipped.values())}")
     checked = {}
-    for arm, spec in specs.items():
+    for index, arm in enumerate(arms):
+        if arm.name not in specs:
+            continue
         try:
-            checked[arm] = check_submission(db, spec, capacity)
+            checked[arm.name] = check_submission(db, specs[arm.name], capacity)
         except FieldError as exc:
-            raise FieldError(f"base.{exc.field}", str(exc), exc.setting) from None
+            raise FieldError(_field_of(arm, index, exc.field), str(exc), exc.setting) from None
     task = next(iter(checked.values())).task
     with db.session() as session:
         check_queue_room(session, len(specs) * len(seeds), settings.max_queued_jobs)
@@ -144,11 +181,27 @@ def _state(study: Study, jobs: list[Job]) -> str:
     return "partially_failed" if succeeded else "failed"
 
 
+def _figures(
+    job: Job, metric: str, cost: store.StepCosts | None, curves: dict[str, dict[int, float]]
+) -> JobFigures:
+    cost = cost or store.StepCosts()
+    return JobFigures(
+        job_id=job.id,
+        seed=int(job.spec["seed"]),
+        state=job.state,
+        metric=getattr(job, metric),
+        step_time_s=cost.step_time_s,
+        sync_time_s=cost.sync_time_s,
+        curve=curves.get(job.id, {}),
+        allreduce_bytes_per_step=cost.allreduce_bytes_per_step,
+    )
+
+
 def summarize(session: Session, study: Study) -> StudyState:
     """The study as its jobs say now."""
     jobs = store.study_jobs(session, study.id)
     ids = [j.id for j in jobs]
-    times = store.mean_step_times(session, ids)
+    costs = store.step_costs(session, ids)
     curves: dict[str, dict[int, float]] = defaultdict(dict)
     for evaluation in store.evaluations_of(session, ids):
         value = getattr(evaluation, study.metric)
@@ -159,18 +212,7 @@ def summarize(session: Session, study: Study) -> StudyState:
         by_arm[job.arm or ""].append(job)
     arms = []
     for arm in study.arms:
-        figures = [
-            JobFigures(
-                job_id=j.id,
-                seed=int(j.spec["seed"]),
-                state=j.state,
-                metric=getattr(j, study.metric),
-                step_time_s=times.get(j.id, (None, None))[0],
-                sync_time_s=times.get(j.id, (None, None))[1],
-                curve=curves.get(j.id, {}),
-            )
-            for j in by_arm[arm]
-        ]
+        figures = [_figures(j, study.metric, costs.get(j.id), curves) for j in by_arm[arm]]
         arms.append((ArmSummary(arm, figures), by_arm[arm]))
     pending = sum(j.state not in FINAL_STATES for j in jobs)
     label = f"1x{JobSpec.model_validate(jobs[0].spec).global_batch_size}" if jobs else "1-worker"
@@ -181,4 +223,5 @@ def summarize(session: Session, study: Study) -> StudyState:
     ]
     summaries = {summary.name: summary for summary, _ in arms}
     said = verdict(summaries, METRIC_LABELS[study.metric], label, pending)
-    return StudyState(study, _state(study, jobs), arms, reasons, said)
+    advice = recommend(summaries, pending)
+    return StudyState(study, _state(study, jobs), arms, reasons, said, advice)

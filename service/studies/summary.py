@@ -20,6 +20,8 @@ class JobFigures:
     sync_time_s: float | None
     curve: dict[int, float] = field(default_factory=dict)
     """Test metric by epoch."""
+    allreduce_bytes_per_step: float | None = None
+    """What one rank sent for BatchNorm per optimizer step (0: no communication)."""
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -52,6 +54,17 @@ class ArmSummary:
     @property
     def step_time_s_mean(self) -> float | None:
         return _mean([j.step_time_s for j in self.jobs if j.step_time_s is not None])
+
+    @property
+    def allreduce_bytes_per_step(self) -> float | None:
+        """Mean over the seeds of what one rank sent for BatchNorm per step."""
+        return _mean(
+            [
+                j.allreduce_bytes_per_step
+                for j in self.jobs
+                if j.allreduce_bytes_per_step is not None
+            ]
+        )
 
     @property
     def sync_time_share(self) -> float | None:

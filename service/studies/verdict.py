@@ -17,9 +17,12 @@ def _overlap(a: list[float], b: list[float]) -> bool:
 def verdict(
     arms: dict[str, ArmSummary], metric: str, reference_label: str, pending: int
 ) -> str | None:
-    """Plain words on what syncbn bought, from the finished jobs; None before any result."""
+    """Plain words on what syncbn bought, from the finished jobs; None before any result, and
+    for a study without both the ``local`` and the ``sync`` arm (its recommendation speaks)."""
     local, sync = arms.get("local"), arms.get("sync")
-    if local is None or sync is None or not local.metrics or not sync.metrics:
+    if local is None or sync is None:
+        return None
+    if not local.metrics or not sync.metrics:
         if pending:
             return None
         return "no verdict: the local and sync arms both need at least one succeeded job"

@@ -8,11 +8,12 @@ from __future__ import annotations
 import pytest
 from fakeray import FakeRay
 
-from service.studies.arms import arm_spec
+from service.studies.arms import Arm, arm_spec
 from service.studies.summary import ArmSummary, JobFigures
 from service.studies.verdict import verdict
 
 BASE = {"dataset": "digits", "workers": 4, "batch_size_per_worker": 2, "epochs": 2}
+PAIRS = {"name": "sync-pairs", "overrides": {"sync_group_size": 2}}
 
 
 def arm(name: str, metrics: list[float], step: float = 0.01, sync: float = 0.0) -> ArmSummary:
@@ -29,6 +30,15 @@ def test_arm_specs_differ_only_in_norm_and_the_reference_batch():
     assert (local.workers, local.batch_size_per_worker) == (4, 2)
     assert (ref.workers, ref.batch_size_per_worker) == (1, 8)
     assert local.model_dump(exclude={"norm"}) == sync.model_dump(exclude={"norm"})
+
+
+def test_the_group_preset_and_named_overrides_are_full_specs():
+    group = arm_spec({**BASE, "precise_bn_batches": 3, "sync_group_size": 2}, "group", 1)
+    assert (group.norm, group.sync_group_size, group.precise_bn_batches) == ("group", None, 0)
+    pairs = arm_spec(BASE, Arm(PAIRS["name"], PAIRS["overrides"]), 1)
+    assert (pairs.norm, pairs.sync_group_size, pairs.workers) == ("sync", 2, 4)
+    bf16 = arm_spec(BASE, Arm("bf16", {"precision": "bf16", "norm": "local"}), 1)
+    assert (bf16.precision, bf16.norm) == ("bf16", "local")
 
 
 def test_the_verdict_says_what_syncbn_recovers_and_what_it_costs():
@@ -109,6 +119,27 @@ def test_a_study_queues_one_job_per_arm_and_seed(client):
     assert client.get("/v1/studies/s-nope").status_code == 404
 
 
+def test_five_arms_queue_presets_and_overrides_as_jobs(client):
+    arms = ["local", "sync", PAIRS, "group", "reference"]
+    response = client.post("/v1/studies", json={"base": BASE, "seeds": [0, 1], "arms": arms})
+    assert response.status_code == 201, response.text
+    study = response.json()
+    assert [a["name"] for a in study["arms"]] == [
+        "local",
+        "sync",
+        "sync-pairs",
+        "group",
+        "reference",
+    ]
+    specs = {a["name"]: a["spec"] for a in study["arms"]}
+    assert (specs["sync-pairs"]["norm"], specs["sync-pairs"]["sync_group_size"]) == ("sync", 2)
+    assert specs["group"]["norm"] == "group" and specs["sync"]["sync_group_size"] is None
+    assert all(len(a["jobs"]) == 2 and a["allreduce_bytes_per_step"] is None for a in study["arms"])
+    assert study["recommendation"] is None
+    job = client.get(f"/v1/jobs/{study['arms'][2]['jobs'][0]['id']}").json()
+    assert job["arm"] == "sync-pairs" and job["spec"]["sync_group_size"] == 2
+
+
 def test_one_worker_bases_skip_the_reference_and_segmentation_compares_miou(client):
     base = {**BASE, "dataset": "shapes", "workers": 1, "batch_size_per_worker": 4}
     study = client.post("/v1/studies", json={"base": base, "seeds": [0]}).json()
@@ -131,9 +162,31 @@ def test_one_worker_bases_skip_the_reference_and_segmentation_compares_miou(clie
         ({"base": BASE, "seeds": []}, ["body", "seeds"]),
         ({"base": BASE, "arms": ["local", "bn"]}, ["body", "arms", 1]),
         ({"base": BASE, "arms": []}, ["body", "arms"]),
+        ({"base": BASE, "arms": ["sync", PAIRS, PAIRS]}, ["body", "arms"]),
+        ({"base": BASE, "arms": ["local"] + [{"name": f"a{i}", "overrides": {"lr": 0.1}}
+                                               for i in range(8)]}, ["body", "arms"]),
+        ({"base": BASE, "arms": ["local", {**PAIRS, "overrides": {"sync_group_size": 3}}]},
+         ["body", "arms", 1, "overrides", "sync_group_size"]),
+        ({"base": BASE, "arms": [{"name": "x", "overrides": {"bogus": 1}}]},
+         ["body", "arms", 0, "overrides", "bogus"]),
+        ({"base": BASE, "arms": ["sync", {"name": "hot", "overrides": {"lr": -1}}]},
+         ["body", "arms", 1, "overrides", "lr"]),
+        ({"base": BASE, "arms": [{"name": "wide", "overrides": {"workers": 64}}]},
+         ["body", "arms", 0, "overrides", "workers"]),
+        ({"base": BASE, "arms": [{"name": "s", "overrides": {"seed": 1}}]},
+         ["body", "arms", 0, "overrides"]),
+        ({"base": BASE, "arms": [{"name": "sync", "overrides": {"lr": 0.1}}]}, ["body", "arms", 0]),
+        ({"base": BASE, "arms": [{"name": "a-name-of-17-char", "overrides": {"lr": 0.1}}]},
+         ["body", "arms", 0, "name"]),
+        ({"base": BASE, "arms": [{"name": "g3", "overrides": {"norm": "group",
+                                                               "group_norm_groups": 3}}]},
+         ["body", "arms", 0, "overrides", "group_norm_groups"]),
+        ({"base": {**BASE, "sync_group_size": 3}}, ["body", "base", "sync_group_size"]),
+        ({"base": {**BASE, "precise_bn_batches": 2},
+          "arms": ["local", {"name": "gn", "overrides": {"norm": "group"}}]}, ["body", "arms", 1]),
         ({"base": BASE, "extra": 1}, ["body", "extra"]),
     ],
-)
+)  # fmt: skip
 def test_bad_studies_get_a_422_naming_the_field(client, body, loc):
     response = client.post("/v1/studies", json=body)
     assert response.status_code == 422, response.text

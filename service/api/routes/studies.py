@@ -1,4 +1,5 @@
-"""``/v1/studies``: does synchronizing BatchNorm help this workload? Arms x seeds as jobs."""
+"""``/v1/studies``: which normalization serves this workload, at what cost? Arms x seeds as
+jobs, with a verdict and a recommendation."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def _in_base(exc: ValidationError) -> RequestValidationError:
     },
 )
 def create_study(body: StudyIn, services: ServicesDep) -> StudyOut:
-    """Queue one job per arm and seed: local vs sync BatchNorm (and the 1-worker reference)."""
+    """Queue one job per arm and seed: presets (local, sync, group, reference) or named JobSpec
+    overrides such as sync groups; each arm is checked as a full JobSpec."""
     try:
         state = runs.create_study(
             services.db,
@@ -46,7 +48,7 @@ def create_study(body: StudyIn, services: ServicesDep) -> StudyOut:
             services.settings,
             body.base,
             body.seeds,
-            body.arms,
+            [arm.arm() for arm in body.arms] if body.arms else None,
         )
     except ValidationError as exc:
         raise _in_base(exc) from None

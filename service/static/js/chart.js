@@ -26,8 +26,9 @@ function tickLabel(v, step) {
 }
 
 /**
- * Line chart into `box`: spec = {series: [{key, label, color, points: [{x, y, title}],
- * dashed, markers, band: [{x, lo, hi}], testid}], xLabel, yLabel, yMin, yMax, yFormat, empty}.
+ * Line chart into `box`: spec = {series: [{key, label, color, points: [{x, y, title, label}],
+ * dashed, markers, band: [{x, lo, hi}], testid}], xLabel, yLabel, yMin, yMax, yFormat, empty,
+ * xPad (a fraction of the x range left free at each end)}; a point's label is written beside it.
  * Every series becomes <path class="series" data-series=key data-points=n data-testid=testid>.
  */
 export function drawChart(box, spec) {
@@ -52,6 +53,7 @@ export function drawChart(box, spec) {
   }
   let [x0, x1] = [Math.min(...all.map((p) => p.x)), Math.max(...all.map((p) => p.x))];
   if (x0 === x1) { x0 -= 1; x1 += 1; }
+  if (spec.xPad) [x0, x1] = [x0 - (x1 - x0) * spec.xPad, x1 + (x1 - x0) * spec.xPad];
   let y0 = spec.yMin ?? Math.min(...all.map((p) => p.y));
   let y1 = spec.yMax ?? Math.max(...all.map((p) => p.y));
   if (spec.yMin === undefined || spec.yMax === undefined) {
@@ -101,6 +103,10 @@ export function drawChart(box, spec) {
         g.append(s("circle", { cx: X(p.x).toFixed(1), cy: Y(p.y).toFixed(1), r: 3.5,
           style: `fill:${ser.color}`, class: "point", "data-series": ser.key },
         s("title", {}, p.title || `${ser.label}: ${p.y}`)));
+        if (p.label) {
+          g.append(s("text", { x: (X(p.x) + 7).toFixed(1), y: (Y(p.y) - 7).toFixed(1),
+            class: "point-label", style: `fill:${ser.color}` }, p.label));
+        }
       }
     }
     svg.append(g);

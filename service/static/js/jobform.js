@@ -4,6 +4,7 @@
 // (minus norm and seed) to /v1/studies.
 
 import { api, ApiError, openApi } from "./api.js";
+import { readArms } from "./arms.js";
 import { $, $$, h, setHidden } from "./dom.js";
 import { jobFields } from "./schema.js";
 import { AuthCancelled } from "./token.js";
@@ -117,8 +118,12 @@ function errorsFromDetail(detail) {
   if (!Array.isArray(detail)) return [];
   return detail.map((d) => {
     const loc = Array.isArray(d.loc) ? d.loc : [];
+    const msg = d.msg || JSON.stringify(d);
+    if (loc[0] === "body" && loc[1] === "arms") {  // arms.2.overrides.sync_group_size: the arms field
+      return { field: "arms", msg: loc.length > 2 ? `${loc.slice(1).join(".")}: ${msg}` : msg };
+    }
     const field = loc.length >= 2 && loc[0] === "body" ? String(loc[loc.length - 1]) : null;
-    return { field, msg: d.msg || JSON.stringify(d) };
+    return { field, msg };
   });
 }
 
@@ -263,19 +268,22 @@ export function setupJobForm(root, { onSubmitted }) {
     });
   });
 
-  // "Run as a study": the form minus norm and seed as the base, once per seed of "Study seeds".
+  // "Run as a study": the form minus norm and seed as the base, in the chosen arms, once per
+  // seed of "Study seeds".
   const studyButton = $("#submit-study", root);
   studyButton.addEventListener("click", () => {
     const text = form.elements.seeds.value.trim();
     const seeds = text ? text.split(/[\s,]+/).map(Number) : [];
     const bad = seeds.some((x) => !Number.isInteger(x)) ? { seeds: "Enter whole numbers, e.g. 0 1 2." } : {};
+    const { arms, problem } = readArms(form);
+    if (problem) bad.arms = problem;
     send((spec) => {
       const base = { ...spec };
       delete base.norm;  // the arms set norm, the seeds set seed
       delete base.seed;
-      return api("studies", { method: "POST", json: { base, seeds: text ? seeds : undefined } });
+      return api("studies", { method: "POST", json: { base, seeds: text ? seeds : undefined, arms } });
     }, (study) => { location.hash = `#/studies/${encodeURIComponent(study.id)}`; },
-    bad, new Set([...names, "seeds"]));
+    bad, new Set([...names, "seeds", "arms"]));
   });
   form.addEventListener("reset", () => {
     clearErrors(form);

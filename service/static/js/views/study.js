@@ -1,16 +1,21 @@
-// One study's page: the verdict, the arms table (metric over seeds, step time, sync share, the
-// jobs), each arm's test-metric curve with its ± std band, skipped arms, failures, Cancel.
-// Polled every LIST_POLL_MS while the study runs.
+// One study's page: the verdict and the recommendation, the arms table (metric over seeds, step
+// time, sync share, BatchNorm bytes per step, the jobs), each arm's test-metric curve with its
+// ± std band, the arms' metric against step time, skipped arms, failures, Cancel. Polled every
+// LIST_POLL_MS while the study runs.
 
 import { api, ApiError } from "../api.js";
 import { observeChart, unobserveChart } from "../chart.js";
 import { LIST_POLL_MS } from "../config.js";
 import { $, badge, h } from "../dom.js";
-import { dash, fixed, isNum, ms, pct } from "../format.js";
-import { ARM_COLORS, drawMetricChart, lineColor, metricName } from "../metric-chart.js";
+import { bytes, dash, fixed, isNum, ms, pct } from "../format.js";
+import { armColor, drawCostChart, drawMetricChart, metricName } from "../metric-chart.js";
 
 /** "4 × 2, sync": workers × batch per worker and the norm. */
-export const specSummary = (spec) => `${spec.workers} × ${spec.batch_size_per_worker}, ${spec.norm}`;
+/** "4 × 2, sync in groups of 2": workers × batch, the norm, its sync groups or GroupNorm groups. */
+export const specSummary = (spec) =>
+  `${spec.workers} × ${spec.batch_size_per_worker}, ${spec.norm}` +
+  (spec.sync_group_size && spec.sync_group_size < spec.workers ? ` in groups of ${spec.sync_group_size}` : "") +
+  (spec.group_norm_groups ? `, ${spec.group_norm_groups} group${spec.group_norm_groups > 1 ? "s" : ""}` : "");
 
 /** "91.23 ± 0.40 %" (percent points), or a dash. */
 const spread = (mean, std) => (isNum(mean) ? `${fixed(mean * 100, 2)} ± ${fixed((std ?? 0) * 100, 2)} %` : dash);
@@ -25,6 +30,8 @@ function armRow(arm) {
     h("td", { class: "num", "data-testid": "arm-metric" }, spread(arm.metric_mean, arm.metric_std)),
     h("td", { class: "num" }, ms(arm.step_time_s_mean)),
     h("td", { class: "num" }, pct(arm.sync_time_share)),
+    h("td", { class: "num", "data-testid": "arm-bytes" },
+      isNum(arm.allreduce_bytes_per_step) ? bytes(Math.round(arm.allreduce_bytes_per_step)) : dash),
     h("td", {}, h("span", { class: "arm-jobs" }, arm.jobs.map((job) =>
       h("span", { title: job.reason || null }, `${job.seed}: `, jobLink(job), " ", badge(job.state))))));
 }
@@ -37,9 +44,11 @@ function render(root, study) {
   state.textContent = study.state.replace("_", " ");
   const base = study.base;
   bind("what").textContent = `${base.dataset ?? ""} · seeds ${study.seeds.join(" ")}`;
-  bind("verdict").textContent = study.verdict
-    ? (study.state === "running" ? `So far: ${study.verdict}` : study.verdict)
-    : study.state === "running" ? "" : "No verdict.";
+  bind("verdict").textContent = study.verdict || "";  // says "so far" itself while jobs run
+  const advice = study.recommendation;
+  bind("recommendation").hidden = !advice;
+  bind("recommended-arm").textContent = advice ? advice.arm : "";
+  bind("recommendation-reason").textContent = advice ? advice.reason : "";  // says "so far" itself
   const metric = study.arms[0]?.metric;
   bind("metric-head").textContent = `Test ${metricName(metric)} (mean ± std)`;
   bind("arms").replaceChildren(...study.arms.map(armRow));
@@ -50,10 +59,12 @@ function render(root, study) {
   bind("curve-title").textContent = `Test ${metricName(metric)} by epoch`;
   drawMetricChart(bind("chart"), study.arms.map((arm, i) => ({
     key: arm.name, label: `${arm.name} (${specSummary(arm.spec)})`,
-    color: ARM_COLORS[arm.name] || lineColor(i),
+    color: armColor(arm.name, i),
     points: arm.curve.filter((p) => isNum(p.mean)).map((p) => ({ epoch: p.epoch, y: p.mean,
       lo: p.mean - (p.std ?? 0), hi: p.mean + (p.std ?? 0) })),
   })), metric);
+  bind("cost-title").textContent = `Test ${metricName(metric)} against step time`;
+  drawCostChart(bind("cost-chart"), study.arms, metric);
 }
 
 /** The view of study `studyId`: {root, title, enter(), leave()}. */
@@ -62,6 +73,7 @@ export function studyView(studyId) {
   const abort = new AbortController();
   const path = `studies/${encodeURIComponent(studyId)}`;
   const chart = $('[data-bind="chart"]', root);
+  const costChart = $('[data-bind="cost-chart"]', root);
   const errorBox = $('[data-bind="error"]', root);
   const cancel = $('[data-bind="cancel"]', root);
   let timer = null;
@@ -100,7 +112,7 @@ export function studyView(studyId) {
   return {
     root,
     title: `Study ${studyId}`,
-    enter() { observeChart(chart); load(); },
-    leave() { abort.abort(); clearTimeout(timer); unobserveChart(chart); },
+    enter() { observeChart(chart); observeChart(costChart); load(); },
+    leave() { abort.abort(); clearTimeout(timer); unobserveChart(chart); unobserveChart(costChart); },
   };
 }
