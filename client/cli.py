@@ -39,6 +39,7 @@ __all__ = [
     "EXIT_REJECTED",
     "EXIT_UNAVAILABLE",
     "Client",
+    "build_parser",
     "main",
     "parse_args",
     "spec_flags",
@@ -46,8 +47,15 @@ __all__ = [
 ]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="syncbn", description="client of syncbn-service")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``syncbn`` command line: global options and one subcommand per ``COMMANDS``."""
+    parser = argparse.ArgumentParser(
+        prog="syncbn",
+        description="client of syncbn-service",
+        epilog="exit status: 0 ok; 1 the job failed or was cancelled (watch, a study's "
+        "--watch); 2 rejected by the service (4xx) or a bad local file; 3 the service is "
+        "unreachable or failed (5xx)",
+    )
     parser.add_argument(
         "--url",
         default=os.environ.get("SYNCBN_URL", "http://127.0.0.1:8000"),
@@ -65,8 +73,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         options = sub.add_parser(name, help=command.help)
         command.add_arguments(options)
         # also after the command; SUPPRESS: absent there, a --json before the command counts
-        options.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+        options.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print raw JSON"
+        )
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

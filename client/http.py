@@ -69,8 +69,8 @@ class Download:
 
 
 class Client:
-    """A thin httpx client for the REST API; a 429 (the service is busy) is retried after
-    its ``Retry-After``, a few times."""
+    """A thin httpx client for the REST API; a 429 with ``Retry-After`` (the service is busy
+    for a moment) is retried after it, a few times; one without (a full queue) is reported."""
 
     RETRIES = 5
 
@@ -81,11 +81,12 @@ class Client:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         for attempt in range(self.RETRIES + 1):
             response = self.http.request(method, path, **kwargs)
-            if response.status_code != 429 or attempt == self.RETRIES:
+            retry_after = response.headers.get("Retry-After")
+            if response.status_code != 429 or retry_after is None or attempt == self.RETRIES:
                 break
             for upload in (kwargs.get("files") or {}).values():
                 upload[1].seek(0)  # an upload is sent again from its start
-            time.sleep(float(response.headers.get("Retry-After", "1")))
+            time.sleep(float(retry_after))
         if response.status_code >= 400:
             raise ApiError(response.status_code, describe_error(response))
         return response.json() if response.content else None

@@ -61,7 +61,7 @@ def check_feasible(spec: JobSpec, capacity: Capacity) -> None:
             nodes = f"{capacity.nodes} node{'s' if capacity.nodes != 1 else ''}"
             raise InfeasibleJobError(
                 field,
-                f"{spec.workers} workers x {amount:g} {resource} = {need:g} {resource}, but the "
+                f"{_workers(spec.workers)} x {amount:g} {resource} = {need:g} {resource}, but the "
                 f"Ray cluster has only {have:g} {resource} in total ({nodes})"
                 + _how_to_fit(spec, resource, amount, have),
             )
@@ -77,9 +77,13 @@ def check_feasible(spec: JobSpec, capacity: Capacity) -> None:
 def _how_to_fit(spec: JobSpec, resource: str, amount: float, have: float) -> str:
     """A hint for a job that asks for more ``resource`` than the cluster has."""
     fits = int(have // amount + EPS)
-    hints = [f"use at most {fits} workers"] if fits >= 1 else []
+    hints = [f"use at most {_workers(fits)}"] if fits >= 1 else []
     if resource == "CPU":
         share = math.floor(100 * have / spec.workers) / 100  # two decimals, rounded down
         if share > 0:
-            hints.append(f"set cpus_per_worker to {share:g} to run {spec.workers} workers")
+            hints.append(f"set cpus_per_worker to {share:g} to run {_workers(spec.workers)}")
     return f": {' or '.join(hints)}" if hints else ""
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker{'s' if count != 1 else ''}"

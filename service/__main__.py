@@ -48,7 +48,7 @@ def banner(settings: Settings, token: str, generated: bool) -> str:
 
 def main() -> int:
     settings = Settings()
-    logging.config.dictConfig(log_config(os.environ.get("SYNCBN_LOG_LEVEL", "INFO")))
+    logging.config.dictConfig(log_config(settings.log_level))
     try:
         check_exposure(settings)
     except UnsafeStart as exc:
@@ -59,7 +59,7 @@ def main() -> int:
     with ExitStack() as stack:
         if not settings.ray_address:
             print(f"embedded Ray head of {settings.home.resolve()} ...", flush=True)
-            embedded = EmbeddedRay(settings.layout.ray, settings.embedded_ray_cpus)
+            embedded = EmbeddedRay(settings.layout.ray, settings.embedded_cpus)
             head = stack.enter_context(embedded)
             how = "re-attached to the running" if embedded.attached else "started a new"
             print(f"{how} Ray head (pid {head.pid}) at {head.dashboard_url}", flush=True)
@@ -80,7 +80,7 @@ def main() -> int:
             app,
             host=settings.host,
             port=settings.port,
-            log_config=log_config(os.environ.get("SYNCBN_LOG_LEVEL", "INFO")),
+            log_config=log_config(settings.log_level),
             timeout_graceful_shutdown=5,
         )
     return 0

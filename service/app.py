@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import errors
 from service.api.credentials import ensure_api_token
-from service.api.deps import Services
+from service.api.deps import Services, operation_id
 from service.api.middleware import (
     Gate,
     HostOriginMiddleware,
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None, ray: Cluster | None = None) -> 
         version="1",
         summary="Train with synchronized BatchNorm on Ray; watch every worker's statistics.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.services = services

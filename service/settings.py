@@ -9,6 +9,7 @@ API token (``service.api.credentials``); listening beyond loopback needs a real 
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,10 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.layout import DEFAULT_HOME, Layout, is_loopback
+
+MIN_EMBEDDED_CPUS = 4
+"""Logical CPUs the embedded Ray head offers at least: Ray schedules by these, so 4 workers of
+1 CPU each fit (sharing the cores) where the README's studies run 4 workers."""
 
 
 class Settings(BaseSettings):
@@ -52,7 +57,13 @@ class Settings(BaseSettings):
     )
     public_url: str | None = Field(None, description="service URL as seen from Ray nodes")
     worker_python: str = Field("python", description="python on the Ray nodes (entry point)")
-    embedded_ray_cpus: int | None = Field(None, description="CPUs of the embedded Ray head")
+    embedded_ray_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="logical CPUs the embedded Ray head offers (unset: this machine's, at least "
+        f"{MIN_EMBEDDED_CPUS}, so the 4-worker small-batch studies run on a 2-core machine)",
+    )
+    log_level: str = Field("INFO", description="the service's log level (DEBUG, INFO, WARNING)")
 
     max_body_bytes: int = Field(1 << 20, gt=0, description="largest JSON request body")
     max_ingest_bytes: int = Field(
@@ -109,6 +120,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [name.strip().lower() for name in value.split(",") if name.strip()]
         return value
+
+    @property
+    def embedded_cpus(self) -> int:
+        """The logical CPUs of the embedded Ray head."""
+        return self.embedded_ray_cpus or max(MIN_EMBEDDED_CPUS, os.cpu_count() or 1)
 
     @property
     def loopback_only(self) -> bool:

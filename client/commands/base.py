@@ -37,8 +37,16 @@ def printed_json(args: argparse.Namespace, out: Any) -> bool:
     return args.json
 
 
+ID_HELP = {
+    "job_id": "the job's id, like j-3f9c0e1a2b4d (syncbn list)",
+    "study_id": "the study's id, like s-40d6e2ed718d (syncbn studies)",
+}
+"""The help of the positional ids every command shares."""
+
+
 def positional(name: str, **options: Any) -> Callable[[argparse.ArgumentParser], None]:
     """``add_arguments`` for a command with one positional argument, e.g. ``job_id``."""
+    options.setdefault("help", ID_HELP.get(name))
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(name, **options)

@@ -27,7 +27,9 @@ def post_file(client: Client, url: str, path: Path, form: dict[str, str]) -> Any
 
 
 def upload_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path)
+    parser.add_argument(
+        "path", type=Path, help="a .npz (x, y[, x_test, y_test, classes]) or a .zip image folder"
+    )
     parser.add_argument("--image-size", help="image folders: resize every image, e.g. 32x32")
 
 
@@ -82,7 +84,7 @@ COMMANDS = {
     ),
     "upload-code": Command(
         "upload a .zip/.tar.gz of Python files with a model builder",
-        positional("path", type=Path),
+        positional("path", type=Path, help="a .zip (or .tar.gz) of Python packages and modules"),
         upload_code,
     ),
     "code": Command(

@@ -13,6 +13,7 @@ from rich.markup import escape
 from client.commands.base import (
     EXIT_JOB_FAILED,
     EXIT_OK,
+    ID_HELP,
     Command,
     positional,
     printed_json,
@@ -45,7 +46,7 @@ def watch_job(client: Client, console: Console, job_id: str) -> int:
         def __rich__(self) -> Group:
             parts: list[Any] = [f"job {job_id}: {state_text(state)}", view.progress]
             if latest:
-                parts.append(worker_table(latest))
+                parts.append(worker_table(latest, job["spec"]["norm"]))
             return Group(*parts)
 
     with Live(Screen(), console=console, refresh_per_second=4):
@@ -80,8 +81,8 @@ def submit(args: argparse.Namespace, client: Client, console: Console) -> int:
 
 
 def list_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state", choices=sorted(STATE_STYLE))
-    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--state", choices=sorted(STATE_STYLE), help="only jobs in this state")
+    parser.add_argument("--limit", type=int, default=50, help="at most this many, newest first")
 
 
 def list_jobs(args: argparse.Namespace, client: Client, console: Console) -> int:
@@ -98,8 +99,8 @@ def watch(args: argparse.Namespace, client: Client, console: Console) -> int:
 
 
 def logs_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job_id")
-    parser.add_argument("--tail", type=int, default=200)
+    parser.add_argument("job_id", help=ID_HELP["job_id"])
+    parser.add_argument("--tail", type=int, default=200, help="the last this many lines")
 
 
 def logs(args: argparse.Namespace, client: Client, console: Console) -> int:
@@ -110,8 +111,8 @@ def logs(args: argparse.Namespace, client: Client, console: Console) -> int:
 
 
 def delete_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=sorted(DELETE_PATHS))
-    parser.add_argument("id")
+    parser.add_argument("kind", choices=sorted(DELETE_PATHS), help="what to delete")
+    parser.add_argument("id", help="its id (a job or study must be over)")
 
 
 def delete(args: argparse.Namespace, client: Client, console: Console) -> int:

@@ -11,7 +11,7 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
-from client.commands.base import EXIT_OK, Command, printed_json
+from client.commands.base import EXIT_OK, ID_HELP, Command, printed_json
 from client.http import Client, output_path
 from client.render import metric_text, predictions_table, size_text
 from contract.datasets import IMAGE_EXTENSIONS
@@ -22,7 +22,7 @@ def epoch_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def download_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job_id")
+    parser.add_argument("job_id", help=ID_HELP["job_id"])
     parser.add_argument(
         "-o", "--output", type=Path, help="file or folder (default: ./JOB-epochN.safetensors)"
     )
@@ -78,7 +78,7 @@ def read_samples(path: Path) -> Any:
 
 
 def predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job_id")
+    parser.add_argument("job_id", help=ID_HELP["job_id"])
     parser.add_argument(
         "files", type=Path, nargs="+", help="one .npy or .json file, or image files (any number)"
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
 from service.api.auth import require_api_token
@@ -41,6 +42,15 @@ async def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 """A route's ``services`` parameter."""
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's short OpenAPI ``operationId``, ``<tag>-<verb>`` like ``jobs-submit`` or
+    ``studies-cancel``: what a generated client names its functions after."""
+    tag = route.tags[0] if route.tags else "api"
+    singular = tag[:-3] + "y" if tag.endswith("ies") else tag.removesuffix("s")
+    words = [w for w in route.name.split("_") if w not in (tag, singular, "job")]
+    return "-".join([str(tag), *(words or [route.name])])
 
 
 def api_router(prefix: str, tag: str) -> APIRouter:

@@ -171,7 +171,10 @@ class RequestLimitsMiddleware:
             return
         limits = self.limits_for(scope["method"], scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limits.body_bytes):
+        if length is not None and not length.isdigit():
+            await send_error(send, 400, "Content-Length must be a decimal byte count")
+            return
+        if length is not None and int(length) > limits.body_bytes:
             await _too_large(send, limits)
             return
         gate = self.gates[limits.gate] if limits.gate else None

@@ -56,6 +56,8 @@ def test_a_chunked_body_over_the_limit_is_a_413_naming_the_setting(
     assert setting in response.json()["detail"]
     declared = c.post(path, content=b"{}", headers={"Content-Length": "9" * 30})
     assert declared.status_code == 413
+    garbled = c.post(path, content=b"{}", headers={"Content-Length": "2x"})
+    assert garbled.status_code == 400 and "Content-Length" in garbled.json()["detail"]
 
 
 def test_heavy_requests_beyond_the_cap_get_429_with_retry_after():
