@@ -105,18 +105,26 @@ def make_bn(cls, case: Case, **kwargs) -> torch.nn.Module:
     )
 
 
-def syncbn_rank(rank: int, world_size: int, cases: dict[str, Case]) -> dict[str, list[dict]]:
-    """Run every case on this rank's slice of the global batches with syncbn.SyncBatchNorm."""
+def syncbn_rank(
+    rank: int, world_size: int, cases: dict[str, Case], device: str = "cpu"
+) -> dict[str, list[dict]]:
+    """Run every case on this rank's slice of the global batches with syncbn.SyncBatchNorm
+    on ``device`` (results come back on the CPU)."""
     sizes = LOCAL_SIZES[world_size]
     start = sum(sizes[:rank])
     results = {}
     for name, case in cases.items():
         inputs = [
-            tuple(t[start : start + sizes[rank]] for t in batch(case, sizes, step))
+            tuple(t[start : start + sizes[rank]].to(device) for t in batch(case, sizes, step))
             for step in range(case.steps)
         ]
-        results[name] = run_steps(make_bn(syncbn.SyncBatchNorm, case), case, inputs)
+        bn = make_bn(syncbn.SyncBatchNorm, case).to(device)
+        results[name] = [_on_cpu(step) for step in run_steps(bn, case, inputs)]
     return results
+
+
+def _on_cpu(step: dict) -> dict:
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in step.items()}
 
 
 def reference(case: Case, sizes: list[int]) -> list[dict]:

@@ -45,10 +45,32 @@ def close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float
 @pytest.mark.parametrize("world_size", sorted(LOCAL_SIZES))
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_equals_batchnorm_on_concatenated_batch(results, world_size: int, name: str) -> None:
-    case = CASES[name]
+    assert_equivalent([r[name] for r in results[world_size]], CASES[name])
+
+
+@pytest.fixture(scope="module")
+def cuda_results() -> dict[int, list[dict]]:
+    """Every case on CUDA tensors: world 1, and 2 gloo ranks sharing the one GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return {k: run_on_ranks(syncbn_rank, k, CASES, "cuda") for k in (1, 2)}
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_on_cuda_equals_batchnorm_on_concatenated_batch(
+    cuda_results, world_size: int, name: str
+) -> None:
+    """The same property on a GPU (the reference stays torch BatchNorm on the CPU)."""
+    assert_equivalent([r[name] for r in cuda_results[world_size]], CASES[name])
+
+
+def assert_equivalent(ranks: list[list[dict]], case: Case) -> None:
+    """Each rank's steps (``rankkit.run_steps``) against BatchNorm on the concatenated batch:
+    outputs, input gradients, running statistics, the averaged parameter gradients, eval."""
+    world_size = len(ranks)
     atol, rtol = TOLERANCE[case.dtype]
     sizes = LOCAL_SIZES[world_size]
-    ranks = [r[name] for r in results[world_size]]
     ref = reference(case, sizes)
     bounds = [(sum(sizes[:r]), sum(sizes[: r + 1])) for r in range(world_size)]
 
