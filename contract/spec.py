@@ -36,6 +36,8 @@ ARM_PRESETS: dict[str, str] = {
     "reference": "1 worker with the whole global batch (what syncbn imitates)",
 }
 """A study's preset arms by name, with what each runs (``service.studies.arms``)."""
+PresetName = Literal["local", "sync", "group", "reference"]
+"""The names of ``ARM_PRESETS`` as a type (for the API schema)."""
 
 
 class JobSpec(BaseModel):

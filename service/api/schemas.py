@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    GetJsonSchemaHandler,
+    PlainValidator,
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
 
 from contract.protocol import WorkerReport
-from contract.spec import JobSpec
+from contract.spec import JobSpec, PresetName
 from contract.states import JobState
 from service.studies.arms import ARM_NAME_PATTERN, DEFAULT_ARMS, MAX_ARMS, PRESETS, Arm
 
@@ -181,8 +179,9 @@ class PredictOut(BaseModel):
     )
 
 
-class ArmIn(BaseModel):
-    """A study arm: a preset's name (a string), or a name with the JobSpec fields it changes."""
+class ArmWithOverrides(BaseModel):
+    """A study arm as an object: its name, and the JobSpec fields it changes (none for a
+    preset)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -192,6 +191,10 @@ class ArmIn(BaseModel):
         description="JobSpec fields this arm changes in the base (any but seed)",
         examples=[{"sync_group_size": 2}],
     )
+
+
+class ArmIn(ArmWithOverrides):
+    """A study arm: a preset's name (a string), or a name with the JobSpec fields it changes."""
 
     @model_validator(mode="before")
     @classmethod
@@ -228,19 +231,13 @@ class ArmIn(BaseModel):
     def arm(self) -> Arm:
         return Arm(self.name, self.overrides)
 
-    @classmethod
-    def __get_pydantic_json_schema__(
-        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        """Say in the schema that a preset's name alone is an arm too."""
-        schema = handler(core_schema)
-        target = handler.resolve_ref_schema(schema)
-        object_form = {k: v for k, v in target.items() if k not in ("title", "description")}
-        preset = {"type": "string", "enum": list(PRESETS)}
-        kept = {k: target[k] for k in ("title", "description") if k in target}
-        target.clear()
-        target.update(kept, anyOf=[preset, object_form])
-        return schema
+
+ArmField = Annotated[
+    ArmIn,
+    PlainValidator(ArmIn.model_validate, json_schema_input_type=PresetName | ArmWithOverrides),
+]
+"""An arm in a request: the schema says "a preset's name or an ArmWithOverrides" (both named,
+so generated clients get a model for each); ``ArmIn`` validates either."""
 
 
 class StudyIn(BaseModel):
@@ -251,7 +248,7 @@ class StudyIn(BaseModel):
         examples=[{"dataset": "digits", "workers": 4, "batch_size_per_worker": 2, "epochs": 4}],
     )
     seeds: list[int] = Field([0, 1, 2], min_length=1, max_length=20)
-    arms: list[ArmIn] | None = Field(
+    arms: list[ArmField] | None = Field(
         None,
         min_length=1,
         max_length=MAX_ARMS,

@@ -198,3 +198,11 @@ def test_a_study_that_does_not_fit_the_queue_is_429_and_queues_nothing(client):
     response = client.post("/v1/studies", json={"base": BASE, "seeds": [0, 1, 2, 3, 4]})
     assert response.status_code == 429 and "this asks for 15" in response.json()["detail"]
     assert client.get("/v1/jobs").json()["total"] == 0
+
+
+def test_the_schemas_preset_names_are_the_presets():
+    from typing import get_args
+
+    from contract.spec import ARM_PRESETS, PresetName
+
+    assert get_args(PresetName) == tuple(ARM_PRESETS)
