@@ -1,5 +1,5 @@
 """Taking the trained model back, end to end: a real job on Ray through the real service,
-its model file downloaded with the CLI, loaded with plain torch by the README's own example
+its model file downloaded with the CLI, loaded with plain torch by the user guide's own example
 (no syncbn, Ray or service imported), and compared with the service's predictions."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from safetensors import safe_open
 from sklearn.datasets import load_digits
 
-README = Path(__file__).parents[2] / "README.md"
+GUIDE = Path(__file__).parents[2] / "docs" / "guide.md"
 MARKER = "<!-- plain-torch example -->"
 JOB = {
     "dataset": "digits",
@@ -25,21 +25,21 @@ JOB = {
 }
 
 
-def readme_example() -> str:
-    """The README's plain-torch loading example (the python block after ``MARKER``)."""
-    text = README.read_text().split(MARKER, 1)[1]
+def guide_example() -> str:
+    """The guide's plain-torch loading example (the python block after ``MARKER``)."""
+    text = GUIDE.read_text().split(MARKER, 1)[1]
     return text.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def run_plain_torch(path: Path) -> np.ndarray:
-    """The README example on ``path`` in a fresh interpreter; its ``probabilities``. It
+    """The guide's example on ``path`` in a fresh interpreter; its ``probabilities``. It
     fails if it imported syncbn, ray or the service."""
     check = (
         "\nimport json, sys\n"
         "assert not {'syncbn', 'ray', 'service'} & set(sys.modules), sorted(sys.modules)\n"
         "print(json.dumps(probabilities.tolist()))\n"
     )
-    source = readme_example().replace("job-1234-epoch2.safetensors", str(path))
+    source = guide_example().replace("j-3f9c0e1a2b4d-epoch3.safetensors", str(path))
     out = subprocess.run(
         [sys.executable, "-c", source + check], capture_output=True, text=True, timeout=120
     )

@@ -261,7 +261,7 @@ def test_a_good_builder_passes_the_check(tmp_path, monkeypatch) -> None:
     assert isinstance(sys.modules["usernet"].build_model((8, 8), 10), nn.Module)
 
 
-def test_the_readme_example_bundle_passes_the_check(tmp_path, monkeypatch) -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+def test_the_guides_example_bundle_passes_the_check(tmp_path, monkeypatch) -> None:
+    readme = (Path(__file__).parents[2] / "docs" / "guide.md").read_text()
     source = readme.split("cat > mynet.py <<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
     _check(tmp_path, monkeypatch, source)
