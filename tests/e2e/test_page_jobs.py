@@ -278,8 +278,8 @@ def test_the_form_is_built_from_the_jobspec_schema(page: Page, service: Any) -> 
     properties = response.json()["components"]["schemas"]["JobSpec"]["properties"]
     open_dashboard(page, service)
     form = page.get_by_test_id("job-form")
-    # nothing hard-coded; the form also holds the study seeds ("Run as a study")
-    spec_fields = form.locator('[data-field]:not([data-field="seeds"])')
+    # nothing hard-coded; the form also holds the study's seeds and arms ("Run as a study")
+    spec_fields = form.locator('[data-field]:not([data-field="seeds"]):not([data-field="arms"])')
     expect(spec_fields).to_have_count(len(properties))
     for name, prop in properties.items():
         control = form.locator(f'[name="{name}"]')
