@@ -67,7 +67,8 @@ def list_studies(
 
 @router.get("/{study_id}", response_model=StudyOut, responses=NOT_FOUND)
 def get_study(study_id: str, services: ServicesDep) -> StudyOut:
-    """The study: state, each arm's jobs, metric (mean, std, curve), step time, the verdict."""
+    """The study: state, each arm's jobs, metric (mean, std, curve), step time and bytes, the
+    verdict and the recommendation."""
     with services.db.session() as session:
         return views.study_out(runs.summarize(session, runs.study_or_404(session, study_id)))
 
