@@ -296,13 +296,8 @@ class ProgressView:
 
 
 def bytes_text(count: float | None) -> str:
-    """``"1.2 kB"``: a byte count in decimal units, or ``-``."""
-    if count is None:
-        return "-"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if count >= size:
-            return f"{count / size:.1f} {unit}"
-    return f"{count:.0f} B"
+    """``"1.2 kB"`` (``size_text``), or ``-`` when not known."""
+    return "-" if count is None else size_text(count)
 
 
 def worker_table(workers: list[dict[str, Any]], norm: str | None = None) -> Table:

@@ -24,7 +24,10 @@ from typing import Any
 from contract.spec import ARM_PRESETS as PRESETS
 from contract.spec import JobSpec
 
-DEFAULT_ARMS = ("local", "sync", "reference")
+REFERENCE = "reference"
+"""The yardstick arm: one worker with the whole global batch (skipped on a 1-worker base,
+never recommended)."""
+DEFAULT_ARMS = ("local", "sync", REFERENCE)
 MAX_ARMS = 8
 ARM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._+-]{0,15}$"
 """Arm names: short (a job row keeps 16 characters), no spaces or slashes."""

@@ -16,10 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contract.states import FINAL_STATES
+from service.studies.arms import REFERENCE
 from service.studies.summary import ArmSummary
-
-REFERENCE = "reference"
-"""The yardstick arm, never recommended."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +63,9 @@ def _why(choice: ArmSummary, best: ArmSummary, ranked: list[ArmSummary]) -> str:
         if ratio := _ratio(best, choice):
             text += f"; {best.name} costs {ratio} per step here"
         return text
+    price = _price(choice)
     text = f"{choice.name} has the best {'' if len(ranked) > 1 else 'and only '}metric"
-    text += f" ({_figure(choice)}){',' if _price(choice) else ''}{_price(choice)}"
+    text += f" ({_figure(choice)}){',' if price else ''}{price}"
     timed = [a for a in ranked if a.step_time_s_mean]
     cheapest = min(timed, key=lambda a: a.step_time_s_mean) if timed else None  # type: ignore[arg-type,return-value]
     if cheapest is not None and cheapest is not choice and (ratio := _ratio(choice, cheapest)):

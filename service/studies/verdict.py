@@ -3,6 +3,7 @@ figures (pure)."""
 
 from __future__ import annotations
 
+from service.studies.arms import REFERENCE
 from service.studies.summary import ArmSummary
 
 
@@ -33,7 +34,7 @@ def verdict(
     if n < 2:
         noise = "one seed: no estimate of seed noise"
     gain = sync.metric_mean - local.metric_mean  # type: ignore[operator]
-    reference = arms.get("reference")
+    reference = arms.get(REFERENCE)
     if n >= 2 and _overlap(a, b):
         text = (
             f"no difference beyond seed noise: per-worker BN {_points(local.metric_mean)} ± "

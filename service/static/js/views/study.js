@@ -10,7 +10,6 @@ import { $, badge, h } from "../dom.js";
 import { bytes, dash, fixed, isNum, ms, pct } from "../format.js";
 import { armColor, drawCostChart, drawMetricChart, metricName } from "../metric-chart.js";
 
-/** "4 × 2, sync": workers × batch per worker and the norm. */
 /** "4 × 2, sync in groups of 2": workers × batch, the norm, its sync groups or GroupNorm groups. */
 export const specSummary = (spec) =>
   `${spec.workers} × ${spec.batch_size_per_worker}, ${spec.norm}` +
