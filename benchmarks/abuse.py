@@ -129,6 +129,16 @@ def uploads(bench: Bench) -> None:
     bench.row("11", "chunked upload of 40 MiB", "code", 40 << 20, lambda: client.post(
         "/v1/code", content=hostile.chunked(40 << 20, head=hostile.FILE_PART),
         headers={"Content-Type": hostile.MULTIPART}))  # fmt: skip
+    benign = {"dataset": "digits", "workers": 2, "batch_size_per_worker": 2, "epochs": 1}
+    bench.baseline("json", lambda: client.post("/v1/jobs", json={**benign, "lr": -1}))
+    for route, what in (
+        ("/v1/jobs", "job spec with 70,000 unknown fields"),
+        ("/v1/studies/base", "study base with 70,000 unknown fields"),
+        ("/v1/studies/arms", "8 study arms, 8,750 unknown overrides each"),
+    ):
+        blob, path = hostile.unknown_fields_json(route), route.split("/base")[0].split("/arms")[0]
+        bench.row("-", what, "json", len(blob), lambda path=path, blob=blob: client.post(
+            path, content=blob, headers={"Content-Type": "application/json"}))  # fmt: skip
     job = bench.service.submit(dataset="digits", workers=1, epochs=1)
     bench.row("13", "events, Last-Event-ID of 5000 digits", "-", 5000, lambda: client.get(
         f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "9" * 5000}))  # fmt: skip

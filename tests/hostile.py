@@ -100,6 +100,19 @@ def png_bomb_folder(images: int = 40, side: int = 4096) -> bytes:
     return zip_bytes({f"{('a', 'b')[i % 2]}/{i}.png": png for i in range(images)})
 
 
+def unknown_fields_json(route: str, keys: int = 70_000) -> bytes:
+    """Just under 1 MiB of JSON for ``/v1/jobs`` or ``/v1/studies`` (in the base, or in each of
+    8 arms' overrides) full of unknown fields: one validation error each."""
+    base = {"dataset": "digits", "workers": 2, "batch_size_per_worker": 2, "epochs": 1}
+    if route == "/v1/jobs":
+        return json.dumps({**base, **{f"k{i:06d}": 0 for i in range(keys)}}).encode()
+    if route == "/v1/studies/base":
+        return json.dumps({"base": {**base, **{f"k{i:06d}": 0 for i in range(keys)}}}).encode()
+    unknown = {f"k{i:06d}": 0 for i in range(keys // 8)}
+    arms = [{"name": f"a{i}", "overrides": unknown} for i in range(8)]
+    return json.dumps({"base": base, "arms": arms}).encode()
+
+
 def chunked(total: int, size: int = 64 << 10, head: bytes = b"") -> Iterator[bytes]:
     """A body of ``total`` bytes (after ``head``) sent without Content-Length (chunked
     transfer encoding)."""

@@ -44,10 +44,21 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+MAX_ERRORS = 20
+"""Errors a 422 lists (a 1 MiB body of unknown fields has tens of thousands); one more entry
+says how many were left out."""
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422, made safe to encode: it echoes the input, which may hold a NaN (Python's
-    JSON parser reads one) that would otherwise turn the answer into a 500."""
-    content = {"detail": _json_safe(jsonable_encoder(exc.errors()))}
+    JSON parser reads one) that would otherwise turn the answer into a 500; at most
+    ``MAX_ERRORS`` errors, so its size does not grow with the body's."""
+    errors = list(exc.errors())
+    shown = errors[:MAX_ERRORS]
+    if len(errors) > MAX_ERRORS:
+        left = len(errors) - MAX_ERRORS
+        shown.append({"loc": ["body"], "msg": f"and {left} more errors", "type": "too_many_errors"})
+    content = {"detail": _json_safe(jsonable_encoder(shown))}
     return JSONResponse(status_code=422, content=content)
 
 

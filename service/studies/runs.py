@@ -25,7 +25,7 @@ from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
 from service.storage.tables import Job, Study
-from service.studies.arms import DEFAULT_ARMS, Arm, arm_spec, reference_skip_reason
+from service.studies.arms import DEFAULT_ARMS, REFERENCE, Arm, arm_spec, reference_skip_reason
 from service.studies.recommendation import Recommendation, recommend
 from service.studies.summary import ArmSummary, JobFigures
 from service.studies.verdict import verdict
@@ -59,22 +59,25 @@ def _arm_specs(
         if key in base:
             what = "the arms set norm" if key == "norm" else "use seeds"
             raise FieldError(f"base.{key}", f"a study sets {key} itself: leave it out ({what})")
+    if unknown := [key for key in base if key not in JobSpec.model_fields]:
+        more = f" ({len(unknown)} unknown fields)" if len(unknown) > 1 else ""
+        raise FieldError(f"base.{unknown[0]}", f"Extra inputs are not permitted{more}")
     specs: dict[str, JobSpec] = {}
-    failures: list[tuple[int, Arm, ValidationError]] = []
+    first: tuple[int, Arm, ValidationError] | None = None
     for index, arm in enumerate(arms):
         try:
             specs[arm.name] = arm_spec(base, arm, seed)
         except ValidationError as exc:
-            failures.append((index, arm, exc))
-    if not failures:
+            first = first or (index, arm, exc)
+    if first is None:
         return specs
-    index, arm, exc = failures[0]
+    index, arm, exc = first
     errors = exc.errors()
     fields = [str(e["loc"][0]) if e["loc"] else "" for e in errors]
     for field, error in zip(fields, errors, strict=True):
         if field in arm.overrides:
             raise FieldError(".".join(["arms", str(index), "overrides", field]), error["msg"])
-    if len(failures) == len(arms):
+    if not specs:
         raise exc
     if defaulted:
         raise FieldError(
@@ -100,11 +103,11 @@ def create_study(
     specs = _arm_specs(base, arms, seeds[0], defaulted)
     capacity = cluster_capacity(ray)
     skipped: dict[str, str] = {}
-    if "reference" in specs:
+    if REFERENCE in specs:
         reason = reference_skip_reason(arm_spec(base, "sync", seeds[0]))
         if reason is not None:
-            skipped["reference"] = reason
-            del specs["reference"]
+            skipped[REFERENCE] = reason
+            del specs[REFERENCE]
     if not specs:
         raise FieldError("arms", f"no arm can run: {'; '.join(skipped.values())}")
     checked = {}

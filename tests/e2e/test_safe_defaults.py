@@ -139,6 +139,18 @@ def test_hostile_uploads_are_refused_at_a_bounded_cost(made, case):
     assert cost.rss_mib < MAX_RSS_MIB and cost.cpu_s < MAX_CPU_S, cost
 
 
+@pytest.mark.parametrize("route", ["/v1/jobs", "/v1/studies/base", "/v1/studies/arms"])
+def test_a_body_of_unknown_fields_is_refused_at_a_bounded_cost(made, route):
+    body = hostile.unknown_fields_json(route)
+    path = route.removesuffix("/base").removesuffix("/arms")
+    cost = hostile.measure(
+        hostile.service_pid(made),
+        lambda: made.client.post(path, content=body, headers={"Content-Type": "application/json"}),
+    )
+    assert cost.status == 422 and "Extra inputs are not permitted" in cost.detail, cost
+    assert cost.rss_mib < MAX_RSS_MIB and cost.cpu_s < MAX_CPU_S, cost
+
+
 def test_a_big_code_bundle_fits_and_chunked_bodies_over_a_limit_are_413(made):
     import numpy as np
 

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from fakeray import FakeRay
-from hostile import chunked, zip_bytes
+from hostile import chunked, unknown_fields_json, zip_bytes
 from inprocess import GOOD, LOCAL, SERVICE_DEFAULTS, local_client, tick
 
 from service.api.middleware import Gate, RequestLimitsMiddleware, RouteLimits
@@ -38,6 +38,22 @@ def test_code_uploads_take_their_own_limit_not_the_json_one(client):
     response = client.post("/v1/code", files={"file": ("b.zip", blob)})
     assert response.status_code == 201, response.text
     assert client.post("/v1/jobs", content=b" " * (2 << 20)).status_code == 413
+
+
+@pytest.mark.parametrize("route", ["/v1/jobs", "/v1/studies/base", "/v1/studies/arms"])
+def test_a_body_of_unknown_fields_gets_a_422_of_bounded_size(client, route):
+    """70,000 unknown fields: a job's 422 lists the first 20 errors and counts the rest, a
+    study's names the first unknown field."""
+    body = unknown_fields_json(route)
+    assert len(body) <= 1 << 20
+    path = route.removesuffix("/base").removesuffix("/arms")
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text[:300]
+    assert len(response.content) < 8 << 10
+    detail = response.json()["detail"]
+    assert detail[0]["msg"].startswith("Extra inputs are not permitted")
+    if route == "/v1/jobs":  # a study names the first unknown field only
+        assert len(detail) == 21 and detail[-1]["msg"] == "and 69980 more errors", detail[-1]
 
 
 @pytest.mark.parametrize(
