@@ -57,13 +57,17 @@ export function setupUploads(root, { onDataset, onBundle }) {
     const size = $("#upload-size", root).value.trim();
     if (size) data.append("image_size", size);
     uploadStatus.textContent = "Uploading…";
+    let dataset;
     try {
-      const dataset = await api("datasets", { method: "POST", form: data });
-      uploadStatus.textContent = `Uploaded as ${dataset.id}: ${datasetLabel(dataset).split(" — ")[1]}.`;
-      await onDataset(dataset);
+      dataset = await api("datasets", { method: "POST", form: data });
     } catch (err) {
       uploadStatus.textContent = `Upload failed: ${uploadError(err)}`;
+      return;
     }
+    // The status says "Uploaded" only once the job form selects the new dataset.
+    let note = "";
+    try { await onDataset(dataset); } catch (err) { note = ` (the dataset list did not refresh: ${err.message})`; }
+    uploadStatus.textContent = `Uploaded as ${dataset.id}: ${datasetLabel(dataset).split(" — ")[1]}.${note}`;
   });
 
   const codeUpload = $("#code-upload-form", root);
