@@ -154,10 +154,13 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+_WITH_TRANSITIONS = (joinedload(Job.transitions),)
+"""Built once: a loader option costs more to build than the query it adds to."""
+
+
 def get_job(session: Session, job_id: str, with_transitions: bool = False) -> Job | None:
     """The job (``with_transitions``: its transitions loaded in the same query)."""
-    options = [joinedload(Job.transitions)] if with_transitions else []
-    return session.get(Job, job_id, options=options)
+    return session.get(Job, job_id, options=_WITH_TRANSITIONS if with_transitions else ())
 
 
 def list_jobs(

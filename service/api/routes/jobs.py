@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Header, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -61,28 +62,28 @@ def submit_job(spec: JobSpec, services: ServicesDep) -> JobOut:
 
 
 @router.get("", response_model=JobList)
-def list_jobs(
+async def list_jobs(
     services: ServicesDep,
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> JobList:
     """Jobs, newest first, optionally only those in ``state``."""
-    with services.db.session() as session:
+
+    def page(session: Session) -> JobList:
         jobs, total = store.list_jobs(session, state, limit, offset)
-        return JobList(
-            jobs=[views.job_out(j, with_transitions=False) for j in jobs],
-            total=total,
-            limit=limit,
-            offset=offset,
-        )
+        out = [views.job_out(j, with_transitions=False) for j in jobs]
+        return JobList(jobs=out, total=total, limit=limit, offset=offset)
+
+    return await services.db.read(page)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
-def get_job(job_id: str, services: ServicesDep) -> JobOut:
+async def get_job(job_id: str, services: ServicesDep) -> JobOut:
     """One job: state, spec, progress, state transitions, and the result when done."""
-    with services.db.session() as session:
-        return views.job_out(job_or_404(session, job_id, with_transitions=True))
+    return await services.db.read(
+        lambda session: views.job_out(job_or_404(session, job_id, with_transitions=True))
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)
@@ -113,19 +114,18 @@ def delete_job(job_id: str, services: ServicesDep) -> Response:
 
 
 @router.get("/{job_id}/workers", response_model=WorkersOut, responses=NOT_FOUND)
-def job_workers(job_id: str, services: ServicesDep) -> WorkersOut:
+async def job_workers(job_id: str, services: ServicesDep) -> WorkersOut:
     """The latest statistics of every worker (rank)."""
-    with services.db.session() as session:
+
+    def latest(session: Session) -> WorkersOut:
         job_or_404(session, job_id)
         report = store.latest_report(session, job_id)
         if report is None:
             return WorkersOut(job_id=job_id, workers=[])
-        return WorkersOut(
-            job_id=job_id,
-            epoch=report.epoch,
-            step=report.step,
-            workers=[w.data for w in report.workers],
-        )
+        workers = [w.data for w in report.workers]
+        return WorkersOut(job_id=job_id, epoch=report.epoch, step=report.step, workers=workers)
+
+    return await services.db.read(latest)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut, responses=NOT_FOUND)
