@@ -55,6 +55,12 @@ def _ratio(slow: ArmSummary, fast: ArmSummary) -> str | None:
     return f"{slow.step_time_s_mean / fast.step_time_s_mean:.1f}\N{MULTIPLICATION SIGN}"
 
 
+def _cheapest(arms: list[ArmSummary]) -> ArmSummary | None:
+    """The arm with the shortest mean step time; None when no arm has one."""
+    timed = [a for a in arms if a.step_time_s_mean]
+    return min(timed, key=lambda a: a.step_time_s_mean) if timed else None  # type: ignore[arg-type,return-value]
+
+
 def _why(choice: ArmSummary, best: ArmSummary, ranked: list[ArmSummary]) -> str:
     """The sentence's first part: the choice against the best, or against the cheapest."""
     if choice is not best:
@@ -66,8 +72,7 @@ def _why(choice: ArmSummary, best: ArmSummary, ranked: list[ArmSummary]) -> str:
     price = _price(choice)
     text = f"{choice.name} has the best {'' if len(ranked) > 1 else 'and only '}metric"
     text += f" ({_figure(choice)}){',' if price else ''}{price}"
-    timed = [a for a in ranked if a.step_time_s_mean]
-    cheapest = min(timed, key=lambda a: a.step_time_s_mean) if timed else None  # type: ignore[arg-type,return-value]
+    cheapest = _cheapest(ranked)
     if cheapest is not None and cheapest is not choice and (ratio := _ratio(choice, cheapest)):
         text += f"; it costs {ratio} {cheapest.name}'s step time"
     return text
@@ -80,8 +85,7 @@ def recommend(arms: dict[str, ArmSummary], pending: int) -> Recommendation | Non
         return None
     best = max(ranked, key=lambda a: a.metric_mean)  # type: ignore[arg-type,return-value]
     close = [a for a in ranked if within_noise(a, best)]
-    timed = [a for a in close if a.step_time_s_mean]
-    choice = min(timed, key=lambda a: a.step_time_s_mean) if timed else best  # type: ignore[arg-type,return-value]
+    choice = _cheapest(close) or best
     parts = [_why(choice, best, ranked)]
     if len(close) == len(ranked) > 2:
         parts.append(f"all {len(ranked)} arms are within seed noise of each other")
