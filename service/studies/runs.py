@@ -76,7 +76,7 @@ def _arm_specs(
     fields = [str(e["loc"][0]) if e["loc"] else "" for e in errors]
     for field, error in zip(fields, errors, strict=True):
         if field in arm.overrides:
-            raise FieldError(".".join(["arms", str(index), "overrides", field]), error["msg"])
+            raise FieldError(_field_of(arm, index, field), error["msg"])
     if not specs:
         raise exc
     if defaulted:
