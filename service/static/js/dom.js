@@ -1,5 +1,7 @@
 // DOM helpers: $() and $$() to query, h() for HTML, s() for SVG, and the small elements built
 // from formatted values (timeEl, badge); the formatting itself is in format.js.
+// h() and s() set a `style` through the CSSOM (`el.style.cssText`), never as an attribute: the
+// page's Content-Security-Policy (style-src 'self') blocks style attributes set as markup.
 
 import { dash, parseTime } from "./format.js";
 
@@ -16,6 +18,7 @@ export function h(tag, attrs = {}, ...children) {
   for (const [key, value] of Object.entries(attrs)) {
     if (value === null || value === undefined || value === false) continue;
     if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key === "style") el.style.cssText = String(value);  // CSSOM: see above
     else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
     else el.setAttribute(key, value === true ? "" : String(value));
   }
@@ -29,7 +32,9 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 export function s(tag, attrs = {}, ...children) {
   const el = document.createElementNS(SVG_NS, tag);
   for (const [key, value] of Object.entries(attrs)) {
-    if (value !== null && value !== undefined) el.setAttribute(key, String(value));
+    if (value === null || value === undefined) continue;
+    if (key === "style") el.style.cssText = String(value);  // CSSOM: see above
+    else el.setAttribute(key, String(value));
   }
   el.append(...children);
   return el;

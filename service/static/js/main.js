@@ -3,7 +3,7 @@
 // Routes (hash): "#/" jobs list + submit form, "#/jobs/<id>" one job, "#/studies" the studies,
 // "#/studies/<id>" one study.
 // Talks to the REST API under "v1/" (relative to the page), sends the API token from
-// localStorage as "Authorization: Bearer", and asks for it when a call answers 401.
+// sessionStorage as "Authorization: Bearer", and asks for it when a call answers 401.
 // The job page follows "v1/jobs/<id>/events" with fetch() and a streaming body reader
 // (EventSource cannot send headers) and falls back to polling while the stream is down.
 //

@@ -1,5 +1,6 @@
 // The API token: taken from the login link the service prints (`/#token=...`), kept in
-// localStorage, asked for with the token dialog when a call gets 401.
+// sessionStorage (this tab only, gone when it closes: never on disk for the next user of the
+// browser), asked for with the token dialog when a call gets 401.
 
 import { TOKEN_KEY } from "./config.js";
 import { $ } from "./dom.js";
@@ -8,19 +9,20 @@ const memoryStore = {};
 
 /** The stored token ("" when none). */
 export function getToken() {
-  try { return localStorage.getItem(TOKEN_KEY) || ""; } catch { return memoryStore.token || ""; }
+  try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch { return memoryStore.token || ""; }
 }
 
 /** Store the token ("" forgets it). */
 export function setToken(token) {
   try {
-    if (token) localStorage.setItem(TOKEN_KEY, token); else localStorage.removeItem(TOKEN_KEY);
+    if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
   } catch { memoryStore.token = token; }
 }
 
 /**
  * Take the token from a login link (`#token=...`: a fragment never reaches a server, so never
- * a log), keep it, and drop it from the address bar and the history. True if there was one.
+ * a log), keep it, and drop it from the address bar and the history: `replaceState` rewrites
+ * the current entry, so the fragment leaves no entry behind. True if there was one.
  */
 export function adoptTokenFromLink() {
   const match = /^#token=([^&]+)/.exec(location.hash);
@@ -62,7 +64,7 @@ function openTokenDialog(message, done) {
   $("#token-message").textContent = message
     || "This service needs its API token. Open the login link it printed at start, or paste "
     + "the token: SYNCBN_API_TOKEN, or the content of $SYNCBN_HOME/api-token (.syncbn/api-token "
-    + "for make run). It is kept in this browser's storage.";
+    + "for make run). It is kept for this tab only (sessionStorage).";
   $("#token-error").textContent = "";
   const input = $("#token-input");
   input.value = getToken();
