@@ -1,8 +1,16 @@
-"""A job's trained model: list its files, download one (safetensors), predict with it."""
+"""A job's trained model: list its files, download one (safetensors), predict with it.
+
+A kept file the service refuses (a link, an invalid recipe: ``model_files``) is a 409 naming
+it and why, where a route would have to use it or choose among the files: ``/models`` when no
+valid file is left (else it lists the valid ones and names the refused in a
+``X-Syncbn-Refused-Models`` header), the newest model (no ``epoch``), an epoch not among the
+valid files. A valid epoch asked for by number is still served.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from typing import Annotated, BinaryIO
 
@@ -18,7 +26,9 @@ from service.api.deps import Services, ServicesDep, api_router, job_or_404
 from service.api.errors import field_error
 from service.api.schemas import ErrorOut, ModelFileOut, ModelsOut, PredictIn, PredictOut
 from service.cluster.ray_jobs import RayUnavailable
+from service.errors import Conflict
 from service.files.trained_models import (
+    KeptModels,
     ModelFile,
     PredictionError,
     model_files,
@@ -41,7 +51,12 @@ def _model_file(services: Services, job_id: str, epoch: int | None) -> ModelFile
     """The job's model file of ``epoch`` (default: the newest), or a 404/409 saying why not."""
     with services.db.session() as session:
         state = JobState(job_or_404(session, job_id).state)
-    files = model_files(services.settings.runs_dir, job_id)
+    kept = model_files(services.settings.runs_dir, job_id)
+    files = kept.files
+    if epoch is not None and epoch in files:
+        return files[epoch]
+    if kept.refused:
+        raise _refused(job_id, kept)
     if not files:
         if state.is_final:
             raise HTTPException(
@@ -55,21 +70,52 @@ def _model_file(services: Services, job_id: str, epoch: int | None) -> ModelFile
         )
     if epoch is None:
         return files[max(files)]
-    if epoch not in files:
-        kept = ", ".join(str(e) for e in files)
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            f"job {job_id} has no model file for epoch {epoch}; kept epochs: {kept}",
-        )
-    return files[epoch]
+    kept_epochs = ", ".join(str(e) for e in files)
+    raise HTTPException(
+        status.HTTP_404_NOT_FOUND,
+        f"job {job_id} has no model file for epoch {epoch}; kept epochs: {kept_epochs}",
+    )
+
+
+MAX_REFUSED_SHOWN = 3
+
+
+def _refused(job_id: str, kept: KeptModels) -> Conflict:
+    """409: what of the job's run folder the service refuses and why, and the valid epochs."""
+    shown = "; ".join(str(r) for r in kept.refused[:MAX_REFUSED_SHOWN])
+    more = len(kept.refused) - MAX_REFUSED_SHOWN
+    if more > 0:
+        shown += f"; and {more} more"
+    if kept.files:
+        epochs = ", ".join(str(e) for e in kept.files)
+        valid = f"the newest model cannot be told; valid kept epochs: {epochs} (ask by epoch=N)"
+    else:
+        valid = "no valid model file is kept"
+    return Conflict(
+        f"job {job_id}'s run folder holds model files the service refuses (the job's code may "
+        f"have written them): {shown}. So {valid}"
+    )
+
+
+def _header_text(text: str, limit: int = 1000) -> str:
+    """``text`` as a header value: printable ASCII (names in it are the job's), bounded."""
+    text = re.sub(r"[^\x20-\x7e]", "?", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @router.get("/{job_id}/models", response_model=ModelsOut, responses={404: NO_MODEL[404]})
-def list_models(job_id: str, services: ServicesDep) -> ModelsOut:
+def list_models(job_id: str, services: ServicesDep, response: Response) -> ModelsOut:
     """The job's kept model files (one per kept checkpoint) and the newest one's recipe."""
     with services.db.session() as session:
         job_or_404(session, job_id)
-    files = model_files(services.settings.runs_dir, job_id)
+    kept = model_files(services.settings.runs_dir, job_id)
+    files = kept.files
+    if kept.refused:
+        if not files:
+            raise _refused(job_id, kept)
+        response.headers["X-Syncbn-Refused-Models"] = _header_text(
+            "; ".join(str(r) for r in kept.refused)
+        )
     models = []
     for f in files.values():
         try:
@@ -112,10 +158,16 @@ def download_model(
     """The trained model as safetensors (the newest checkpoint, or ``epoch``'s)."""
     file = _model_file(services, job_id, epoch)
     try:  # Ray Train may delete an old checkpoint at any moment: hold the file open
-        handle = file.path.open("rb")
-        etag = f'"{file.etag}"'
+        handle = file.open()  # the file whose recipe was checked, no link followed
     except FileNotFoundError:
         raise _removed(file) from None
+    try:
+        etag = f'"{file.etag}"'
+    except BaseException as exc:
+        handle.close()
+        if isinstance(exc, FileNotFoundError):
+            raise _removed(file) from None
+        raise
     headers = {
         "ETag": etag,
         "X-Syncbn-Epoch": str(file.epoch),
