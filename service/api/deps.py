@@ -15,6 +15,7 @@ from service.api.observability import ServiceMetrics
 from service.api.schemas import ErrorOut
 from service.cluster import Cluster
 from service.errors import NotFound
+from service.jobs.events import EventHub
 from service.jobs.lifecycle import Lifecycle
 from service.jobs.scheduler import Scheduler
 from service.settings import Settings
@@ -33,6 +34,8 @@ class Services:
     lifecycle: Lifecycle
     scheduler: Scheduler
     metrics: ServiceMetrics
+    events: EventHub
+    """Wakes event streams after commits; caps how many are open (``service.jobs.events``)."""
 
 
 async def get_services(request: Request) -> Services:

@@ -188,6 +188,12 @@ class Database:
         with self.session() as session:
             return fn(session)
 
+    def on_session(self, name: str, listener: Callable[..., Any]) -> None:
+        """Call ``listener`` on the SQLAlchemy session event ``name`` (``after_flush``,
+        ``after_commit``...) of every session made here: ``service.jobs.events`` wakes the
+        event streams of a job after a commit that added its events."""
+        event.listen(self._sessions, name, listener)
+
     def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""
         with self.engine.connect() as connection:
