@@ -150,28 +150,116 @@ class ReportEvent(_Open):
         return (self.kind, self.epoch, self.step)
 
 
+MAX_EXCEPTION_BYTES = 64 << 10
+"""The most bytes of error messages one ``ExceptionEvent`` carries, all ranks together."""
+MAX_EXCEPTIONS_PER_JOB = 100
+"""The most ``ExceptionEvent``s the service stores of one job."""
+
+
 class ExceptionEvent(_Open):
-    """Worker failures: the error message of each failed rank."""
+    """Worker failures: the error message of each failed rank (64 KiB at most in all, 100
+    events at most per job)."""
 
     type: Literal["exception"] = "exception"
     time: float | None = None
-    errors: dict[str, str] = Field(default_factory=dict)
+    errors: dict[str, str] = Field(default_factory=dict, max_length=MAX_RANKS)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ExceptionEvent:
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in self.errors.items())
+        size += len(json.dumps(self.model_extra or {}))
+        if size > MAX_EXCEPTION_BYTES:
+            raise ValueError(
+                f"{size} bytes of worker errors; at most {MAX_EXCEPTION_BYTES} per event"
+            )
+        return self
 
 
 Event = Annotated[ReportEvent | ExceptionEvent, Field(discriminator="type")]
 
 
-def read_events(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All events in a stats file as dicts (a torn last line, from a crash mid-write, is
-    skipped; a missing file has none)."""
-    events = []
+MAX_LINE_BYTES = 8 << 20
+"""The longest line of a stats file that is read (the ingest endpoint's default limit)."""
+
+
+def read_events(
+    path: str | os.PathLike, max_bytes: int = 256 << 20, max_line_bytes: int = MAX_LINE_BYTES
+) -> list[dict[str, Any]]:
+    """The events of a stats file as dicts: a torn last line (a crash mid-write), a line that
+    is not a JSON object or one over ``max_line_bytes`` are skipped, and reading stops after
+    ``max_bytes`` (the file is the job's: its size is not trusted); a missing file has none."""
+    events, read = [], 0
     try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    except FileNotFoundError:
+        handle = open_regular(path, "r", encoding="utf-8", errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    with handle:
+        while read < max_bytes and (line := handle.readline(max_line_bytes + 1)):
+            read += len(line)
+            if len(line) > max_line_bytes:  # skip the rest of an overlong line
+                while (rest := handle.readline(max_line_bytes)) and not rest.endswith("\n"):
+                    read += len(rest)
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
     return events
+
+
+def open_regular(path: str | os.PathLike, mode: str = "rb", **kwargs: Any) -> Any:
+    """``open(path, mode)`` for reading a file a job wrote: a symbolic link there is refused
+    (``OSError``), so a job cannot point the service at another file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    return os.fdopen(fd, mode, **kwargs)
+
+
+OUTCOME_FILE = "outcome.json"
+"""The file in a run's directory where the driver writes its ``JobOutcome`` when it ends."""
+MAX_OUTCOME_BYTES = 64 << 10
+
+
+class JobOutcome(BaseModel):
+    """How a job's driver ended (``python -m workers run`` writes it to ``OUTCOME_FILE``):
+    its exit status, the error, and the run's wall time. The job's user code shares the
+    driver, so the service reads it as untrusted input: bounded, typed, and only the job's
+    own result depends on it."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    status: int = Field(ge=0, le=255)
+    error: str | None = Field(None, max_length=MAX_OUTCOME_BYTES)
+    wall_time_s: float | None = Field(None, ge=0, le=10**9)
+
+
+def read_outcome(run_dir: str | os.PathLike) -> JobOutcome | None:
+    """The outcome in ``run_dir`` (None: the driver wrote none); ValueError saying why one
+    is refused (too large, a link, not a ``JobOutcome``)."""
+    path = os.path.join(run_dir, OUTCOME_FILE)
+    try:
+        with open_regular(path) as handle:
+            raw = handle.read(MAX_OUTCOME_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise ValueError(f"{OUTCOME_FILE} cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_OUTCOME_BYTES:
+        raise ValueError(f"{OUTCOME_FILE} is over {MAX_OUTCOME_BYTES} bytes")
+    try:
+        return JobOutcome.model_validate_json(raw)
+    except ValueError as exc:
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(p) for p in first["loc"]) or "(file)"
+        raise ValueError(f"{OUTCOME_FILE} is not an outcome: {where}: {first['msg']}") from None
+
+
+def write_outcome(run_dir: str | os.PathLike, outcome: JobOutcome) -> None:
+    """Write ``outcome`` into ``run_dir`` whole (a temporary file renamed over it)."""
+    os.makedirs(run_dir, exist_ok=True)
+    final = os.path.join(run_dir, OUTCOME_FILE)
+    partial = f"{final}.{os.getpid()}.tmp"
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(outcome.model_dump_json())
+    os.replace(partial, final)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging.config
 import os
+import resource
 import signal
 import sys
 from contextlib import ExitStack
@@ -46,7 +47,18 @@ def banner(settings: Settings, token: str, generated: bool) -> str:
     )
 
 
+def raise_fd_limit(wanted: int = 65536) -> None:
+    """Raise this process's soft open-files limit toward its hard one: every open event
+    stream holds a socket, and a soft limit of 1024 (a common default) is below the default
+    stream caps."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def main() -> int:
+    raise_fd_limit()
     settings = Settings()
     logging.config.dictConfig(log_config(settings.log_level))
     try:
@@ -82,6 +94,8 @@ def main() -> int:
             port=settings.port,
             log_config=log_config(settings.log_level),
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=5,  # an idle connection holds a socket 5 s at most
+            h11_max_incomplete_event_size=16 << 10,  # request line and headers, under h11
         )
     return 0
 

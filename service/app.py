@@ -14,9 +14,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from service.api import errors
+from service.api.auth import Authenticator
 from service.api.credentials import ensure_api_token
 from service.api.deps import Services, operation_id
 from service.api.middleware import (
+    AuthMiddleware,
     Gate,
     HostOriginMiddleware,
     HostPolicy,
@@ -24,10 +26,12 @@ from service.api.middleware import (
     RouteLimits,
 )
 from service.api.observability import ServiceMetrics, TimingMiddleware
+from service.api.pages import install_pages
 from service.api.routes import code, datasets, health, ingest, jobs, studies, trained
 from service.cluster import Cluster
 from service.cluster.ray_jobs import RayJobs, RayUnavailable
 from service.files.housekeeping import sweep
+from service.jobs.events import EventHub
 from service.jobs.lifecycle import Lifecycle
 from service.jobs.scheduler import Scheduler
 from service.settings import Settings
@@ -43,13 +47,20 @@ MULTIPART_OVERHEAD = 64 << 10
 def route_limits(settings: Settings) -> Callable[[str, str], RouteLimits]:
     """Each route's body limit and concurrency gate: uploads and predictions their own, JSON
     the rest."""
+    slow = {
+        "body_timeout_s": settings.upload_body_timeout_s,
+        "timeout_setting": "upload_body_timeout_s",
+    }
+    json_body = {"body_timeout_s": settings.body_timeout_s}
     upload = RouteLimits(
-        settings.max_upload_bytes + MULTIPART_OVERHEAD, "max_upload_bytes", "upload"
+        settings.max_upload_bytes + MULTIPART_OVERHEAD, "max_upload_bytes", "upload", **slow
     )
-    code = RouteLimits(settings.max_code_bytes + MULTIPART_OVERHEAD, "max_code_bytes", "upload")
-    ingest = RouteLimits(settings.max_ingest_bytes, "max_ingest_bytes")
-    predict = RouteLimits(settings.max_predict_bytes, "max_predict_bytes", "predict")
-    plain = RouteLimits(settings.max_body_bytes, "max_body_bytes")
+    code = RouteLimits(
+        settings.max_code_bytes + MULTIPART_OVERHEAD, "max_code_bytes", "upload", **slow
+    )
+    ingest = RouteLimits(settings.max_ingest_bytes, "max_ingest_bytes", **json_body)
+    predict = RouteLimits(settings.max_predict_bytes, "max_predict_bytes", "predict", **slow)
+    plain = RouteLimits(settings.max_body_bytes, "max_body_bytes", **json_body)
 
     def limits_for(method: str, path: str) -> RouteLimits:
         if path == "/v1/datasets":
@@ -89,7 +100,7 @@ def build_services(settings: Settings, ray: Cluster | None = None) -> Services:
     metrics = ServiceMetrics(count_jobs)
     lifecycle = Lifecycle(settings, db, ray, on_report=metrics.report_stored)
     scheduler = Scheduler(settings, db, ray, lifecycle)
-    return Services(settings, db, ray, lifecycle, scheduler, metrics)
+    return Services(settings, db, ray, lifecycle, scheduler, metrics, EventHub(db, settings))
 
 
 async def scheduler_loop(services: Services) -> None:
@@ -136,6 +147,8 @@ def create_app(settings: Settings | None = None, ray: Cluster | None = None) -> 
         summary="Train with synchronized BatchNorm on Ray; watch every worker's statistics.",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        docs_url=None,  # service.api.pages serves /docs and /redoc from local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.services = services
@@ -144,11 +157,15 @@ def create_app(settings: Settings | None = None, ray: Cluster | None = None) -> 
     for module in routers:
         app.include_router(module.router)
 
-    # The last added runs first: timing sees every answer, the host check comes before all.
+    # The last added runs first: timing sees every answer, the host check comes before all,
+    # then the token, and only then the limits (a stranger never takes a slot).
     limits = route_limits(settings)
+    app.state.authenticator = Authenticator(str(settings.api_token), services.db)
     app.add_middleware(RequestLimitsMiddleware, limits_for=limits, gates=gates(settings))
+    app.add_middleware(AuthMiddleware, authenticator=app.state.authenticator)
     app.add_middleware(HostOriginMiddleware, policy=HostPolicy(settings))
     app.add_middleware(TimingMiddleware, metrics=services.metrics)
+    install_pages(app)  # /docs, /redoc, /static/apidocs; the HTML answers' headers (outermost)
 
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -105,6 +105,17 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(
         2, ge=1, description="dataset and code uploads served at once (more: 429)"
     )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a JSON request body may take to arrive (then 408)"
+    )
+    upload_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="seconds an upload's or a prediction's body may take to arrive (then 408)",
+    )
+    max_job_log_bytes: int = Field(
+        1 << 20, ge=1024, description="the end of a job's log kept when it ends, and served"
+    )
     predict_timeout_s: float = Field(
         120.0, gt=0, description="a code bundle model's prediction (a Ray Job) at most"
     )
@@ -113,6 +124,18 @@ class Settings(BaseSettings):
         None, ge=0, description="jobs on Ray at once (unset: as many as fit; 0: hold the queue)"
     )
     poll_interval_s: float = Field(1.0, gt=0, description="scheduler/reconcile period")
+    # Each open stream holds a socket (a file descriptor) and a few KiB, and costs nothing
+    # while idle (service.jobs.events). There is one API token today, so the per-token cap is
+    # the one a client meets: 1000 is far beyond a dashboard or `syncbn watch` (one stream per
+    # job watched) yet stops a runaway script before it exhausts `ulimit -n` (often 1024 soft:
+    # the service warns when a cap does not fit it). The total bounds the process once there
+    # are several tokens, so one of them cannot take every slot.
+    max_event_streams: int = Field(
+        2000, ge=1, description="event streams open at once, all tokens together (more: 429)"
+    )
+    max_event_streams_per_token: int = Field(
+        1000, ge=1, description="event streams open at once with one API token (more: 429)"
+    )
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

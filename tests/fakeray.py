@@ -64,9 +64,12 @@ class FakeRay:
             self.jobs[job_id].status = "STOPPED"
             self.stopped.append(job_id)
 
-    def logs(self, job_id: str) -> str:
+    def logs(self, job_id: str, max_bytes: int, lines: int = -1) -> str:
         job = self.jobs.get(job_id)
-        return job.logs if job else ""
+        text = job.logs if job else ""
+        if lines >= 0:
+            text = "".join(text.splitlines(keepends=True)[-lines:]) if lines else ""
+        return text.encode()[-max_bytes:].decode(errors="replace")
 
     def capacity(self) -> Capacity:
         self._check()

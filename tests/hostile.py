@@ -129,6 +129,64 @@ FILE_PART = (
 """The start of a multipart upload of one file (what follows is the file, endless)."""
 
 
+LOOKALIKE_OUTCOME = '{"status": "x", "result": "not a mapping", "error": {"a": 1}}'
+"""A line that looks like the driver's outcome to a scraper of stdout (issue 27: one such
+``atexit`` print stopped all scheduling, across restarts)."""
+_LIAR_SOURCE = """
+import atexit
+import os
+import sys
+
+import torch
+from torch import nn
+
+LINE = LOOKALIKE
+
+
+def _lie():
+    print(LINE, flush=True)
+    args = sys.argv
+    if "--storage" in args and "--name" in args:  # the driver's own outcome, overwritten
+        run = os.path.join(args[args.index("--storage") + 1], args[args.index("--name") + 1])
+        with open(os.path.join(run, "outcome.json"), "w") as handle:
+            handle.write(LINE)
+
+
+atexit.register(_lie)
+print("x" * LOG_BYTES, flush=True)
+
+
+def build_model(input_shape, num_classes):
+    size = int(torch.tensor(input_shape).prod())
+    return nn.Sequential(nn.Flatten(), nn.Linear(size, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Linear(16, num_classes))
+"""
+
+
+def liar_net(log_bytes: int = 0) -> bytes:
+    """A code bundle's ``liar.py`` (``liar:build_model``) whose driver prints ``log_bytes``
+    bytes on one line, then at exit prints ``LOOKALIKE_OUTCOME`` and writes it over the
+    outcome file its driver wrote."""
+    source = _LIAR_SOURCE.replace("LOOKALIKE", repr(LOOKALIKE_OUTCOME))
+    return source.replace("LOG_BYTES", str(int(log_bytes))).encode()
+
+
+def hold_body(port: int, path: str, token: str | None = None, declared: int = 16_000_000):
+    """A socket with a POST to ``path`` whose headers declare ``declared`` bytes of body and
+    that sent its first bytes (a multipart file part for an upload route, else ``[``); the
+    caller keeps it open (a slow client) and closes it."""
+    import socket
+
+    upload = path in ("/v1/datasets", "/v1/code")
+    kind, first = (MULTIPART, FILE_PART) if upload else ("application/json", b"[")
+    sock = socket.create_connection(("127.0.0.1", port))
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
+            f"Content-Type: {kind}\r\nContent-Length: {declared}\r\n\r\n")  # fmt: skip
+    sock.sendall(head.encode() + first)
+    return sock
+
+
 # -- meters -----------------------------------------------------------------------------------
 ROOT = Path(__file__).resolve().parents[1]
 _SUBPROCESS_METER = r"""

@@ -28,9 +28,11 @@ from pydantic import ValidationError
 
 from client.render import ProgressView, worker_table
 from contract.layout import Layout
+from contract.protocol import OUTCOME_FILE, JobOutcome, write_outcome
 from contract.spec import JobSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFEASIBLE = 0, 1, 2, 3
+MAX_ERROR_CHARS = 8000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from workers.usercode import UserCodeError
 
     console = Console(stderr=args.json)
+    if args.name:  # an earlier attempt's outcome (a resumed run) is not this one's
+        (Path(args.storage) / args.name / OUTCOME_FILE).unlink(missing_ok=True)
     try:
         spec = load_spec(args.spec)
     except ValidationError as exc:
@@ -190,7 +194,8 @@ def finish(
     result: Any = None,
     norm: str | None = None,
 ) -> int:
-    """Print the outcome (and with ``--json`` the one JSON line the service reads); ``status``."""
+    """Print the outcome, write it to the run's ``outcome.json`` (what the service reads) and
+    with ``--json`` print it as one JSON line; ``status``."""
     if error is not None:
         console.print(error, markup=False, style="red")
     if result is not None:
@@ -200,6 +205,10 @@ def finish(
             f"(loss {result.test_loss:.4f}) after {result.epochs_completed} epochs "
             f"in {result.wall_time_s:.1f} s"
         )
+    if args.name:  # what the service reads: a file, not a line of stdout user code shares
+        wall_time_s = result.wall_time_s if result is not None else None
+        outcome = JobOutcome(status=status, error=_tail(error), wall_time_s=wall_time_s)
+        write_outcome(Path(args.storage) / args.name, outcome)
     if args.json:
         payload = {
             "status": status,
@@ -208,6 +217,11 @@ def finish(
         }
         print(json.dumps(payload))
     return status
+
+
+def _tail(error: str | None) -> str | None:
+    """The end of an error message, within what the service reads of an outcome."""
+    return error if error is None or len(error) <= MAX_ERROR_CHARS else error[-MAX_ERROR_CHARS:]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,13 @@ from typing import Any, Protocol
 
 from ray.train import UserCallback
 
-from contract.protocol import INGEST_TOKEN_ENV, INGEST_URL_ENV, ExceptionEvent, ReportEvent
+from contract.protocol import (
+    INGEST_TOKEN_ENV,
+    INGEST_URL_ENV,
+    MAX_EXCEPTION_BYTES,
+    ExceptionEvent,
+    ReportEvent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +113,11 @@ class StatsCallback(UserCallback):
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]):
         """One ``ExceptionEvent``: each failed rank's error message."""
-        errors = {str(rank): f"{type(e).__name__}: {e}" for rank, e in worker_exceptions.items()}
+        share = MAX_EXCEPTION_BYTES // (2 * max(1, len(worker_exceptions)))  # room for keys
+        errors = {
+            str(rank): _tail(f"{type(e).__name__}: {e}", share)
+            for rank, e in worker_exceptions.items()
+        }
         self._emit_event(run_context, ExceptionEvent(time=time.time(), errors=errors))
 
     def _emit_event(self, run_context: Any, event: ReportEvent | ExceptionEvent) -> None:
@@ -176,3 +186,12 @@ def follow_events(
 def epoch_reports(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The per-epoch report events, in order."""
     return [e for e in events if e.get("type") == "report" and e.get("kind") == "epoch"]
+
+
+def _tail(message: str, max_bytes: int) -> str:
+    """The end of ``message`` in at most ``max_bytes`` UTF-8 bytes (a traceback's last lines
+    say what failed)."""
+    data = message.encode()
+    if len(data) <= max_bytes:
+        return message
+    return "..." + data[-(max_bytes - 3) :].decode(errors="ignore")

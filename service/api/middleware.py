@@ -5,26 +5,34 @@
   and a state-changing request must come from the page itself, not from another site
   (``Sec-Fetch-Site``, else ``Origin`` against ``Host``, as Go's CrossOriginProtection and
   Jupyter do). ``/healthz`` is exempt: orchestrators probe it by IP, and it carries no data.
+- ``AuthMiddleware``: the token (``service.api.auth.Authenticator``), checked on the headers
+  alone: a request without the right one is a 401 before a slot is taken or a byte of its body
+  is read.
 - ``RequestLimitsMiddleware``: per route, a body limit (413, by ``Content-Length`` up front or
-  while a chunked body streams) and a cap on heavy requests served at once (429 with
-  ``Retry-After``), both answered before the body is read.
+  while a chunked body streams), a deadline for the body to arrive (408, its slot freed) and a
+  cap on heavy requests served at once (429 with ``Retry-After``), answered before the body is
+  read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.layout import LOOPBACK_NAMES
+from service.api.auth import AUTHENTICATED, Authenticator
 from service.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-OPEN_PATHS = frozenset({"/healthz"})
+HOST_EXEMPT = frozenset({"/healthz"})
 RETRY_AFTER_S = 2
 
 
@@ -100,7 +108,7 @@ class HostOriginMiddleware:
         self.app, self.policy = app, policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in HOST_EXEMPT:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -129,13 +137,39 @@ class HostOriginMiddleware:
         return None
 
 
+class AuthMiddleware:
+    """401 for a request without the token its path needs, on its headers alone."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self.app, self.authenticator = app, authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+        )
+        reason = await self.authenticator.refusal(scope["path"], authorization)
+        if reason is not None:
+            await send_error(
+                send, 401, reason, {"WWW-Authenticate": "Bearer", "Connection": "close"}
+            )
+            return
+        scope[AUTHENTICATED] = True
+        await self.app(scope, receive, send)
+
+
 @dataclass(frozen=True)
 class RouteLimits:
-    """A route's body limit (bytes, and the setting that sets it) and its concurrency gate."""
+    """A route's body limit (bytes, and the setting that sets it), the time its body may take
+    to arrive (seconds, and its setting) and its concurrency gate."""
 
     body_bytes: int
     setting: str
     gate: str | None = None
+    body_timeout_s: float = 10.0
+    timeout_setting: str = "body_timeout_s"
 
 
 class Gate:
@@ -194,23 +228,35 @@ class RequestLimitsMiddleware:
                 gate.leave()
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send, limits: RouteLimits):
-        """Count the body as the route reads it; past the limit, answer 413 and tell the route
-        the client left (so it stops), dropping whatever it answers after that."""
-        seen, started, refused = 0, False, False
+        """Count the body as the route reads it; past the limit (413) or the deadline (408),
+        answer and tell the route the client left (so it stops), dropping whatever it answers
+        after that."""
+        seen, started, refused, complete = 0, False, False, False
+        deadline = time.monotonic() + limits.body_timeout_s
+
+        async def refuse(answer: Callable[[], Any]) -> Message:
+            nonlocal started, refused
+            refused = True
+            if not started:
+                started = True
+                await answer()
+            return {"type": "http.disconnect"}
 
         async def counting_receive() -> Message:
-            nonlocal seen, started, refused
+            nonlocal seen, complete
             if refused:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if complete:  # the body is in: what comes now is the client leaving, whenever
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except TimeoutError:
+                return await refuse(lambda: _too_slow(send, limits))
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > limits.body_bytes:
-                    refused = True
-                    if not started:
-                        started = True
-                        await _too_large(send, limits)
-                    return {"type": "http.disconnect"}
+                    return await refuse(lambda: _too_large(send, limits))
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -221,6 +267,16 @@ class RequestLimitsMiddleware:
             await send(message)
 
         await self.app(scope, counting_receive, guarded_send)
+
+
+async def _too_slow(send: Send, limits: RouteLimits) -> None:
+    await send_error(
+        send,
+        408,
+        f"the request body did not arrive within {limits.body_timeout_s:g} s, the deadline of "
+        f"this route ({Settings.env_name(limits.timeout_setting)})",
+        {"Connection": "close"},
+    )
 
 
 async def _too_large(send: Send, limits: RouteLimits) -> None:

@@ -58,6 +58,11 @@ class _JobsCollector:
         yield family
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""The ``method`` label's values; any other method is ``other`` (h11 passes made-up methods
+through, and each new label value would be a new time series, kept forever)."""
+
+
 class TimingMiddleware:
     """Observe every HTTP request's latency, labelled with its route template."""
 
@@ -80,7 +85,8 @@ class TimingMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], route, str(status)).observe(
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.requests.labels(method, route, str(status)).observe(
                 time.perf_counter() - started
             )
 

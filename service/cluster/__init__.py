@@ -31,8 +31,9 @@ class Cluster(Protocol):
     def stop(self, job_id: str) -> None:
         """Stop the Ray Job (nothing if it does not exist)."""
 
-    def logs(self, job_id: str) -> str:
-        """The Ray Job's logs ("" if it does not exist)."""
+    def logs(self, job_id: str, max_bytes: int, lines: int = -1) -> str:
+        """The end of the Ray Job's driver log: its last ``lines`` lines (-1: all), at most
+        ``max_bytes`` bytes ("" if it does not exist)."""
 
     def capacity(self) -> Capacity:
         """The resources of the alive nodes (``RayUnavailable`` when Ray cannot be reached)."""

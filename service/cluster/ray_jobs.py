@@ -7,30 +7,25 @@ Every call is blocking HTTP; the service runs them in worker threads.
 from __future__ import annotations
 
 import functools
-import json
 import shlex
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from contract.capacity import Capacity
 
 T = TypeVar("T")
 
 
+MISSING_WORDS = ("does not exist", "not found", "No job", "no such")
+"""What Ray's answers say of a Ray Job it has no record of."""
+
+
 class RayUnavailable(RuntimeError):
     """The Ray cluster (its dashboard / Jobs API) cannot be reached."""
-
-
-@dataclass(frozen=True)
-class RayOutcome:
-    """What the ``python -m workers run --json`` entry point printed last, if anything."""
-
-    status: int | None
-    error: str | None
-    result: dict[str, Any] | None
 
 
 def is_terminal(status: str | None) -> bool:
@@ -51,7 +46,7 @@ def _unless_missing(call: Callable[[], T], missing: T) -> T:
     try:
         return call()
     except RuntimeError as exc:
-        if "does not exist" in str(exc):
+        if any(word in str(exc) for word in MISSING_WORDS):
             return missing
         raise
 
@@ -121,8 +116,39 @@ class RayJobs:
     def stop(self, job_id: str) -> None:
         _unless_missing(lambda: self.client.stop_job(job_id), None)
 
-    def logs(self, job_id: str) -> str:
-        return _unless_missing(lambda: str(self.client.get_job_logs(job_id)), "")
+    def logs(self, job_id: str, max_bytes: int, lines: int = -1) -> str:
+        """The end of the Ray Job's driver log: its last ``lines`` lines (-1: all), at most
+        ``max_bytes`` bytes of them ("" if Ray has no such job).
+
+        Streamed from the dashboard's log API (what ``ray.util.state.get_log`` calls, which
+        wants a GCS address), so memory stays bounded whatever the log's size, where the Jobs
+        client's ``get_job_logs`` returns the whole log as one string."""
+        import requests
+
+        client = self.client
+        info = _unless_missing(lambda: client.get_job_info(job_id), None)
+        node = getattr(info, "driver_node_id", None)
+        if not node:  # no such job, or its driver has not started: no log yet
+            return ""
+        query = urlencode(
+            {"node_id": node, "submission_id": job_id, "lines": lines, "media_type": "file",
+             "timeout": 30}
+        )  # fmt: skip
+        try:
+            with requests.get(
+                f"{self.address.rstrip('/')}/api/v0/logs/file?{query}",
+                headers=getattr(client, "_headers", None),  # Ray's token, when auth is on
+                cookies=getattr(client, "_cookies", None),
+                stream=True,
+                timeout=60,
+            ) as response:
+                if response.status_code != 200:
+                    text = response.raw.read(4096).decode(errors="replace")
+                    raise RuntimeError(f"HTTP {response.status_code}: {text[:500]}")
+                chunks = response.iter_content(chunk_size=64 << 10)
+                return tail_of(chunks, max_bytes).decode("utf-8", errors="replace")
+        except requests.RequestException as exc:
+            raise RayUnavailable(f"Ray at {self.address} unreachable: {exc}") from exc
 
     def capacity(self) -> Capacity:
         from ray.util.state import list_nodes
@@ -169,17 +195,13 @@ def predict_entrypoint(python: str, model: Path, inputs: Path, outputs: Path) ->
     return shlex.join([python, "-m", "workers", "predict", str(model), str(inputs), str(outputs)])
 
 
-def parse_outcome(logs: str) -> RayOutcome | None:
-    """The last ``--json`` line (``{"status": ..., "error": ..., "result": ...}``) in the logs."""
-    for line in reversed(logs.splitlines()):
-        line = line.strip()
-        if line.startswith("{") and '"status"' in line:
-            try:
-                payload = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(payload, dict) and "status" in payload:
-                return RayOutcome(
-                    payload.get("status"), payload.get("error"), payload.get("result")
-                )
-    return None
+def tail_of(chunks: Iterable[bytes], max_bytes: int) -> bytes:
+    """The last ``max_bytes`` bytes of a stream of chunks, holding little more than that."""
+    kept: deque[bytes] = deque()
+    size = 0
+    for chunk in chunks:
+        kept.append(chunk)
+        size += len(chunk)
+        while size - len(kept[0]) >= max_bytes:
+            size -= len(kept.popleft())
+    return b"".join(kept)[-max_bytes:] if max_bytes > 0 else b""

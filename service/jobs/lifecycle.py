@@ -10,6 +10,7 @@ against the state machine of ``contract.states``.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,21 @@ from sqlalchemy.orm import Session
 from contract.protocol import (
     INGEST_TOKEN_ENV,
     INGEST_URL_ENV,
+    MAX_EXCEPTIONS_PER_JOB,
     STATS_FILE,
     ExceptionEvent,
+    JobOutcome,
     ReportEvent,
     read_events,
+    read_outcome,
 )
 from contract.spec import JobSpec
 from contract.states import JobState
 from service.api.auth import new_ingest_token
 from service.cluster import Cluster
-from service.cluster.ray_jobs import entrypoint, is_terminal, parse_outcome
+from service.cluster.ray_jobs import entrypoint, is_terminal
 from service.files.code_bundles import runtime_env
+from service.jobs import logs
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
@@ -73,6 +78,9 @@ class Lifecycle:
     ) -> None:
         self.settings, self.db, self.ray = settings, db, ray
         self.on_report = on_report or (lambda source: None)
+        self.queue_lock = threading.Lock()
+        """Held from counting the queue to committing new jobs, so that concurrent submits
+        cannot overfill it (``SYNCBN_MAX_QUEUED_JOBS``; one service process admits)."""
 
     # -- from the API ----------------------------------------------------------------------
     def create(
@@ -113,6 +121,12 @@ class Lifecycle:
             if state.is_final:
                 raise ReportRefused(f"job {job_id} is {state.value}: its reports are closed")
             if isinstance(event, ExceptionEvent):
+                if store.count_events(session, job_id, "exception") >= MAX_EXCEPTIONS_PER_JOB:
+                    raise ReportRefused(
+                        f"job {job_id} has reported {MAX_EXCEPTIONS_PER_JOB} worker failures, "
+                        "the most kept of one job",
+                        "errors",
+                    )
                 store.add_exception(session, job, event)
                 return True
             check_report(job, event)
@@ -186,12 +200,19 @@ class Lifecycle:
         self._move(session, job, JobState.FAILED, reason)
 
     def follow(self, job_id: str, status: str | None) -> None:
-        """Move the job as Ray's ``status`` of its Ray Job says (None: Ray has no record)."""
+        """Move the job as Ray's ``status`` of its Ray Job says (None: Ray has no record).
+
+        A job that ended has its reports backfilled, its log kept and its outcome read from
+        the file its driver wrote (``contract.protocol.JobOutcome``): untrusted, so a bad one
+        only costs the job its wall time or its error message."""
         finished = status is None or is_terminal(status)
         if finished:
             self.backfill(job_id)
+        ended_on_ray = finished and status is not None
+        if ended_on_ray:
+            logs.keep(self.settings, self.ray, job_id)
+        outcome, refused = self._outcome(job_id) if ended_on_ray else (None, None)
         failed = finished and status not in (None, "SUCCEEDED", "STOPPED")
-        logs = self.ray.logs(job_id) if finished and status is not None else ""
         message = self.ray.info_message(job_id) if failed else None
         resubmit = False
         with self.db.session() as session:
@@ -211,19 +232,43 @@ class Lifecycle:
                 if not resubmit:
                     self._move(session, job, JobState.FAILED, "Ray has no record of this job")
             elif status == "SUCCEEDED":
-                outcome = parse_outcome(logs)
-                if outcome and outcome.result:
-                    job.wall_time_s = outcome.result.get("wall_time_s")
+                if outcome is not None:
+                    job.wall_time_s = outcome.wall_time_s
                 self._move(session, job, JobState.SUCCEEDED)
             elif status == "STOPPED":
                 reason = "cancelled by user" if job.cancel_requested else "stopped in Ray"
                 self._move(session, job, JobState.CANCELLED, reason)
             else:
-                outcome = parse_outcome(logs)
-                reason = (outcome.error if outcome else None) or message
+                reason = (outcome.error if outcome else None) or message or refused
                 self._move(session, job, JobState.FAILED, (reason or "failed in Ray")[-2000:])
         if resubmit:
             self.start(job_id, resume=True)
+
+    def _outcome(self, job_id: str) -> tuple[JobOutcome | None, str | None]:
+        """The outcome the job's driver wrote, or why it was refused."""
+        try:
+            return read_outcome(Path(self.settings.runs_dir) / job_id), None
+        except ValueError as exc:
+            logger.warning("job %s: its outcome is refused: %s", job_id, exc)
+            return None, f"its outcome was refused: {exc}"
+
+    def fail(self, job_id: str, reason: str) -> None:
+        """End a job the service cannot follow or start (its own output is broken): failed
+        with ``reason``, and its Ray Job stopped (best effort)."""
+        with self.db.session() as session:
+            job = store.get_job(session, job_id)
+            if job is None:
+                return
+            self._move(session, job, JobState.FAILED, reason[-2000:])
+            # no longer followed: its output is what broke the service's reading of it
+            submitted = job.ray_status not in (None, LOST) and not is_terminal(job.ray_status)
+            if submitted:
+                job.ray_status = "STOPPED"
+        if submitted:
+            try:
+                self.ray.stop(job_id)
+            except Exception:
+                logger.exception("job %s: stopping its Ray Job failed", job_id)
 
     def backfill(self, job_id: str) -> int:
         """Store the reports of ``<runs>/<job>/stats.jsonl`` the database lacks; how many."""

@@ -34,11 +34,20 @@ from service.storage.tables import Job
 logger = logging.getLogger("service.jobs.scheduler")
 
 
+STRIKES = 3
+"""Ticks in a row a job may fail to be followed before it is failed itself."""
+
+
 class Scheduler:
-    """Follows Ray and admits queued jobs; safe to call from one thread."""
+    """Follows Ray and admits queued jobs; safe to call from one thread.
+
+    One job never stops the others: an error while following, admitting or reconciling a job
+    is logged with its id and that job alone fails (a job Ray is done with, or one that failed
+    ``STRIKES`` ticks in a row, with the reason); only ``RayUnavailable`` ends a tick."""
 
     def __init__(self, settings: Settings, db: Database, ray: Cluster, lifecycle: Lifecycle):
         self.settings, self.db, self.ray, self.lifecycle = settings, db, ray, lifecycle
+        self.strikes: dict[str, int] = {}
 
     def tick(self) -> None:
         self.follow()
@@ -49,7 +58,10 @@ class Scheduler:
         with self.db.session() as session:
             ids = [job.id for job in store.jobs_in(session, ACTIVE_STATES)]
         for job_id in ids:
-            self.lifecycle.backfill(job_id)
+            try:
+                self.lifecycle.backfill(job_id)
+            except Exception as exc:
+                self._isolate(job_id, "backfilling its reports", exc, final=False)
         self.follow()
 
     def follow(self) -> None:
@@ -64,7 +76,15 @@ class Scheduler:
             except Exception:
                 logger.exception("polling Ray for job %s failed", job_id)
                 continue
-            self.lifecycle.follow(job_id, status)
+            try:
+                self.lifecycle.follow(job_id, status)
+            except RayUnavailable:
+                raise
+            except Exception as exc:
+                over = status is None or status in terminal_statuses()
+                self._isolate(job_id, f"following it (Ray: {status or 'no record'})", exc, over)
+            else:
+                self.strikes.pop(job_id, None)
 
     def admit_queued(self) -> None:
         """Decide for every queued job in one short transaction, then start the admitted
@@ -73,25 +93,50 @@ class Scheduler:
             if not store.jobs_in(session, {JobState.QUEUED}):
                 return
         capacity = self.ray.capacity()
-        admitted = []
+        admitted, broken = [], []
         with self.db.session() as session:
-            queued = store.jobs_in(session, {JobState.QUEUED})
+            queued = []
+            for job in store.jobs_in(session, {JobState.QUEUED}):
+                try:
+                    queued.append((job, JobSpec.model_validate(job.spec)))
+                except ValueError as exc:
+                    broken.append((job.id, exc))
             on_ray = [JobSpec.model_validate(job.spec) for job in self._on_ray(session)]
             decisions = admit(
-                [(job.id, JobSpec.model_validate(job.spec)) for job in queued],
+                [(job.id, spec) for job, spec in queued],
                 capacity,
                 on_ray,
                 self.settings.max_running_jobs,
             )
-            for job, decision in zip(queued, decisions, strict=True):
+            for (job, _), decision in zip(queued, decisions, strict=True):
                 if isinstance(decision, Admit):
                     admitted.append(job.id)
                 elif isinstance(decision, Wait):
                     self.lifecycle.wait(job, decision.reason)
                 elif isinstance(decision, Reject):  # the cluster shrank since submission
                     self.lifecycle.reject(session, job, decision.reason)
+        for job_id, exc in broken:
+            self._isolate(job_id, "reading its spec", exc, final=True)
         for job_id in admitted:
-            self.lifecycle.start(job_id)
+            try:
+                self.lifecycle.start(job_id)
+            except RayUnavailable:
+                raise
+            except Exception as exc:
+                self._isolate(job_id, "handing it to Ray", exc, final=True)
+
+    def _isolate(self, job_id: str, doing: str, exc: Exception, final: bool) -> None:
+        """Log the error with the job's id; fail the job when it is ``final`` (retrying
+        cannot help) or after ``STRIKES`` ticks in a row."""
+        logger.error("job %s: error %s: %r", job_id, doing, exc, exc_info=exc)
+        strikes = self.strikes[job_id] = self.strikes.get(job_id, 0) + 1
+        if final or strikes >= STRIKES:
+            self.strikes.pop(job_id, None)
+            reason = f"the service could not go on {doing}: {type(exc).__name__}: {exc}"
+            try:
+                self.lifecycle.fail(job_id, reason)
+            except Exception:
+                logger.exception("job %s: failing it failed too", job_id)
 
     @staticmethod
     def _on_ray(session: Session) -> list[Job]:

@@ -97,6 +97,12 @@ def set_reason(job: Job, reason: str) -> None:
         job.reason = reason
 
 
+def count_events(session: Session, job_id: str, kind: str) -> int:
+    """How many events of ``kind`` the job has."""
+    query = select(func.count()).where(Event.job_id == job_id, Event.type == kind)
+    return session.scalar(query) or 0
+
+
 def add_exception(session: Session, job: Job, event: ExceptionEvent) -> None:
     """Store the worker failures of a job (an event only)."""
     session.add(Event(job_id=job.id, type="exception", data={"errors": event.errors}))

@@ -119,7 +119,7 @@ def create_study(
         except FieldError as exc:
             raise FieldError(_field_of(arm, index, exc.field), str(exc), exc.setting) from None
     task = next(iter(checked.values())).task
-    with db.session() as session:
+    with lifecycle.queue_lock, db.session() as session:
         check_queue_room(session, len(specs) * len(seeds), settings.max_queued_jobs)
         study = store.add_study(
             session,

@@ -14,7 +14,7 @@ import pytest
 from fakeray import FakeRay
 from inprocess import GOOD, tick
 
-from contract.protocol import INGEST_TOKEN_ENV, WorkerReport
+from contract.protocol import INGEST_TOKEN_ENV, JobOutcome, WorkerReport, write_outcome
 from contract.states import FINAL_STATES, JobState
 from service.jobs.lifecycle import MAX_RESUBMISSIONS, RESUBMITTED
 
@@ -81,8 +81,8 @@ def test_job_lifecycle_queued_pending_running_succeeded(client, app, ray):
     assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "running"
     report(client, job["id"], "epoch", 1, 64, test_accuracy=0.9, test_loss=0.3)
     report(client, job["id"], "epoch", 2, 128, test_accuracy=0.95, test_loss=0.2)
-    ray.set_status(job["id"], "SUCCEEDED", logs='{"status": 0, "error": null, "result": '
-                   '{"wall_time_s": 12.5}}')  # fmt: skip
+    write_outcome(app.state.settings.runs_dir / job["id"], JobOutcome(status=0, wall_time_s=12.5))
+    ray.set_status(job["id"], "SUCCEEDED", logs='{"status": 0, "result": {"wall_time_s": 1}}')
     tick(app)
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert states(client, job["id"]) == ["queued", "pending", "running", "succeeded"]
@@ -107,14 +107,16 @@ def test_job_lifecycle_queued_pending_running_succeeded(client, app, ray):
     assert json.loads(lines[-1][5:]) == {"state": "succeeded"}
 
 
-def test_failure_takes_the_reason_from_the_entry_points_json_line(client, app, ray):
+def test_failure_takes_the_reason_from_the_drivers_outcome_file(client, app, ray):
+    """Not from a JSON-looking line of stdout, which the job's user code shares."""
     job = client.post("/v1/jobs", json=GOOD).json()
     tick(app)
+    write_outcome(app.state.settings.runs_dir / job["id"], JobOutcome(status=1, error="boom"))
     ray.set_status(job["id"], "FAILED", logs='noise\n{"status": 1, "error": "job j failed: '
-                   'boom", "result": null}\n')  # fmt: skip
+                   'printed", "result": null}\n')  # fmt: skip
     tick(app)
     failed = client.get(f"/v1/jobs/{job['id']}").json()
-    assert failed["state"] == "failed" and failed["reason"] == "job j failed: boom"
+    assert failed["state"] == "failed" and failed["reason"] == "boom"
 
 
 def test_cancel_queued_never_reaches_ray_and_cancel_running_stops_it(client, app, ray):

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated
 
-from fastapi import Header, HTTPException, Query, Response, status
+from fastapi import Depends, Header, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.concurrency import run_in_threadpool
 
 from contract.spec import JobSpec
 from contract.states import FINAL_STATES, JobState
@@ -29,6 +28,7 @@ from service.api.schemas import (
     WorkersOut,
 )
 from service.errors import NotFound
+from service.jobs import logs
 from service.jobs.lifecycle import JobNotFound
 from service.jobs.retention import delete_job as delete_job_and_files
 from service.jobs.submission import check_queue_room, check_submission, cluster_capacity
@@ -37,7 +37,8 @@ from service.storage import store
 logger = logging.getLogger("service.jobs")
 router = api_router("/v1/jobs", "jobs")
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such job"}}
-EVENT_POLL_S = 0.5
+EVENT_PAGE = 100
+"""Events one read of a stream takes (inline on SQLite: it holds the event loop that long)."""
 MAX_EVENT_ID = 2**62
 
 
@@ -53,7 +54,7 @@ MAX_EVENT_ID = 2**62
 def submit_job(spec: JobSpec, services: ServicesDep) -> JobOut:
     """Submit a training job; it starts when the cluster has room (FIFO)."""
     checked = check_submission(services.db, spec, cluster_capacity(services.ray))
-    with services.db.session() as session:
+    with services.lifecycle.queue_lock, services.db.session() as session:
         check_queue_room(session, 1, services.settings.max_queued_jobs)
         job = services.lifecycle.create(session, spec, checked.steps_per_epoch)
         out = views.job_out(job)
@@ -157,28 +158,43 @@ def job_logs(
     services: ServicesDep,
     tail: Annotated[int, Query(ge=1, le=100_000)] = 1000,
 ) -> LogsOut:
-    """The last ``tail`` lines of the job's Ray Job logs (driver and workers)."""
+    """The last ``tail`` lines of the job's driver log (at most ``SYNCBN_MAX_JOB_LOG_BYTES``):
+    from Ray while it runs, from the copy kept in its run folder once it has ended."""
     with services.db.session() as session:
         job = job_or_404(session, job_id)
         submitted = job.ray_status is not None
-    text = ""
-    if submitted:
-        try:
-            text = services.ray.logs(job_id)
-        except Exception as exc:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, f"Ray logs unavailable: {exc}"
-            ) from exc
-    return LogsOut(job_id=job_id, logs="\n".join(text.splitlines()[-tail:]))
+    try:
+        text = logs.tail(services.settings, services.ray, job_id, tail, submitted)
+    except Exception as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"Ray logs unavailable: {exc}"
+        ) from exc
+    return LogsOut(job_id=job_id, logs=text)
+
+
+async def _stream_slot(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> AsyncIterator[None]:
+    """A slot among the open event streams (429 past a cap), held until the response is over:
+    the stream ended or the client went away."""
+    with services.events.slots.slot(authorization):
+        yield
 
 
 @router.get(
     "/{job_id}/events",
+    dependencies=[Depends(_stream_slot)],
     responses={
         **NOT_FOUND,
         200: {
             "content": {"text/event-stream": {}},
             "description": "Server-Sent Events: `state`, `report`, `exception`, then `end`",
+        },
+        429: {
+            "model": ErrorOut,
+            "description": "too many open event streams (SYNCBN_MAX_EVENT_STREAMS_PER_TOKEN, "
+            "SYNCBN_MAX_EVENT_STREAMS)",
         },
     },
 )
@@ -193,12 +209,7 @@ async def job_events(
 ) -> EventSourceResponse:
     """Live stream of the job's state changes and reports (from the start, or resumed after
     ``Last-Event-ID``, as a reconnecting EventSource sends it, or ``after``)."""
-
-    def exists() -> bool:
-        with services.db.session() as session:
-            return store.get_job(session, job_id) is not None
-
-    if not await run_in_threadpool(exists):
+    if not await services.db.read(lambda session: store.get_job(session, job_id) is not None):
         raise NotFound("job", job_id)
     cursor = after
     if last_event_id is not None:
@@ -217,19 +228,27 @@ async def job_events(
 
 
 async def _event_stream(services: Services, job_id: str, cursor: int) -> AsyncIterator:
-    def fetch(after: int) -> tuple[list[tuple[int, str, dict]], str]:
-        with services.db.session() as session:
-            job = store.get_job(session, job_id)
-            events = store.events_after(session, job_id, after)
-            return [(e.id, e.type, e.data) for e in events], job.state if job else JobState.FAILED
+    """The job's events after ``cursor``, then ``end`` once it is over. Read when a commit
+    added events of the job, else now and then for other processes' writes; the streams of a
+    job share their reads (``service.jobs.events``). An idle stream costs no query and no
+    thread hop."""
 
-    while True:
-        events, state = await run_in_threadpool(fetch, cursor)
-        for event_id, kind, data in events:
-            cursor = event_id
-            yield ServerSentEvent(data=json.dumps(data), event=kind, id=str(event_id))
-        if not events and state in FINAL_STATES:
-            yield ServerSentEvent(data=json.dumps({"state": state}), event="end")
-            return
-        if not events:
-            await asyncio.sleep(EVENT_POLL_S)
+    def fetch(session: Session, after: int) -> tuple[list[tuple[int, str, dict]], str]:
+        job = store.get_job(session, job_id)  # first: its events below are at least as new
+        events = store.events_after(session, job_id, after, EVENT_PAGE)
+        return [(e.id, e.type, e.data) for e in events], job.state if job else JobState.FAILED
+
+    # Subscribed before the first read, cleared before each: a commit after a read's start
+    # wakes the wait that follows it.
+    with services.events.subscribe(job_id) as wake:
+        while True:
+            wake.clear()
+            events, state = await services.events.read(job_id, cursor, partial(fetch, after=cursor))
+            for event_id, kind, data in events:
+                cursor = event_id
+                yield ServerSentEvent(data=json.dumps(data), event=kind, id=str(event_id))
+            if not events and state in FINAL_STATES:
+                yield ServerSentEvent(data=json.dumps({"state": state}), event="end")
+                return
+            if not events:
+                await wake.wait()
