@@ -9,7 +9,9 @@ reset first through ``/proc/PID/clear_refs``), its CPU seconds and the wall time
 ratios to the benign request of its route. The hostile payloads are ``tests/hostile.py``'s, the
 ones the end-to-end tests assert on. Unless ``--skip-models``, two small jobs are trained
 first for the prediction rows: an image-folder model of 256x256 images (row 4) and a code
-bundle's model (row 8: 45 concurrent predictions while ``/healthz`` is timed). Needs Linux
+bundle's model (row 8: 45 concurrent predictions while ``/healthz`` is timed). Rows 27.x are
+issue 27's: bodies without the token, made-up methods, the API pages, and (with models) a job
+that prints a look-alike outcome and 24 MiB of log, and bodies held open. Needs Linux
 (``/proc``); runs from a fresh clone with an empty ``HOME`` (nothing is read from ``~``).
 """
 
@@ -31,9 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hostile
 import httpx
 import numpy as np
-from servicekit import ServiceProcess
-
-from service.cluster.embedded_ray import RECORD_FILE, HeadRecord, kill_session
+from servicekit import ServiceProcess, made_run
 
 TINY_NET = b"""
 import torch
@@ -68,6 +68,7 @@ class Bench:
         self.service, self.pid = service, hostile.service_pid(service)
         self.rows: list[tuple[str, str, int, hostile.Cost, hostile.Cost | None]] = []
         self.baselines: dict[str, hostile.Cost] = {}
+        self.jobs: dict[str, str] = {}
 
     def baseline(self, route: str, send: Any) -> None:
         self.baselines[route] = hostile.measure(self.pid, send)
@@ -183,46 +184,149 @@ def predictions(bench: Bench) -> None:
         def one(_: int) -> int:
             return client.post(f"/v1/jobs/{code_job}/predict", json=inputs, timeout=300).status_code
 
-        health: list[float] = []
-        with ThreadPoolExecutor(45) as pool:
-            futures = [pool.submit(one, i) for i in range(45)]
-            while not all(f.done() for f in futures):
-                started = time.perf_counter()
-                httpx.get(f"{service.url}/healthz", timeout=30)
-                health.append(time.perf_counter() - started)
-                time.sleep(0.2)
-        codes = [f.result() for f in futures]
-        summary = {code: codes.count(code) for code in sorted(set(codes))}
-        worst = max(health) if health else 0.0
-        median = statistics.median(health) if health else 0.0
-        return httpx.Response(
-            200,
-            json={
-                "detail": f"answers {summary}; /healthz median {median * 1000:.0f} ms, "
-                f"worst {worst * 1000:.0f} ms"
-            },
-        )
+        return _with_health(service, lambda pool: [pool.submit(one, i) for i in range(45)], 45)
 
     bench.row("8", "45 concurrent predicts, code bundle model", "-", 45 * 1000, flood)
+
+
+def strangers(bench: Bench) -> None:
+    """Issue 27, rows 2 and 5: tokenless bodies, made-up methods, the API pages."""
+    service = bench.service
+    tokenless = httpx.Client(base_url=service.url, timeout=60)
+    json_type = {"Content-Type": "application/json"}
+    bench.baseline("tokenless", lambda: tokenless.post("/v1/jobs", json={"dataset": "digits"}))
+    for path, size, what in (
+        ("/v1/jobs/j-1/predict", 16 << 20, "predict body of 16 MiB, no token"),
+        ("/v1/internal/jobs/j-1/events", 8 << 20, "ingest body of 8 MiB, a wrong token"),
+    ):
+        body = b"[" + b"1," * (size // 2 - 1) + b"1]"
+        headers = (
+            {**json_type, "Authorization": "Bearer wrong"} if "internal" in path else json_type
+        )
+        bench.row("27.2", what, "tokenless", len(body),
+                  lambda path=path, body=body, headers=headers: tokenless.post(
+                      path, content=body, headers=headers))  # fmt: skip
+    body = b"[" + b"1," * (4 << 20) + b"1]"
+
+    def four_ingests() -> Any:
+        def one(_: int) -> int:
+            return httpx.post(service.url + "/v1/internal/jobs/j-1/events", content=body,
+                              headers=json_type, timeout=60).status_code  # fmt: skip
+
+        return _with_health(service, lambda pool: [pool.submit(one, i) for i in range(4)])
+
+    bench.row("27.2", "4 concurrent tokenless ingest posts of 8 MiB", "tokenless", 4 * len(body),
+              four_ingests)  # fmt: skip
+
+    def methods() -> Any:
+        for i in range(200):
+            tokenless.request(f"M{i}", "/healthz")
+        text = service.client.get("/metrics").text
+        series = {line.split("method=")[1].split(",")[0] for line in text.splitlines()
+                  if line.startswith("syncbn_http_request") and "method=" in line}  # fmt: skip
+        return httpx.Response(200, json={"detail": f"method labels {sorted(series)}"})
+
+    bench.row("27.5", "200 made-up HTTP methods", "-", 200 * 40, methods)
+
+    def docs() -> Any:
+        html = tokenless.get("/docs")
+        external = [u for u in ("http://", "https://") if u in html.text]
+        csp = html.headers.get("content-security-policy", "")
+        return httpx.Response(200, json={"detail": f"external URLs {external}; CSP {csp[:40]}"})
+
+    bench.row("27.5", "GET /docs: scripts and policy", "-", 0, docs)
+
+
+def _with_health(service: ServiceProcess, start: Any, threads: int = 8) -> Any:
+    """Run ``start(pool)``'s futures while timing ``/healthz``; a summary answer."""
+    health: list[float] = []
+    with ThreadPoolExecutor(threads) as pool:
+        futures = start(pool)
+        while not all(f.done() for f in futures):
+            started = time.perf_counter()
+            httpx.get(f"{service.url}/healthz", timeout=30)
+            health.append(time.perf_counter() - started)
+            time.sleep(0.2)
+    codes = [f.result() for f in futures]
+    summary = {code: codes.count(code) for code in sorted(set(codes))}
+    median = statistics.median(health) if health else 0.0
+    worst = max(health, default=0.0)
+    return httpx.Response(200, json={"detail": f"answers {summary}; /healthz median "
+                                               f"{median * 1000:.0f} ms, worst "
+                                               f"{worst * 1000:.0f} ms"})  # fmt: skip
+
+
+def jobs_output(bench: Bench) -> None:
+    """Issue 27, rows 1, 3 and 4: a lying job, then a plain one; held bodies; a huge log."""
+    service, client = bench.service, bench.service.client
+    liar = client.post("/v1/code", files={"file": ("l.zip", hostile.zip_bytes(
+        {"liar.py": hostile.liar_net(24 << 20)}))}).json()  # fmt: skip
+    small = {"dataset": "digits", "workers": 1, "epochs": 1, "batch_size_per_worker": 64}
+
+    def lying_then_plain() -> Any:
+        lying = service.submit(**small, code=liar["id"], model="liar:build_model")
+        ended = service.wait_final(lying["id"], timeout_s=600)
+        plain = service.submit(**small)
+        done = service.wait_final(plain["id"], timeout_s=600)
+        bench.jobs = {"liar": lying["id"], "plain": plain["id"]}
+        return httpx.Response(200, json={"detail": f"liar {ended['state']}, the next job "
+                                                   f"{done['state']}"})  # fmt: skip
+
+    bench.row("27.1", "a job prints a look-alike outcome at exit (+24 MiB of log)", "-", 0,
+              lying_then_plain)  # fmt: skip
+    logs = f"/v1/jobs/{bench.jobs['liar']}/logs"
+    bench.baseline("logs", lambda: client.get(f"/v1/jobs/{bench.jobs['plain']}/logs"))
+    bench.row("27.4", "GET /logs?tail=1 of a 24 MiB log", "logs", 0,
+              lambda: client.get(logs, params={"tail": 1}))  # fmt: skip
+    plain = bench.jobs["plain"]
+    inputs = {"inputs": np.zeros((4, 8, 8)).tolist()}
+
+    def held(token: str | None) -> Any:
+        paths = ["/v1/datasets", f"/v1/jobs/{plain}/predict"] * 2
+        sockets = [hostile.hold_body(service.port, path, token) for path in paths]
+        time.sleep(1.0)  # the service has taken them in (and, with the token, their slots)
+        try:
+            started = time.perf_counter()
+            predicted = _until_served(lambda: client.post(f"/v1/jobs/{plain}/predict", json=inputs))
+            uploaded = _until_served(
+                lambda: client.post("/v1/datasets", files={"file": ("d.npz", npz())})
+            )
+            took = time.perf_counter() - started
+        finally:
+            for sock in sockets:
+                sock.close()
+        return httpx.Response(200, json={"detail": f"predict {predicted}, upload {uploaded} "
+                                                   f"in {took:.1f} s"})  # fmt: skip
+
+    bench.row("27.3", "2 upload + 2 predict bodies held open, no token", "-", 4, lambda: held(None))
+    bench.row("27.3", "the same with the token (a slow client): 408 frees the slots", "-", 4,
+              lambda: held(service.token))  # fmt: skip
+
+
+def _until_served(send: Any, timeout_s: float = 90.0) -> int:
+    """``send()`` again while it gets 429 (every slot taken); the last status."""
+    deadline = time.monotonic() + timeout_s
+    status = send().status_code
+    while status == 429 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = send().status_code
+    return status
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-models", action="store_true", help="no prediction rows")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        service = ServiceProcess(Path(tmp) / ".syncbn", None, token=None)
-        service.start(timeout_s=240)
-        try:
-            bench = Bench(service)
-            uploads(bench)
-            if not args.skip_models:
-                predictions(bench)
-        finally:
-            service.stop()
-            record = HeadRecord.load(service.home / "ray" / RECORD_FILE)
-            if record is not None:
-                kill_session(record.pid)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        made_run(Path(tmp) / ".syncbn", timeout_s=240) as service,
+    ):
+        bench = Bench(service)
+        uploads(bench)
+        strangers(bench)
+        if not args.skip_models:
+            predictions(bench)
+            jobs_output(bench)
     bench.print()
     return 0
 

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from service.cluster.embedded_ray import free_ports, ray_env
+from service.cluster.embedded_ray import RECORD_FILE, HeadRecord, free_ports, kill_session, ray_env
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 UPLOAD_LIMIT = 256 * 1024
@@ -184,3 +186,17 @@ def wait_ray_idle(dashboard_url: str, timeout_s: float = 60.0) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"Ray jobs still running after {timeout_s} s: {busy}")
+
+
+@contextmanager
+def made_run(home: Path, timeout_s: float = 180.0) -> Iterator[ServiceProcess]:
+    """The service as ``make run`` starts it in ``home`` (its own embedded Ray head, a token it
+    makes, an empty ``HOME``); afterwards stopped, and whatever its head left killed."""
+    service = ServiceProcess(home, None, token=None)
+    try:
+        yield service.start(timeout_s=timeout_s)
+    finally:
+        service.stop()
+        record = HeadRecord.load(service.home / "ray" / RECORD_FILE)
+        if record is not None:
+            kill_session(record.pid)

@@ -17,9 +17,7 @@ from collections.abc import Iterator
 import hostile
 import numpy as np
 import pytest
-from servicekit import ServiceProcess
-
-from service.cluster.embedded_ray import RECORD_FILE, HeadRecord, kill_session
+from servicekit import ServiceProcess, made_run
 
 SMALL = {"dataset": "digits", "workers": 1, "epochs": 1, "batch_size_per_worker": 64}
 MAX_RSS_MIB = 64
@@ -27,14 +25,8 @@ MAX_RSS_MIB = 64
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(tmp_path_factory.mktemp("isolation") / ".syncbn", None, token=None)
-    try:
-        yield service.start(timeout_s=180)
-    finally:
-        service.stop()
-        record = HeadRecord.load(service.home / "ray" / RECORD_FILE)
-        if record is not None:
-            kill_session(record.pid)
+    with made_run(tmp_path_factory.mktemp("isolation") / ".syncbn") as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,7 @@ import hostile
 import httpx
 import pytest
 from playwright.sync_api import Browser, expect
-from servicekit import ServiceProcess
-
-from service.cluster.embedded_ray import RECORD_FILE, HeadRecord, kill_session
+from servicekit import ServiceProcess, made_run
 
 MAX_RSS_MIB = 256
 MAX_CPU_S = 5.0
@@ -38,14 +36,8 @@ LOGIN_RE = re.compile(r"http://127\.0\.0\.1:(\d+)/#token=([A-Za-z0-9_\-]+)")
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> Iterator[ServiceProcess]:
     """The service as ``make run`` starts it, in ``<tmp>/.syncbn`` (its default home's name)."""
-    service = ServiceProcess(tmp_path_factory.mktemp("make-run") / ".syncbn", None, token=None)
-    try:
-        yield service.start(timeout_s=180)
-    finally:
-        service.stop()
-        record = HeadRecord.load(service.home / "ray" / RECORD_FILE)
-        if record is not None:
-            kill_session(record.pid)
+    with made_run(tmp_path_factory.mktemp("make-run") / ".syncbn") as service:
+        yield service
 
 
 def test_a_fresh_home_gets_a_private_token_and_a_login_link(made):
