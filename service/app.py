@@ -28,8 +28,7 @@ from service.api.middleware import (
 from service.api.observability import ServiceMetrics, TimingMiddleware
 from service.api.pages import install_pages
 from service.api.routes import code, datasets, health, ingest, jobs, studies, trained
-from service.cluster import Cluster
-from service.cluster.ray_jobs import RayJobs, RayUnavailable
+from service.cluster import Cluster, RayJobs, RayUnavailable
 from service.files.housekeeping import sweep
 from service.jobs.events import EventHub
 from service.jobs.lifecycle import Lifecycle

@@ -39,3 +39,8 @@ class TooLarge(ServiceError):
 
 class QueueFull(ServiceError):
     """No room for more work now (429)."""
+
+
+class ClusterUnavailable(ServiceError):
+    """The Ray cluster could not do what a request needs now (503): the message says what and
+    why."""

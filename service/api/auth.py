@@ -20,16 +20,15 @@ statistics and nothing else, and there is no signing key for user code on a work
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from service.jobs.ingest_tokens import token_digest
 from service.storage import store
 from service.storage.db import Database
 
@@ -41,17 +40,6 @@ OPEN_PREFIXES = ("/static/",)
 INGEST_PATH = re.compile(r"^/v1/internal/jobs/([^/]{1,200})/events$")
 MISSING = "missing bearer token (Authorization: Bearer <token>)"
 INVALID = "invalid token"
-
-
-def token_digest(token: str) -> str:
-    """What the service keeps of a per-job token."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_ingest_token() -> tuple[str, str]:
-    """A fresh per-job ingest token and its digest."""
-    token = secrets.token_urlsafe(32)
-    return token, token_digest(token)
 
 
 def bearer_token(authorization: str | None) -> str | None:

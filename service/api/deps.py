@@ -1,5 +1,5 @@
-"""What routes need, gathered once per app (``app.state.services``), the token-protected
-router they hang on, and the job lookup every job route starts with."""
+"""What routes need, gathered once per app (``app.state.services``), and the token-protected
+router they hang on. (The one lookup of a job by id is ``service.jobs.lifecycle.job_or_404``.)"""
 
 from __future__ import annotations
 
@@ -8,20 +8,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
-from sqlalchemy.orm import Session
 
 from service.api.auth import require_api_token
 from service.api.observability import ServiceMetrics
 from service.api.schemas import ErrorOut
 from service.cluster import Cluster
-from service.errors import NotFound
 from service.jobs.events import EventHub
 from service.jobs.lifecycle import Lifecycle
 from service.jobs.scheduler import Scheduler
 from service.settings import Settings
-from service.storage import store
 from service.storage.db import Database
-from service.storage.tables import Job
 
 
 @dataclass
@@ -64,11 +60,3 @@ def api_router(prefix: str, tag: str) -> APIRouter:
         dependencies=[Depends(require_api_token)],
         responses={401: {"model": ErrorOut}},
     )
-
-
-def job_or_404(session: Session, job_id: str, with_transitions: bool = False) -> Job:
-    """The job ``job_id``, or a 404 saying it does not exist."""
-    job = store.get_job(session, job_id, with_transitions)
-    if job is None:
-        raise NotFound("job", job_id)
-    return job

@@ -12,7 +12,15 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.errors import Conflict, FieldError, NotFound, QueueFull, ServiceError, TooLarge
+from service.errors import (
+    ClusterUnavailable,
+    Conflict,
+    FieldError,
+    NotFound,
+    QueueFull,
+    ServiceError,
+    TooLarge,
+)
 from service.settings import Settings
 
 STATUS: dict[type[ServiceError], int] = {
@@ -20,6 +28,7 @@ STATUS: dict[type[ServiceError], int] = {
     Conflict: status.HTTP_409_CONFLICT,
     TooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
     QueueFull: status.HTTP_429_TOO_MANY_REQUESTS,
+    ClusterUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
 

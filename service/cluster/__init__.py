@@ -1,11 +1,31 @@
 """The service's cluster: what it asks of Ray (``Cluster``), the Ray Jobs client that does it
-(``ray_jobs.RayJobs``) and the embedded local head of ``make run`` (``embedded_ray``)."""
+(``ray_jobs.RayJobs``) and the embedded local head of ``make run`` (``embedded_ray``).
+
+The rest of the service reaches Ray through this package only: the names below."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
 from contract.capacity import Capacity
+from service.cluster.ray_jobs import (
+    RayJobs,
+    RayUnavailable,
+    entrypoint,
+    is_terminal,
+    predict_entrypoint,
+    terminal_statuses,
+)
+
+__all__ = [
+    "Cluster",
+    "RayJobs",
+    "RayUnavailable",
+    "entrypoint",
+    "is_terminal",
+    "predict_entrypoint",
+    "terminal_statuses",
+]
 
 
 @runtime_checkable

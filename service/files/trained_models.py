@@ -40,8 +40,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from contract.recipe import MAX_HEADER_BYTES, MODEL_FILE, RecipeError, recipe_from
-from service.cluster import Cluster
-from service.cluster.ray_jobs import is_terminal, predict_entrypoint
+from service.cluster import Cluster, is_terminal, predict_entrypoint
 from service.errors import Conflict
 
 INPUTS_FILE, OUTPUTS_FILE = "inputs.npy", "outputs.npz"

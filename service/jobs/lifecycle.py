@@ -30,11 +30,11 @@ from contract.protocol import (
 )
 from contract.spec import JobSpec
 from contract.states import JobState
-from service.api.auth import new_ingest_token
-from service.cluster import Cluster
-from service.cluster.ray_jobs import entrypoint, is_terminal
+from service.cluster import Cluster, entrypoint, is_terminal
+from service.errors import ClusterUnavailable, NotFound
 from service.files.code_bundles import runtime_env
 from service.jobs import logs
+from service.jobs.ingest_tokens import new_ingest_token
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
@@ -47,10 +47,6 @@ MAX_RESUBMISSIONS = 3
 """How often a job the Ray cluster lost is resubmitted before it fails."""
 LOST = "LOST"
 """``Job.ray_status`` of a job Ray has no record of."""
-
-
-class JobNotFound(LookupError):
-    """No job with this id."""
 
 
 class ReportRefused(ValueError):
@@ -95,17 +91,20 @@ class Lifecycle:
 
     def cancel(self, job_id: str) -> Job:
         """Cancel (idempotent): a queued job never starts, a submitted one's Ray Job stops.
-        Raises ``JobNotFound``, or the Ray client's error if Ray cannot stop it."""
+        ``NotFound``; ``ClusterUnavailable`` when Ray cannot stop it."""
         with self.db.session() as session:
-            job = self._get(session, job_id)
+            job = job_or_404(session, job_id)
             if JobState(job.state).is_final:
                 return job
             submitted = job.ray_status is not None
             job.cancel_requested = True
         if submitted:
-            self.ray.stop(job_id)
+            try:
+                self.ray.stop(job_id)
+            except Exception as exc:
+                raise ClusterUnavailable(f"could not stop job {job_id} on Ray: {exc}") from exc
         with self.db.session() as session:
-            job = self._get(session, job_id)
+            job = job_or_404(session, job_id)
             self._move(session, job, JobState.CANCELLED, "cancelled by user")
             logger.info("job cancelled", extra={"job_id": job_id})
             return job
@@ -116,7 +115,7 @@ class Lifecycle:
         ``ReportRefused`` for a job that is over (its result is final) or a report beyond its
         spec (epochs, steps, workers)."""
         with self.db.session() as session:
-            job = self._get(session, job_id)
+            job = job_or_404(session, job_id)
             state = JobState(job.state)
             if state.is_final:
                 raise ReportRefused(f"job {job_id} is {state.value}: its reports are closed")
@@ -147,7 +146,7 @@ class Lifecycle:
         new Ray Job stopped at once."""
         token, digest = new_ingest_token()
         with self.db.session() as session:
-            job = self._get(session, job_id)
+            job = job_or_404(session, job_id)
             if JobState(job.state).is_final or job.cancel_requested:
                 return
             spec = JobSpec.model_validate(job.spec)
@@ -171,7 +170,7 @@ class Lifecycle:
         }
         self.ray.submit(job_id, command, env, ray_env)
         with self.db.session() as session:
-            job = self._get(session, job_id)
+            job = job_or_404(session, job_id)
             cancelled = JobState(job.state).is_final or job.cancel_requested
             if not cancelled:
                 job.ray_status = "PENDING"
@@ -306,13 +305,6 @@ class Lifecycle:
         store.transition(session, job, state, reason)
         return True
 
-    @staticmethod
-    def _get(session: Session, job_id: str) -> Job:
-        job = store.get_job(session, job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        return job
-
 
 def check_report(job: Job, event: ReportEvent) -> None:
     """``ReportRefused`` naming the field when ``event`` lies outside what ``job`` can report:
@@ -334,6 +326,14 @@ def check_report(job: Job, event: ReportEvent) -> None:
                 f"job ({spec.workers} workers, {spec.epochs} epochs, {steps} steps)",
                 f"workers.{i}",
             )
+
+
+def job_or_404(session: Session, job_id: str, with_transitions: bool = False) -> Job:
+    """The job ``job_id``, or ``NotFound`` (404): the one lookup of a job by its id."""
+    job = store.get_job(session, job_id, with_transitions)
+    if job is None:
+        raise NotFound("job", job_id)
+    return job
 
 
 def why_kept(job: Job) -> str | None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from service.errors import Conflict, NotFound
+from service.errors import Conflict
 from service.files.housekeeping import remove_job_files
-from service.jobs.lifecycle import why_kept
+from service.jobs.lifecycle import job_or_404, why_kept
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
@@ -18,9 +18,7 @@ def delete_job(db: Database, settings: Settings, job_id: str) -> None:
     """Delete the job's rows, then its run folder (checkpoints, model files, stats.jsonl).
     ``NotFound``; ``Conflict`` while it is not over or belongs to a study."""
     with db.session() as session:
-        job = store.get_job(session, job_id)
-        if job is None:
-            raise NotFound("job", job_id)
+        job = job_or_404(session, job_id)
         if job.study_id is not None:
             raise Conflict(
                 f"job {job_id} is part of study {job.study_id}: delete the study instead"

@@ -22,8 +22,7 @@ from sqlalchemy.orm import Session
 
 from contract.spec import JobSpec
 from contract.states import ACTIVE_STATES, JobState
-from service.cluster import Cluster
-from service.cluster.ray_jobs import RayUnavailable, terminal_statuses
+from service.cluster import Cluster, RayUnavailable, terminal_statuses
 from service.jobs.admission import Admit, Reject, Wait, admit
 from service.jobs.lifecycle import LOST, Lifecycle
 from service.settings import Settings

@@ -15,8 +15,7 @@ from contract.datasets import DatasetError, DatasetInfo, Task, builtin_info, ste
 from contract.model_choice import check_data
 from contract.spec import JobSpec
 from contract.states import JobState
-from service.cluster import Cluster
-from service.cluster.ray_jobs import RayUnavailable
+from service.cluster import Cluster, RayUnavailable
 from service.errors import FieldError, QueueFull
 from service.storage import store
 from service.storage.db import Database

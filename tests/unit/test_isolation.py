@@ -273,3 +273,18 @@ def test_made_up_methods_share_one_metrics_label(client):
         client.request(method, "/v1/jobs")
     text = client.get("/metrics").text
     assert 'method="other"' in text and 'method="FOO"' not in text
+
+
+def test_a_ray_error_on_a_route_is_one_503_with_its_reason(client, app, ray):
+    """Cancel (of a job, or of a study's jobs) and logs: Ray's error becomes
+    ``ClusterUnavailable``, never a 500."""
+    job = client.post("/v1/jobs", json=GOOD).json()["id"]
+    study = client.post("/v1/studies", json={"base": {**GOOD, "workers": 2}, "arms": ["local"],
+                                             "seeds": [0]}).json()  # fmt: skip
+    ray.cpus = 4  # both on Ray: cancelling them must stop their Ray Jobs
+    tick(app)
+    ray.reachable = False
+    for path in (f"/v1/jobs/{job}/cancel", f"/v1/studies/{study['id']}/cancel"):
+        refused = client.post(path)
+        assert refused.status_code == 503, refused.text
+        assert "could not stop job" in refused.json()["detail"]

@@ -11,8 +11,7 @@ from service.api.auth import require_ingest_token
 from service.api.deps import ServicesDep
 from service.api.errors import field_error
 from service.api.schemas import ErrorOut, IngestAck
-from service.errors import NotFound
-from service.jobs.lifecycle import JobNotFound, ReportRefused
+from service.jobs.lifecycle import ReportRefused
 
 router = APIRouter(prefix="/v1/internal", tags=["internal"])
 
@@ -33,8 +32,6 @@ def ingest_event(job_id: str, event: Annotated[Event, Body()], services: Service
     """Store one report or worker failure of ``job_id`` (duplicates are acknowledged, once)."""
     try:
         return IngestAck(stored=services.lifecycle.record(job_id, event, "ingest"))
-    except JobNotFound:
-        raise NotFound("job", job_id) from None
     except ReportRefused as exc:
         if exc.closed:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None

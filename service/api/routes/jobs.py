@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Query, Response, status
+from fastapi import Depends, Header, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -16,7 +16,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from contract.spec import JobSpec
 from contract.states import FINAL_STATES, JobState
 from service.api import views
-from service.api.deps import Services, ServicesDep, api_router, job_or_404
+from service.api.deps import Services, ServicesDep, api_router
 from service.api.schemas import (
     ErrorOut,
     EvaluationOut,
@@ -27,9 +27,9 @@ from service.api.schemas import (
     ReportOut,
     WorkersOut,
 )
-from service.errors import NotFound
+from service.errors import ClusterUnavailable
 from service.jobs import logs
-from service.jobs.lifecycle import JobNotFound
+from service.jobs.lifecycle import job_or_404
 from service.jobs.retention import delete_job as delete_job_and_files
 from service.jobs.submission import check_queue_room, check_submission, cluster_capacity
 from service.storage import store
@@ -90,14 +90,7 @@ async def get_job(job_id: str, services: ServicesDep) -> JobOut:
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)
 def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
     """Cancel a job (idempotent): a queued job never starts, a running one's Ray Job stops."""
-    try:
-        job = services.lifecycle.cancel(job_id)
-    except JobNotFound:
-        raise NotFound("job", job_id) from None
-    except Exception as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"could not stop the Ray job: {exc}"
-        ) from exc
+    job = services.lifecycle.cancel(job_id)
     with services.db.session() as session:
         return views.job_out(job_or_404(session, job.id, with_transitions=True))
 
@@ -166,9 +159,7 @@ def job_logs(
     try:
         text = logs.tail(services.settings, services.ray, job_id, tail, submitted)
     except Exception as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Ray logs unavailable: {exc}"
-        ) from exc
+        raise ClusterUnavailable(f"Ray logs unavailable: {exc}") from exc
     return LogsOut(job_id=job_id, logs=text)
 
 
@@ -209,8 +200,7 @@ async def job_events(
 ) -> EventSourceResponse:
     """Live stream of the job's state changes and reports (from the start, or resumed after
     ``Last-Event-ID``, as a reconnecting EventSource sends it, or ``after``)."""
-    if not await services.db.read(lambda session: store.get_job(session, job_id) is not None):
-        raise NotFound("job", job_id)
+    await services.db.read(lambda session: job_or_404(session, job_id))
     cursor = after
     if last_event_id is not None:
         cursor = int(last_event_id)

@@ -22,11 +22,11 @@ from contract.datasets import DatasetError
 from contract.recipe import check_inputs, predict_values
 from contract.spec import JobSpec
 from contract.states import JobState
-from service.api.deps import Services, ServicesDep, api_router, job_or_404
+from service.api.deps import Services, ServicesDep, api_router
 from service.api.errors import field_error
 from service.api.schemas import ErrorOut, ModelFileOut, ModelsOut, PredictIn, PredictOut
-from service.cluster.ray_jobs import RayUnavailable
-from service.errors import Conflict
+from service.cluster import RayUnavailable
+from service.errors import ClusterUnavailable, Conflict
 from service.files.trained_models import (
     KeptModels,
     ModelFile,
@@ -35,6 +35,7 @@ from service.files.trained_models import (
     predict_builtin,
     predict_on_ray,
 )
+from service.jobs.lifecycle import job_or_404
 
 router = api_router("/v1/jobs", "models")
 NO_MODEL = {
@@ -325,4 +326,4 @@ def _predict_user_code(services: Services, file: ModelFile, raw: np.ndarray) -> 
     except PredictionError as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
     except RayUnavailable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+        raise ClusterUnavailable(str(exc)) from None
