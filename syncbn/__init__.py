@@ -34,4 +34,16 @@ __all__ = [
     "share_batchnorm_state",
     "unregister_converter",
 ]
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed package's version (``pyproject.toml``), one place for it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("syncbn-service")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
+__version__ = _version()

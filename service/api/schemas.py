@@ -336,6 +336,7 @@ class IngestAck(BaseModel):
 
 class Health(BaseModel):
     status: str
+    version: str = Field(description="the service's package version (syncbn-service)")
     checks: dict[str, str] = {}
 
 

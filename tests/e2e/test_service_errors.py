@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from servicekit import UPLOAD_LIMIT
 
+from contract.version import package_version
+
 GOOD = {"dataset": "synthetic", "workers": 2, "batch_size_per_worker": 8, "epochs": 1}
 JSON = {"Content-Type": "application/json"}
 
@@ -115,7 +117,8 @@ def test_token_is_required_everywhere_but_healthz(idle_service, headers, reason,
 
 
 def test_open_routes_and_readiness(idle_service):
-    assert httpx.get(idle_service.url + "/healthz").json() == {"status": "ok", "checks": {}}
+    health = httpx.get(idle_service.url + "/healthz").json()
+    assert health["status"] == "ok" and health["version"] == package_version()
     assert httpx.get(idle_service.url + "/").status_code == 200
     ready = idle_service.client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "ray": "ok"}

@@ -258,3 +258,12 @@ def test_the_fake_and_the_real_ray_client_keep_one_protocol():
         expected = list(inspect.signature(getattr(Cluster, name)).parameters)
         for implementation in (RayJobs, FakeRay):
             assert list(inspect.signature(getattr(implementation, name)).parameters) == expected
+
+
+def test_healthz_and_syncbn_report_the_package_version(client):
+    import syncbn
+    from contract.version import package_version
+
+    assert client.get("/healthz").json() == {"status": "ok", "version": package_version(),
+                                             "checks": {}}  # fmt: skip
+    assert syncbn.__version__ == package_version() != "0+unknown"

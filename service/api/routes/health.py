@@ -6,18 +6,21 @@ from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from contract.version import package_version
 from service.api.auth import require_api_token
 from service.api.deps import ServicesDep
 from service.api.schemas import ErrorOut, Health
 
 router = APIRouter(tags=["health"])
+VERSION = package_version()
+"""The package version ``/healthz`` and ``/readyz`` report (clients compare its major)."""
 
 
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
     """Liveness: the process answers (no auth, no dependencies; on the event loop, so a busy
     thread pool never delays it)."""
-    return Health(status="ok")
+    return Health(status="ok", version=VERSION)
 
 
 @router.get(
@@ -41,7 +44,7 @@ async def readyz(services: ServicesDep, response: Response) -> Health:
         checks["ray"] = f"error: {exc}"[:300]
     ready = all(v == "ok" for v in checks.values())
     response.status_code = 200 if ready else 503
-    return Health(status="ready" if ready else "not ready", checks=checks)
+    return Health(status="ready" if ready else "not ready", version=VERSION, checks=checks)
 
 
 @router.get(
