@@ -10,7 +10,8 @@
     syncbn studies     syncbn study-show ID     syncbn study-watch ID     syncbn study-cancel ID
     syncbn delete job|study|dataset|code ID
 
-``--url`` (``$SYNCBN_URL``, default ``http://127.0.0.1:8000``) and ``--token``
+``--url`` (``$SYNCBN_URL``, else the URL the service of ``$SYNCBN_HOME`` recorded when it
+started, else ``http://127.0.0.1:8000``) and ``--token``
 (``$SYNCBN_API_TOKEN``; for a service on this machine, else the token ``make run`` keeps in
 ``$SYNCBN_HOME/api-token``, ``.syncbn/api-token`` by default) pick the service. ``--json``
 (before or after the command) prints raw JSON. Exit status: 0 ok, 1 the job failed or was
@@ -32,6 +33,9 @@ from client.commands import COMMANDS
 from client.commands.base import EXIT_JOB_FAILED, EXIT_OK, EXIT_REJECTED, EXIT_UNAVAILABLE
 from client.http import ApiError, Client, local_token
 from client.spec_args import spec_flags, spec_from_args
+from contract.layout import local_service_url
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 __all__ = [
     "EXIT_JOB_FAILED",
@@ -58,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--url",
-        default=os.environ.get("SYNCBN_URL", "http://127.0.0.1:8000"),
-        help="the service (default: $SYNCBN_URL, else http://127.0.0.1:8000)",
+        default=os.environ.get("SYNCBN_URL") or local_service_url() or DEFAULT_URL,
+        help="the service (default: $SYNCBN_URL, else the URL the service of $SYNCBN_HOME "
+        f"recorded when it started, else {DEFAULT_URL})",
     )
     parser.add_argument(
         "--token",

@@ -4,6 +4,7 @@ workers and the CLI alike.
     $SYNCBN_HOME/
       syncbn.db       the SQLite database (unless DATABASE_URL says otherwise)
       api-token       the generated API token (mode 0600; unless SYNCBN_API_TOKEN is set)
+      service-url     where the service of this home last listened (the CLI's default URL)
       runs/<job>/     Ray Train storage: checkpoints (with model.safetensors), stats.jsonl
       datasets/       uploaded datasets, <id>.npz
       code/<id>/      unpacked code bundles (a job's runtime_env working_dir)
@@ -35,6 +36,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def local_service_url(layout: Layout | None = None) -> str | None:
+    """The URL the service of this home (default: ``$SYNCBN_HOME``) recorded when it started,
+    if it is one on this machine (a loopback address): a client's default."""
+    text = read_token_file((layout or Layout.of()).service_url)
+    if text is None:
+        return None
+    host = text.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return text if is_loopback(host) else None
+
+
 def read_token_file(path: Path) -> str | None:
     """The token kept in ``path`` (None: no such file, or empty)."""
     try:
@@ -61,6 +72,10 @@ class Layout:
     @property
     def api_token(self) -> Path:
         return self.home / "api-token"
+
+    @property
+    def service_url(self) -> Path:
+        return self.home / "service-url"
 
     @property
     def runs(self) -> Path:

@@ -41,7 +41,7 @@ def banner(settings: Settings, token: str, generated: bool) -> str:
     return (
         f"\nsyncbn-service on {url}  (API docs: {url}/docs)\n"
         f"Ray: {settings.ray_address}   data: {settings.home.resolve()}\n\n{login}\n"
-        "Submit a job (the CLI on this machine finds the token itself):\n"
+        "Submit a job (the CLI on this machine finds the URL and the token itself):\n"
         "  .venv/bin/syncbn submit --dataset digits --workers 2 --batch-size 8 --epochs 3 --watch\n"
         "(Ctrl-C stops everything)\n"
     )
@@ -55,6 +55,16 @@ def raise_fd_limit(wanted: int = 65536) -> None:
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def record_url(settings: Settings) -> None:
+    """Write where this service listens to ``$SYNCBN_HOME/service-url``: the CLI on this machine
+    uses it when neither ``--url`` nor ``$SYNCBN_URL`` says otherwise (``PORT=8123 make run``)."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    path = settings.layout.service_url
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"http://{host}:{settings.port}\n")
 
 
 def main() -> int:
@@ -84,6 +94,7 @@ def main() -> int:
         from service.app import create_app
 
         app = create_app(settings)
+        record_url(settings)
         print(banner(settings, token, generated), flush=True)
         # uvicorn handles SIGTERM/SIGINT itself, then re-raises the signal once it has shut
         # down: turn that into SystemExit so the ExitStack still stops the embedded Ray head.

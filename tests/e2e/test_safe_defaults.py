@@ -82,6 +82,9 @@ def test_the_cli_on_this_machine_finds_the_token_itself(made, tmp_path):
     assert "0 job(s)" in done.stdout
     done = cli(made, "datasets", cwd=tmp_path, SYNCBN_HOME=str(made.home))
     assert done.returncode == 0, done.stderr
+    recorded = cli(made, "list", cwd=made.home.parent, SYNCBN_URL="")  # its random port
+    assert recorded.returncode == 0, recorded.stderr
+    assert (made.home / "service-url").read_text().strip() == made.url
     refused = cli(made, "list", cwd=tmp_path)  # no token anywhere: the service says 401
     assert refused.returncode == 2 and "401" in refused.stdout + refused.stderr
 

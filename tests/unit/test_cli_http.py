@@ -37,3 +37,19 @@ def test_a_full_queue_429_without_retry_after_is_reported_at_once() -> None:
         client.request("POST", "/v1/jobs", json={})
     assert error.value.status == 429 and "queue is full" in str(error.value)
     assert len(sent) == 1
+
+
+def test_the_cli_defaults_to_the_url_the_service_of_its_home_recorded(tmp_path, monkeypatch):
+    """``PORT=8123 make run``: the banner's own CLI command must reach it with no flag."""
+    from client.cli import DEFAULT_URL, build_parser
+    from contract.layout import Layout, local_service_url
+
+    monkeypatch.delenv("SYNCBN_URL", raising=False)
+    monkeypatch.setenv("SYNCBN_HOME", str(tmp_path))
+    assert build_parser().parse_args(["list"]).url == DEFAULT_URL
+    Layout.of(tmp_path).service_url.write_text("http://127.0.0.1:8123\n")
+    assert build_parser().parse_args(["list"]).url == "http://127.0.0.1:8123"
+    monkeypatch.setenv("SYNCBN_URL", "http://127.0.0.1:9000")
+    assert build_parser().parse_args(["list"]).url == "http://127.0.0.1:9000"
+    Layout.of(tmp_path).service_url.write_text("http://syncbn.example:8123\n")
+    assert local_service_url() is None  # a recorded URL is for this machine only
