@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from syncbn.batchnorm import (
     SyncBatchNorm,
@@ -192,3 +193,16 @@ def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     for name, child in source.named_children():
         out.add_module(name, revert_sync_batchnorm(child))
     return out
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under ``DistributedDataParallel``, ``DataParallel`` and ``torch.compile``
+    wrappers; ``model`` itself if it is none of them (its ``state_dict`` has no ``module.``
+    prefix)."""
+    while True:
+        if isinstance(model, DistributedDataParallel | DataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model

@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from syncbn._functions import moments_to_mean_var
 from syncbn._moments import mean_var, shifted_sums, unbiased_var, unshifted_sums
+from syncbn.convert import unwrap
 from syncbn.functional import check_input
 from syncbn.groups import group_world_size
 
@@ -76,7 +76,7 @@ def precise_bn(
         raise TypeError(f"precise_bn expects a torch.nn.Module, got {type(model).__name__}")
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0:
         raise ValueError(f"num_batches must be a non-negative integer, got {num_batches!r}")
-    model = _unwrap(model)
+    model = unwrap(model)
     layers = [_Layer(m) for m in model.modules() if isinstance(m, _BatchNorm)]
     device = _device(model)
 
@@ -201,18 +201,6 @@ class _Layer:
             rm, rv = self.running_mean, self.running_var
             rm.copy_(torch.where(seen, mean.to(rm.device), rm.double()).to(rm.dtype))
             rv.copy_(torch.where(seen, unbiased.to(rv.device), rv.double()).to(rv.dtype))
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under DDP / DataParallel / torch.compile wrappers (their forward would issue
-    collectives per batch, or replicate the layers)."""
-    while True:
-        if isinstance(model, DistributedDataParallel | DataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _device(model: torch.nn.Module) -> torch.device:
