@@ -150,6 +150,15 @@ class ReportEvent(_Open):
         return (self.kind, self.epoch, self.step)
 
 
+def text_tail(text: str, max_bytes: int) -> str:
+    """The end of ``text`` in at most ``max_bytes`` UTF-8 bytes ("..." where it was cut): a
+    traceback's last lines say what failed."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    return "..." + data[-(max_bytes - 3) :].decode(errors="ignore")
+
+
 MAX_EXCEPTION_BYTES = 64 << 10
 """The most bytes of error messages one ``ExceptionEvent`` carries, all ranks together."""
 MAX_EXCEPTIONS_PER_JOB = 100

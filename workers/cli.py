@@ -28,11 +28,12 @@ from pydantic import ValidationError
 
 from client.render import ProgressView, worker_table
 from contract.layout import Layout
-from contract.protocol import OUTCOME_FILE, JobOutcome, write_outcome
+from contract.protocol import OUTCOME_FILE, JobOutcome, text_tail, write_outcome
 from contract.spec import JobSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFEASIBLE = 0, 1, 2, 3
-MAX_ERROR_CHARS = 8000
+MAX_ERROR_BYTES = 16 << 10
+"""The end of an error message kept in the outcome file (``JobOutcome``)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -207,7 +208,11 @@ def finish(
         )
     if args.name:  # what the service reads: a file, not a line of stdout user code shares
         wall_time_s = result.wall_time_s if result is not None else None
-        outcome = JobOutcome(status=status, error=_tail(error), wall_time_s=wall_time_s)
+        outcome = JobOutcome(
+            status=status,
+            error=None if error is None else text_tail(error, MAX_ERROR_BYTES),
+            wall_time_s=wall_time_s,
+        )
         write_outcome(Path(args.storage) / args.name, outcome)
     if args.json:
         payload = {
@@ -217,11 +222,6 @@ def finish(
         }
         print(json.dumps(payload))
     return status
-
-
-def _tail(error: str | None) -> str | None:
-    """The end of an error message, within what the service reads of an outcome."""
-    return error if error is None or len(error) <= MAX_ERROR_CHARS else error[-MAX_ERROR_CHARS:]
 
 
 def main(argv: list[str] | None = None) -> int:

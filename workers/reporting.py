@@ -36,6 +36,7 @@ from contract.protocol import (
     MAX_EXCEPTION_BYTES,
     ExceptionEvent,
     ReportEvent,
+    text_tail,
 )
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class StatsCallback(UserCallback):
         """One ``ExceptionEvent``: each failed rank's error message."""
         share = MAX_EXCEPTION_BYTES // (2 * max(1, len(worker_exceptions)))  # room for keys
         errors = {
-            str(rank): _tail(f"{type(e).__name__}: {e}", share)
+            str(rank): text_tail(f"{type(e).__name__}: {e}", share)
             for rank, e in worker_exceptions.items()
         }
         self._emit_event(run_context, ExceptionEvent(time=time.time(), errors=errors))
@@ -186,12 +187,3 @@ def follow_events(
 def epoch_reports(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The per-epoch report events, in order."""
     return [e for e in events if e.get("type") == "report" and e.get("kind") == "epoch"]
-
-
-def _tail(message: str, max_bytes: int) -> str:
-    """The end of ``message`` in at most ``max_bytes`` UTF-8 bytes (a traceback's last lines
-    say what failed)."""
-    data = message.encode()
-    if len(data) <= max_bytes:
-        return message
-    return "..." + data[-(max_bytes - 3) :].decode(errors="ignore")

@@ -28,11 +28,9 @@ import hashlib
 import os
 import shutil
 import stat
-import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,6 +40,7 @@ import numpy as np
 from contract.recipe import MAX_HEADER_BYTES, MODEL_FILE, RecipeError, recipe_from
 from service.cluster import Cluster, is_terminal, predict_entrypoint
 from service.errors import Conflict
+from service.files.lru import LRU
 
 INPUTS_FILE, OUTPUTS_FILE = "inputs.npy", "outputs.npz"
 POLL_S = 0.2
@@ -67,50 +66,6 @@ DIGEST_CACHE_ENTRIES = 1024
 
 class PredictionError(RuntimeError):
     """A prediction on Ray failed; the message ends with the tail of its logs."""
-
-
-class LRU:
-    """The least recently used values, whose weights (bytes) add up to at most ``max_bytes``
-    in at most ``max_entries`` entries; a value heavier than ``max_bytes`` is not kept.
-    Thread safe (sync routes run in a thread pool)."""
-
-    def __init__(self, max_bytes: int, max_entries: int | None = None) -> None:
-        self.max_bytes, self.max_entries = max_bytes, max_entries
-        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.total = 0
-        """The weights of the values kept, together."""
-
-    def get(self, key: Hashable) -> Any | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            self._entries.move_to_end(key)
-            return entry[0]
-
-    def put(self, key: Hashable, value: Any, weight: int) -> None:
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self.total -= old[1]
-            if weight > self.max_bytes:
-                return
-            self._entries[key] = (value, weight)
-            self.total += weight
-            while self.total > self.max_bytes or (
-                self.max_entries is not None and len(self._entries) > self.max_entries
-            ):
-                _, (_, dropped) = self._entries.popitem(last=False)
-                self.total -= dropped
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.total = 0
 
 
 _recipes = LRU(RECIPE_CACHE_BYTES)

@@ -228,10 +228,9 @@ class StreamSlots:
             )  # fmt: skip
 
     @contextmanager
-    def slot(self, authorization: str | None) -> Iterator[None]:
-        """A stream's slot, for the token of ``authorization`` (``Bearer <token>``)."""
-        token = (authorization or "").partition(" ")[2].strip()
-        digest = hashlib.sha256(token.encode()).hexdigest()
+    def slot(self, token: str | None) -> Iterator[None]:
+        """A stream's slot, for the caller's API ``token`` (kept only as its SHA-256)."""
+        digest = hashlib.sha256((token or "").encode()).hexdigest()
         with self._lock:
             mine = self._by_token.get(digest, 0)
             if mine >= self.per_token:

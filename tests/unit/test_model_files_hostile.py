@@ -33,7 +33,8 @@ from contract.recipe import (
 from contract.spec import JobSpec
 from service.errors import Conflict
 from service.files import trained_models
-from service.files.trained_models import LRU, RECIPE_CACHE_BYTES, model_files
+from service.files.lru import LRU
+from service.files.trained_models import RECIPE_CACHE_BYTES, model_files
 from workers.data.builtin import load_digits
 from workers.export import recipe_for, write_model_file
 from workers.nets import build_model

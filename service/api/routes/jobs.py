@@ -16,6 +16,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from contract.spec import JobSpec
 from contract.states import FINAL_STATES, JobState
 from service.api import views
+from service.api.auth import bearer_token
 from service.api.deps import Services, ServicesDep, api_router
 from service.api.schemas import (
     ErrorOut,
@@ -169,7 +170,7 @@ async def _stream_slot(
 ) -> AsyncIterator[None]:
     """A slot among the open event streams (429 past a cap), held until the response is over:
     the stream ended or the client went away."""
-    with services.events.slots.slot(authorization):
+    with services.events.slots.slot(bearer_token(authorization)):
         yield
 
 
