@@ -35,7 +35,7 @@ ARM_PRESETS: dict[str, str] = {
     "group": "GroupNorm instead of BatchNorm (norm=group)",
     "reference": "1 worker with the whole global batch (what syncbn imitates)",
 }
-"""A study's preset arms by name, with what each runs (``service.studies.arms``)."""
+"""A study's preset arms by name, with what each runs (``contract.arms``)."""
 PresetName = Literal["local", "sync", "group", "reference"]
 """The names of ``ARM_PRESETS`` as a type (for the API schema)."""
 

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 
+from contract.api import ErrorOut
 from service.api.auth import require_api_token
 from service.api.observability import ServiceMetrics
-from service.api.schemas import ErrorOut
 from service.cluster import Cluster
 from service.jobs.events import EventHub
 from service.jobs.lifecycle import Lifecycle

@@ -3,9 +3,7 @@ place a stored row or a domain summary becomes a response body."""
 
 from __future__ import annotations
 
-from contract.spec import JobSpec
-from contract.states import JobState
-from service.api.schemas import (
+from contract.api import (
     ArmOut,
     JobOut,
     Progress,
@@ -15,6 +13,8 @@ from service.api.schemas import (
     StudyOut,
     TransitionOut,
 )
+from contract.spec import JobSpec
+from contract.states import JobState
 from service.storage.tables import Job
 from service.studies.runs import StudyState
 from service.studies.summary import ArmSummary

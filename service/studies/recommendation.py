@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contract.arms import REFERENCE
 from contract.states import FINAL_STATES
-from service.studies.arms import REFERENCE
 from service.studies.summary import ArmSummary
 
 

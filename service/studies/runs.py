@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from contract.arms import DEFAULT_ARMS, REFERENCE, Arm, arm_spec, reference_skip_reason
 from contract.datasets import METRIC_LABELS, metric_for
 from contract.spec import SET_BY_STUDY, JobSpec
 from contract.states import FINAL_STATES, JobState
@@ -25,7 +26,6 @@ from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
 from service.storage.tables import Job, Study
-from service.studies.arms import DEFAULT_ARMS, REFERENCE, Arm, arm_spec, reference_skip_reason
 from service.studies.recommendation import Recommendation, recommend
 from service.studies.summary import ArmSummary, JobFigures
 from service.studies.verdict import verdict

@@ -3,7 +3,7 @@ figures (pure)."""
 
 from __future__ import annotations
 
-from service.studies.arms import REFERENCE
+from contract.arms import REFERENCE
 from service.studies.summary import ArmSummary
 
 

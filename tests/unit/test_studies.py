@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from fakeray import FakeRay
 
-from service.studies.arms import Arm, arm_spec
+from contract.arms import Arm, arm_spec
 from service.studies.summary import ArmSummary, JobFigures
 from service.studies.verdict import verdict
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import File, Response, UploadFile, status
 
+from contract.api import CodeBundleList, CodeBundleOut, ErrorOut
 from service.api.deps import ServicesDep, api_router
-from service.api.schemas import CodeBundleList, CodeBundleOut, ErrorOut
 from service.errors import NotFound
 from service.files.code_bundles import add_code_bundle, delete_code_bundle
 from service.storage import store

@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import File, Form, Response, UploadFile, status
 
+from contract.api import DatasetList, DatasetOut, ErrorOut
 from service.api.deps import ServicesDep, api_router
-from service.api.schemas import DatasetList, DatasetOut, ErrorOut
 from service.files import datasets as files
 from service.storage import store
 

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from contract.api import ErrorOut, Health
 from contract.version import package_version
 from service.api.auth import require_api_token
 from service.api.deps import ServicesDep
-from service.api.schemas import ErrorOut, Health
 
 router = APIRouter(tags=["health"])
 VERSION = package_version()

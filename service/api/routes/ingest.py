@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, status
 
+from contract.api import ErrorOut, IngestAck
 from contract.protocol import Event
 from service.api.auth import require_ingest_token
 from service.api.deps import ServicesDep
 from service.api.errors import field_error
-from service.api.schemas import ErrorOut, IngestAck
 from service.jobs.lifecycle import ReportRefused
 
 router = APIRouter(prefix="/v1/internal", tags=["internal"])

@@ -13,12 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from contract.spec import JobSpec
-from contract.states import FINAL_STATES, JobState
-from service.api import views
-from service.api.auth import bearer_token
-from service.api.deps import Services, ServicesDep, api_router
-from service.api.schemas import (
+from contract.api import (
     ErrorOut,
     EvaluationOut,
     JobList,
@@ -28,6 +23,11 @@ from service.api.schemas import (
     ReportOut,
     WorkersOut,
 )
+from contract.spec import JobSpec
+from contract.states import FINAL_STATES, JobState
+from service.api import views
+from service.api.auth import bearer_token
+from service.api.deps import Services, ServicesDep, api_router
 from service.errors import ClusterUnavailable
 from service.jobs import logs
 from service.jobs.lifecycle import job_or_404

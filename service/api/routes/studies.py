@@ -9,9 +9,9 @@ from fastapi import Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from contract.api import ErrorOut, StudyIn, StudyList, StudyOut
 from service.api import views
 from service.api.deps import ServicesDep, api_router
-from service.api.schemas import ErrorOut, StudyIn, StudyList, StudyOut
 from service.storage import store
 from service.studies import runs
 

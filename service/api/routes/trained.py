@@ -18,13 +18,13 @@ import numpy as np
 from fastapi import File, Form, Header, HTTPException, Query, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
+from contract.api import ErrorOut, ModelFileOut, ModelsOut, PredictIn, PredictOut
 from contract.datasets import DatasetError
 from contract.recipe import check_inputs, predict_values
 from contract.spec import JobSpec
 from contract.states import JobState
 from service.api.deps import Services, ServicesDep, api_router
 from service.api.errors import field_error
-from service.api.schemas import ErrorOut, ModelFileOut, ModelsOut, PredictIn, PredictOut
 from service.cluster import RayUnavailable
 from service.errors import ClusterUnavailable, Conflict
 from service.files.trained_models import (

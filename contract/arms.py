@@ -12,8 +12,8 @@ ordinary jobs in the FIFO queue. An arm is a preset or a name with JobSpec overr
 
 This module: the arms and their specs (the metric a study compares is
 ``contract.datasets.metric_for``, its name ``METRIC_LABELS``, shared with the client).
-``summary`` reduces a study's jobs to per-arm figures, ``verdict`` and ``recommendation`` say
-what they mean, ``runs`` creates, cancels and deletes studies.
+In ``service/studies/``, ``summary`` reduces a study's jobs to per-arm figures, ``verdict``
+and ``recommendation`` say what they mean, ``runs`` creates, cancels and deletes studies.
 """
 
 from __future__ import annotations

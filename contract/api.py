@@ -1,4 +1,5 @@
-"""Response bodies of the REST API (request bodies: ``contract.spec.JobSpec``)."""
+"""Request and response bodies of the REST API, shared by the service and the SDK
+(``client.sdk``); the job spec itself is ``contract.spec.JobSpec``."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from pydantic import (
     model_validator,
 )
 
+from contract.arms import ARM_NAME_PATTERN, DEFAULT_ARMS, MAX_ARMS, PRESETS, Arm
 from contract.protocol import WorkerReport
 from contract.spec import JobSpec, PresetName
 from contract.states import JobState
-from service.studies.arms import ARM_NAME_PATTERN, DEFAULT_ARMS, MAX_ARMS, PRESETS, Arm
 
 
 class TransitionOut(BaseModel):
