@@ -343,3 +343,113 @@ class Health(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str | list[dict[str, Any]]
+
+
+Role = Literal["admin", "member", "viewer"]
+"""What a user may do: everyone signed in reads everything (it is a team); a ``member`` writes
+what is theirs (and runs jobs on their own or shared files), a ``viewer`` writes nothing, an
+``admin`` writes everything and manages users."""
+USER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Quotas(BaseModel):
+    """A user's limits; null: the service's default setting (``SYNCBN_QUOTA_*``)."""
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    max_running_workers: int | None = Field(None, ge=0, description="workers running at once")
+    max_queued_jobs: int | None = Field(None, ge=0, description="jobs waiting in the queue")
+    max_upload_bytes: int | None = Field(
+        None, ge=0, description="bytes of datasets and code bundles kept"
+    )
+    max_model_bytes: int | None = Field(None, ge=0, description="bytes of trained model files")
+
+
+class UserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=USER_NAME_PATTERN, description="lower case, like alice")
+    role: Role = "member"
+    quotas: Quotas = Field(default_factory=Quotas)
+
+
+class UserPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role | None = None
+    quotas: Quotas | None = Field(None, description="replaces the user's overrides")
+
+
+class TokenOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class UserOut(BaseModel):
+    name: str
+    role: Role
+    created_at: datetime
+    revoked_at: datetime | None = None
+    quotas: Quotas = Field(description="the user's overrides (null: the default)")
+    tokens: list[TokenOut] = []
+
+
+class UserList(BaseModel):
+    users: list[UserOut]
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("default", pattern=TOKEN_NAME_PATTERN, description="unique per user")
+
+
+class TokenCreated(BaseModel):
+    user: str
+    name: str
+    token: str = Field(description="shown once: only its SHA-256 is kept")
+
+
+class CreatedUser(BaseModel):
+    user: UserOut
+    token: TokenCreated
+
+
+class Usage(BaseModel):
+    running_workers: int
+    queued_jobs: int
+    upload_bytes: int
+    model_bytes: int
+
+
+class MeOut(BaseModel):
+    name: str
+    role: Role
+    quotas: Quotas = Field(description="in force: the user's overrides, else the defaults")
+    usage: Usage
+
+
+class AuditOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    actor: str | None = Field(description="the user (null: a failed sign-in)")
+    action: str = Field(description="like jobs.submit, users.create, sign-in")
+    object_kind: str | None = None
+    object_id: str | None = None
+    status: int = Field(description="the answer's HTTP status (refusals included)")
+    detail: str | None = None
+    count: int = Field(1, description="failed sign-ins: how many in that minute")
+
+
+class AuditList(BaseModel):
+    entries: list[AuditOut] = Field(description="newest first")
+    total: int
+    limit: int
+    offset: int

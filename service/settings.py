@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -136,8 +136,34 @@ class Settings(BaseSettings):
     max_event_streams_per_token: int = Field(
         1000, ge=1, description="event streams open at once with one API token (more: 429)"
     )
+    # A user's quotas: these defaults, or the user's own overrides (PATCH /v1/users/{name}).
+    # Unset: no limit but the service's own (max_queued_jobs, the cluster's size).
+    quota_max_running_workers: int | None = Field(
+        None, ge=0, description="a user's workers running at once (more wait in the queue)"
+    )
+    quota_max_queued_jobs: int | None = Field(
+        None, ge=0, description="a user's jobs waiting in the queue at most (more: 429)"
+    )
+    quota_max_upload_bytes: int | None = Field(
+        None, ge=0, description="bytes of a user's datasets and code bundles (more: 422)"
+    )
+    quota_max_model_bytes: int | None = Field(
+        None, ge=0, description="bytes of a user's trained models; past it no new job (422)"
+    )
+    trusted_proxy_header: str | None = Field(
+        None,
+        description="a header naming the signed-in user, set by a reverse proxy "
+        "(e.g. X-Forwarded-User; unset: off)",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or CIDRs the proxy header is accepted from (any other: ignored)",
+    )
+    proxy_user_role: Literal["member", "viewer"] = Field(
+        "member", description="the role of a user first seen through the proxy header"
+    )
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,6 +1,9 @@
 """Tables: jobs, their state transitions, reports with per-worker statistics, evaluations,
-an append-only event log (what ``/events`` streams), uploaded datasets and code bundles, and
-studies (groups of jobs: arms x seeds)."""
+an append-only event log (what ``/events`` streams), uploaded datasets and code bundles,
+studies (groups of jobs: arms x seeds), users with their API tokens, and the audit log.
+
+Jobs, studies, datasets and code bundles record their ``owner`` (a user's name; rows made
+before users existed belong to ``admin``)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -24,6 +28,15 @@ from sqlalchemy.types import TypeDecorator
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+BOOTSTRAP_USER = "admin"
+"""The user of the service's own token (``SYNCBN_API_TOKEN`` / ``api-token``), an admin, and
+the owner of every row made before users existed."""
+
+
+def owner_column() -> Mapped[str]:
+    return mapped_column(String(64), default=BOOTSTRAP_USER, server_default=BOOTSTRAP_USER)
 
 
 class UTCDateTime(TypeDecorator):
@@ -47,7 +60,10 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_state_created", "state", "created_at"),
+        Index("ix_jobs_owner_state", "owner", "state"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
@@ -73,6 +89,8 @@ class Job(Base):
     study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id"), index=True)
     arm: Mapped[str | None] = mapped_column(String(16))
     """The study arm (``local``, ``sync``, ``reference``) of a study's job."""
+    owner: Mapped[str] = owner_column()
+    """Who submitted it (a study's jobs: the study's owner)."""
 
     transitions: Mapped[list[Transition]] = relationship(
         order_by="Transition.id", cascade="all, delete-orphan"
@@ -163,6 +181,7 @@ class Dataset(Base):
     )
     class_names: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    owner: Mapped[str] = owner_column()
 
 
 class CodeBundle(Base):
@@ -179,6 +198,7 @@ class CodeBundle(Base):
     requirements: Mapped[list[str]] = mapped_column(JSON)
     """The lines of the bundle's ``requirements.txt`` (empty: none)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    owner: Mapped[str] = owner_column()
 
 
 class Study(Base):
@@ -197,3 +217,57 @@ class Study(Base):
     """What the arms are compared on: ``test_accuracy``, or ``test_miou`` (segmentation)."""
     cancelled: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    owner: Mapped[str] = owner_column()
+
+
+class User(Base):
+    """A person (or robot) who uses the service: a role, optional quota overrides (None: the
+    service's default setting), revoked instead of deleted (their objects keep an owner)."""
+
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(8))
+    """``admin``, ``member`` or ``viewer`` (``contract.api.Role``)."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    max_running_workers: Mapped[int | None] = mapped_column(Integer)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_upload_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    max_model_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ApiToken(Base):
+    """One of a user's API tokens: only its SHA-256 is kept (the token is shown once)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (UniqueConstraint("user", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(ForeignKey("users.name"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One write (or refused write, or failed sign-ins counted per address and minute): who,
+    what, which object, when, and the outcome (the HTTP status)."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str | None] = mapped_column(String(64), index=True)
+    """The user's name (None: a failed sign-in)."""
+    action: Mapped[str] = mapped_column(String(48), index=True)
+    """What, like ``jobs.submit``, ``users.create`` or ``sign-in``."""
+    object_kind: Mapped[str | None] = mapped_column(String(16))
+    object_id: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[int] = mapped_column(Integer)
+    """The answer's HTTP status (a refusal is 401, 403, 409, 422, 429, ...)."""
+    detail: Mapped[str | None] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    """How many times (failed sign-ins from one address in one minute are one row)."""
