@@ -1,5 +1,5 @@
 """What the service's domain refuses, without HTTP: ``service.api.errors`` answers each kind
-(422 naming the field, 404, 409, 413, 429). The domain (jobs, studies, files) raises these;
+(422 naming the field, 403, 404, 409, 413, 429). The domain (jobs, studies, files) raises these;
 only ``service.api`` speaks HTTP."""
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ class NotFound(ServiceError):
 
     def __init__(self, what: str, ident: object) -> None:
         super().__init__(f"{what} {ident} not found")
+
+
+class Forbidden(ServiceError):
+    """The caller's role does not allow it (403): the message names the owner and the role
+    needed."""
 
 
 class Conflict(ServiceError):

@@ -16,6 +16,7 @@ from service.errors import (
     ClusterUnavailable,
     Conflict,
     FieldError,
+    Forbidden,
     NotFound,
     QueueFull,
     ServiceError,
@@ -24,6 +25,7 @@ from service.errors import (
 from service.settings import Settings
 
 STATUS: dict[type[ServiceError], int] = {
+    Forbidden: status.HTTP_403_FORBIDDEN,
     NotFound: status.HTTP_404_NOT_FOUND,
     Conflict: status.HTTP_409_CONFLICT,
     TooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
