@@ -1,18 +1,24 @@
 """Which queued jobs start now: a pure function of the queue, the cluster and what runs.
 
-Strict FIFO: queued jobs start in order while the cluster has room (its alive nodes' totals
-minus what the jobs on Ray ask for) and the service's limit on running jobs allows; the first
-job that does not fit stops the queue (no overtaking), and every job behind it is told why.
-A job the cluster can no longer run at all (it shrank since submission) is rejected.
+Fair share: whenever there is room, the next job comes from the user with the fewest workers
+running (ties: the user whose next job is oldest), and each user's jobs start in their order
+(FIFO within a user). A job that does not fit the free resources stops the queue: nothing
+overtakes it, so a big job is not starved by small ones, and every job behind it is told why.
+A user at their running-workers quota waits while the others go on. A job the cluster (or the
+user's quota) can never run is rejected. With one user this is the FIFO queue it always was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from contract.capacity import EPS, Capacity, InfeasibleJobError, check_feasible, demand
 from contract.spec import JobSpec
+
+DEFAULT_OWNER = "admin"
 
 
 @dataclass(frozen=True)
@@ -37,34 +43,73 @@ class Reject:
 Decision = Admit | Wait | Reject
 
 
+class Queued(NamedTuple):
+    """A queued job: its id, spec and owner."""
+
+    id: str
+    spec: JobSpec
+    owner: str = DEFAULT_OWNER
+
+
+class Holding(NamedTuple):
+    """A job that holds Ray resources: its spec and owner."""
+
+    spec: JobSpec
+    owner: str = DEFAULT_OWNER
+
+
 def admit(
-    queued: Sequence[tuple[str, JobSpec]],
+    queued: Sequence[Queued | tuple[str, JobSpec]],
     capacity: Capacity,
-    on_ray: Sequence[JobSpec],
+    on_ray: Sequence[Holding | JobSpec],
     max_running: int | None = None,
+    worker_quotas: Mapping[str, int | None] | None = None,
 ) -> list[Decision]:
-    """One decision per queued ``(job id, spec)``, oldest first; ``on_ray``: the specs of the
-    jobs that hold Ray resources; ``max_running``: the service's limit (None: no limit)."""
+    """One decision per queued job (given oldest first), in the same order; ``on_ray``: the
+    jobs that hold Ray resources; ``max_running``: the service's limit on jobs (None: none);
+    ``worker_quotas``: each user's most workers running at once (missing or None: no limit)."""
+    jobs = [Queued(*job) for job in queued]
     used: dict[str, float] = {}
-    for spec in on_ray:
-        _add(used, demand(spec))
+    workers: dict[str, int] = defaultdict(int)
+    for holding in on_ray:
+        holding = holding if isinstance(holding, Holding) else Holding(holding)
+        _add(used, demand(holding.spec))
+        workers[holding.owner] += holding.spec.workers
     running = len(on_ray)
+    lines: dict[str, list[int]] = defaultdict(list)  # each user's queue, oldest first
+    for index, job in enumerate(jobs):
+        lines[job.owner].append(index)
+    quotas = worker_quotas or {}
+    decisions: dict[int, Decision] = {}
     blocked_by: str | None = None
-    decisions: list[Decision] = []
-    for position, (job_id, spec) in enumerate(queued):
-        if blocked_by is not None:
-            decisions.append(Wait(f"waiting behind {position} earlier job(s): {blocked_by}"))
-            continue
+    blocker = -1  # the index of the job that stops the queue
+    while lines and blocked_by is None:
+        owner = min(lines, key=lambda name: (workers[name], lines[name][0]))
+        index = lines[owner].pop(0)
+        if not lines[owner]:
+            del lines[owner]
+        job, quota = jobs[index], quotas.get(owner)
         if max_running is not None and running >= max_running:
             blocked_by = f"the service runs at most {max_running} job(s) at once"
-            decisions.append(Wait(f"waiting: {blocked_by}"))
+            decisions[index], blocker = Wait(f"waiting: {blocked_by}"), index
             continue
         try:
-            check_feasible(spec, capacity)
+            check_feasible(job.spec, capacity)
         except InfeasibleJobError as exc:
-            decisions.append(Reject(str(exc)))
+            decisions[index] = Reject(str(exc))
             continue
-        needs = demand(spec)
+        if quota is not None and job.spec.workers > quota:
+            decisions[index] = Reject(_over_quota(job, quota))
+            continue
+        if quota is not None and workers[owner] + job.spec.workers > quota:
+            reason = (
+                f"waiting: {owner} runs {workers[owner]} worker(s), and their quota is {quota} "
+                "(max_running_workers)"
+            )
+            for waiting in [index, *lines.pop(owner, [])]:
+                decisions[waiting] = Wait(reason)
+            continue
+        needs = demand(job.spec)
         free = {r: capacity.total.get(r, 0.0) - used.get(r, 0.0) for r in needs}
         short = {r: a for r, a in needs.items() if a > free[r] + EPS}
         if short:
@@ -72,13 +117,29 @@ def admit(
                 f"needs {a:g} {r}, {free[r]:g} of {capacity.total.get(r, 0.0):g} free"
                 for r, a in short.items()
             )
-            decisions.append(Wait(f"waiting for resources: {missing}"))
-            blocked_by = f"{job_id} {missing}"
+            decisions[index] = Wait(f"waiting for resources: {missing}")
+            blocked_by, blocker = f"{job.id} {missing}", index
             continue
-        decisions.append(Admit())
+        decisions[index] = Admit()
         running += 1
+        workers[owner] += job.spec.workers
         _add(used, needs)
-    return decisions
+    ahead = 0  # older jobs still queued
+    for index in range(len(jobs)):
+        if index not in decisions:
+            if index > blocker:
+                decisions[index] = Wait(f"waiting behind {ahead} earlier job(s): {blocked_by}")
+            else:
+                decisions[index] = Wait(f"waiting: {blocked_by} (fair share: its owner goes first)")
+        ahead += isinstance(decisions[index], Wait)
+    return [decisions[index] for index in range(len(jobs))]
+
+
+def _over_quota(job: Queued, quota: int) -> str:
+    return (
+        f"{job.spec.workers} workers are over {job.owner}'s quota of {quota} running workers "
+        "(max_running_workers): ask an admin, or use fewer workers"
+    )
 
 
 def _add(used: dict[str, float], amounts: dict[str, float]) -> None:

@@ -23,12 +23,13 @@ from sqlalchemy.orm import Session
 from contract.spec import JobSpec
 from contract.states import ACTIVE_STATES, JobState
 from service.cluster import Cluster, RayUnavailable, terminal_statuses
-from service.jobs.admission import Admit, Reject, Wait, admit
+from service.jobs.admission import Admit, Holding, Queued, Reject, Wait, admit
 from service.jobs.lifecycle import LOST, Lifecycle
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
 from service.storage.tables import Job
+from service.teams.quotas import worker_quotas
 
 logger = logging.getLogger("service.jobs.scheduler")
 
@@ -100,12 +101,16 @@ class Scheduler:
                     queued.append((job, JobSpec.model_validate(job.spec)))
                 except ValueError as exc:
                     broken.append((job.id, exc))
-            on_ray = [JobSpec.model_validate(job.spec) for job in self._on_ray(session)]
+            on_ray = [
+                Holding(JobSpec.model_validate(job.spec), job.owner)
+                for job in self._on_ray(session)
+            ]
             decisions = admit(
-                [(job.id, spec) for job, spec in queued],
+                [Queued(job.id, spec, job.owner) for job, spec in queued],
                 capacity,
                 on_ray,
                 self.settings.max_running_jobs,
+                worker_quotas(session, self.settings, {job.owner for job, _ in queued}),
             )
             for (job, _), decision in zip(queued, decisions, strict=True):
                 if isinstance(decision, Admit):

@@ -32,6 +32,14 @@ def quotas_in_force(settings: Settings, user: User | None) -> Quotas:
     return Quotas(**values)
 
 
+def worker_quotas(session: Session, settings: Settings, owners: set[str]) -> dict[str, int | None]:
+    """Each owner's most workers running at once (None: no limit)."""
+    users = {u.name: u for u in session.scalars(select(User).where(User.name.in_(owners)))}
+    return {
+        owner: quotas_in_force(settings, users.get(owner)).max_running_workers for owner in owners
+    }
+
+
 def running_workers(session: Session, owner: str) -> int:
     """The workers of the owner's jobs that hold Ray resources (pending or running)."""
     specs = session.scalars(

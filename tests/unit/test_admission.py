@@ -1,10 +1,11 @@
-"""The admission function alone: FIFO, room, the running-jobs limit, rejection (no Ray)."""
+"""The admission function alone: FIFO, room, the running-jobs limit, rejection, fair share
+between users and their running-workers quotas (no Ray)."""
 
 from __future__ import annotations
 
 from contract.capacity import Capacity
 from contract.spec import JobSpec
-from service.jobs.admission import Admit, Reject, Wait, admit
+from service.jobs.admission import Admit, Holding, Queued, Reject, Wait, admit
 
 
 def spec(workers: int = 1, cpus: float = 1.0) -> JobSpec:
@@ -56,3 +57,49 @@ def test_fractional_cpus_and_per_node_limits():
     assert decision == Reject(
         "infeasible: one worker asks for 3 CPU, but no Ray node has more than 2 CPU"
     )
+
+
+def test_fair_share_the_user_with_fewest_running_workers_goes_next():
+    """A queues 10 jobs, then B queues 2: when one slot frees, B's first job takes it."""
+    queued = [Queued(f"a{i}", spec(1), "alice") for i in range(10)]
+    queued += [Queued("b0", spec(1), "bob"), Queued("b1", spec(1), "bob")]
+    decisions = admit(queued, cluster(4), [Holding(spec(1), "alice")] * 3)
+    assert decisions[10] == Admit()  # bob's first, though 10 of alice's are older
+    blocked = "b1 needs 1 CPU, 0 of 4 free"
+    assert decisions[0] == Wait(f"waiting: {blocked} (fair share: its owner goes first)")
+    assert decisions[11] == Wait("waiting for resources: needs 1 CPU, 0 of 4 free")
+
+
+def test_ties_go_to_the_oldest_job_and_each_user_is_fifo():
+    queued = [Queued("a0", spec(1), "alice"), Queued("b0", spec(1), "bob")]
+    queued += [Queued("a1", spec(1), "alice"), Queued("b1", spec(1), "bob")]
+    decisions = admit(queued, cluster(3), [])
+    assert decisions[:3] == [Admit(), Admit(), Admit()]
+    assert decisions[3] == Wait("waiting for resources: needs 1 CPU, 0 of 3 free")
+    # alice runs 2 workers, bob none: bob's jobs go first, in his order, until he runs as
+    # many as she does; then the tie goes to her older job
+    queued = [Queued("a0", spec(1), "alice"), Queued("b0", spec(1), "bob")]
+    queued += [Queued("b1", spec(1), "bob"), Queued("b2", spec(1), "bob")]
+    decisions = admit(queued, cluster(4), [Holding(spec(2), "alice")])
+    assert decisions == [
+        Wait("waiting for resources: needs 1 CPU, 0 of 4 free"),
+        Admit(),
+        Admit(),
+        Wait("waiting behind 1 earlier job(s): a0 needs 1 CPU, 0 of 4 free"),
+    ]
+
+
+def test_a_user_at_their_worker_quota_waits_while_others_go_on():
+    queued = [Queued("a0", spec(2), "alice"), Queued("a1", spec(1), "alice")]
+    queued += [Queued("b0", spec(2), "bob")]
+    decisions = admit(queued, cluster(8), [Holding(spec(2), "alice")], worker_quotas={"alice": 3})
+    reason = "waiting: alice runs 2 worker(s), and their quota is 3 (max_running_workers)"
+    assert decisions == [Wait(reason), Wait(reason), Admit()]
+
+
+def test_a_job_over_its_owners_worker_quota_is_rejected():
+    (decision,) = admit(
+        [Queued("a0", spec(4), "alice")], cluster(8), [], worker_quotas={"alice": 2}
+    )
+    assert isinstance(decision, Reject)
+    assert "over alice's quota of 2 running workers" in decision.reason
