@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from service.jobs.ingest_tokens import token_digest
 from service.storage import store
 from service.storage.db import Database
+from service.teams.caller import BOOTSTRAP, CALLER, Caller
 
 bearer = HTTPBearer(auto_error=False, description="SYNCBN_API_TOKEN")
 AUTHENTICATED = "syncbn.authenticated"
@@ -108,6 +109,16 @@ async def _checked(request: Request) -> None:
 async def require_api_token(request: Request, credentials: Credentials) -> None:
     """Dependency: the API token (checked by the middleware already; documents the scheme)."""
     await _checked(request)
+
+
+async def current_caller(request: Request, credentials: Credentials) -> Caller:
+    """Dependency: who is asking (the middleware settled it from the token)."""
+    await _checked(request)
+    return request.scope.get(CALLER, BOOTSTRAP)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+"""A route's ``caller`` parameter: the signed-in user and their role."""
 
 
 async def require_ingest_token(request: Request, credentials: Credentials) -> None:
