@@ -46,6 +46,10 @@ class QueueFull(ServiceError):
     """No room for more work now (429)."""
 
 
+class QuotaExceeded(QueueFull):
+    """Past one of the user's quotas (429): the message names the quota and the use."""
+
+
 class ClusterUnavailable(ServiceError):
     """The Ray cluster could not do what a request needs now (503): the message says what and
     why."""

@@ -41,6 +41,7 @@ from service.files.bundle_archives import (
 from service.files.housekeeping import remove_code_bundle as remove_bundle
 from service.files.uploads import (
     UploadKind,
+    check_uploader,
     delete_upload,
     new_id,
     publish_then_record,
@@ -51,6 +52,7 @@ from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
 from service.storage.tables import CodeBundle
+from service.teams.caller import Caller
 
 logger = logging.getLogger("service.files.code_bundles")
 REQUIREMENTS = "requirements.txt"
@@ -304,10 +306,11 @@ def runtime_env(directory: Path, requirements: list[str]) -> dict[str, object]:
 
 
 def add_code_bundle(
-    db: Database, settings: Settings, source: BinaryIO, filename: str | None
+    db: Database, settings: Settings, source: BinaryIO, filename: str | None, caller: Caller
 ) -> CodeBundle:
-    """Receive, validate and unpack an uploaded bundle into ``code/<id>``; its new row
-    (``FieldError`` on ``file`` naming the member at fault, and a limit's setting)."""
+    """Receive, validate and unpack an uploaded bundle of ``caller`` into ``code/<id>``; its
+    new row (``FieldError`` on ``file`` naming the member at fault, and a limit's setting)."""
+    check_uploader(db, settings, caller)
     bundle_id = new_id("code")
     with stage(source, settings.code_dir, settings.max_code_bytes, "max_code_bytes") as upload:
         unpacked = upload.scratch / "unpacked"
@@ -330,14 +333,15 @@ def add_code_bundle(
             files=info.files,
             modules=info.modules,
             requirements=info.requirements,
+            owner=caller.name,
         )
-        publish_then_record(unpacked, settings.code_dir / bundle_id, db, row)
+        publish_then_record(unpacked, settings.code_dir / bundle_id, db, row, settings)
     logger.info("code uploaded", extra={"code_id": bundle_id, "modules": info.modules})
     return row
 
 
-def delete_code_bundle(db: Database, settings: Settings, bundle_id: str) -> None:
+def delete_code_bundle(db: Database, settings: Settings, bundle_id: str, caller: Caller) -> None:
     """Delete a bundle's row and files (``NotFound``, ``Conflict`` while a job uses it)."""
     remove = partial(remove_bundle, settings)
     kind = UploadKind("code bundle", "code", store.get_code_bundle, remove)
-    delete_upload(db, kind, bundle_id)
+    delete_upload(db, kind, bundle_id, caller)

@@ -14,6 +14,7 @@ from service.errors import FieldError
 from service.files.housekeeping import remove_dataset_file as remove_dataset
 from service.files.uploads import (
     UploadKind,
+    check_uploader,
     delete_upload,
     new_id,
     publish_then_record,
@@ -24,14 +25,22 @@ from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
 from service.storage.tables import Dataset
+from service.teams.caller import Caller
 
 logger = logging.getLogger("service.files.datasets")
 
 
 def add_dataset(
-    db: Database, settings: Settings, source: BinaryIO, filename: str | None, image_size: str | None
+    db: Database,
+    settings: Settings,
+    source: BinaryIO,
+    filename: str | None,
+    image_size: str | None,
+    caller: Caller,
 ) -> Dataset:
-    """Receive, check (image folders: decode) and store an upload; its new row."""
+    """Receive, check (image folders: decode) and store an upload of ``caller``; its new
+    row."""
+    check_uploader(db, settings, caller)
     from workers.data.imagefolder import image_folder_members, is_image_folder, parse_size
     from workers.data.npz import inspect_npz  # numpy: imported with the first upload
 
@@ -65,9 +74,10 @@ def add_dataset(
             num_classes=info.num_classes,
             task=info.task,
             class_names=list(info.class_names) if info.class_names else None,
+            owner=caller.name,
         )
         final = settings.datasets_dir / f"{dataset_id}.npz"
-        publish_then_record(checked, final, db, row)
+        publish_then_record(checked, final, db, row, settings)
     logger.info("dataset uploaded", extra={"dataset_id": dataset_id, "bytes": upload.size})
     return row
 
@@ -94,7 +104,7 @@ def _decode_images(
     write_npz(arrays, target)
 
 
-def delete_dataset(db: Database, settings: Settings, dataset_id: str) -> None:
+def delete_dataset(db: Database, settings: Settings, dataset_id: str, caller: Caller) -> None:
     """Delete an uploaded dataset's row and file (``NotFound``, ``Conflict`` while in use)."""
     kind = UploadKind("dataset", "dataset", store.get_dataset, partial(remove_dataset, settings))
-    delete_upload(db, kind, dataset_id)
+    delete_upload(db, kind, dataset_id, caller)

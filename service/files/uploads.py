@@ -29,9 +29,13 @@ from sqlalchemy.orm import Session
 
 from service.errors import Conflict, NotFound, TooLarge
 from service.files.housekeeping import publish
+from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
 from service.storage.tables import CodeBundle, Dataset
+from service.teams.access import check_create, check_write
+from service.teams.caller import Caller
+from service.teams.quotas import check_upload_quota
 
 CHUNK = 1 << 20
 STAGING_PREFIX = ".upload-"
@@ -74,12 +78,23 @@ def stage(source: BinaryIO, folder: Path, limit: int, setting: str) -> Iterator[
         yield Staged(path, size, sha256, Path(scratch))
 
 
-def publish_then_record(built: Path, final: Path, db: Database, row: Dataset | CodeBundle) -> None:
-    """Move ``built`` (a file or a folder) to ``final`` durably, then insert its ``row``;
-    remove ``final`` again if that fails."""
+def check_uploader(db: Database, settings: Settings, caller: Caller, size: int = 1) -> None:
+    """``Forbidden`` unless ``caller`` may upload; ``FieldError`` on ``file`` when ``size``
+    more bytes would put them over their upload quota (before the body: 1 byte)."""
+    check_create(caller, "upload files")
+    with db.session() as session:
+        check_upload_quota(session, settings, caller.name, size)
+
+
+def publish_then_record(
+    built: Path, final: Path, db: Database, row: Dataset | CodeBundle, settings: Settings
+) -> None:
+    """Move ``built`` (a file or a folder) to ``final`` durably, then insert its ``row`` if
+    its owner's upload quota allows it; remove ``final`` again if that fails."""
     publish(built, final)
     try:
         with db.session() as session:
+            check_upload_quota(session, settings, row.owner, row.size_bytes)
             store.add_row(session, row)
     except BaseException:
         if final.is_dir():
@@ -110,13 +125,14 @@ class UploadKind:
     remove: Callable[[str], None]
 
 
-def delete_upload(db: Database, kind: UploadKind, ident: str) -> None:
-    """Delete an upload's row, then its files (``NotFound``; ``Conflict`` while a job that is
-    not over uses it)."""
+def delete_upload(db: Database, kind: UploadKind, ident: str, caller: Caller) -> None:
+    """Delete an upload's row, then its files (``NotFound``; ``Forbidden`` unless ``caller``
+    may; ``Conflict`` while a job that is not over uses it)."""
     with db.session() as session:
         row = kind.get(session, ident)
         if row is None:
             raise NotFound(kind.what, ident)
+        check_write(caller, kind.what, ident, row.owner)
         users = [job.id for job in store.jobs_using(session, kind.spec_key, ident)]
         if users:
             shown = ", ".join(users[:5]) + (" ..." if len(users) > 5 else "")

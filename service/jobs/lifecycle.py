@@ -38,7 +38,9 @@ from service.jobs.ingest_tokens import new_ingest_token
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
-from service.storage.tables import Job
+from service.storage.tables import BOOTSTRAP_USER, Job
+from service.teams.access import check_write
+from service.teams.caller import Caller
 
 logger = logging.getLogger("service.jobs.lifecycle")
 SUBMITTED = "submitted to Ray"
@@ -85,15 +87,17 @@ class Lifecycle:
         spec: JobSpec,
         steps_per_epoch: int,
         study: tuple[str, str] | None = None,
+        owner: str = BOOTSTRAP_USER,
     ) -> Job:
-        """A new ``queued`` job (``study``: the study id and arm it belongs to)."""
-        return store.create_job(session, spec, steps_per_epoch, JobState.QUEUED, study)
+        """A new ``queued`` job of ``owner`` (``study``: the study id and arm it belongs to)."""
+        return store.create_job(session, spec, steps_per_epoch, JobState.QUEUED, study, owner)
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, caller: Caller | None = None) -> Job:
         """Cancel (idempotent): a queued job never starts, a submitted one's Ray Job stops.
-        ``NotFound``; ``ClusterUnavailable`` when Ray cannot stop it."""
+        ``NotFound``; ``Forbidden`` unless ``caller`` may (None: the service itself);
+        ``ClusterUnavailable`` when Ray cannot stop it."""
         with self.db.session() as session:
-            job = job_or_404(session, job_id)
+            job = job_or_404(session, job_id, writer=caller)
             if JobState(job.state).is_final:
                 return job
             submitted = job.ray_status is not None
@@ -328,11 +332,16 @@ def check_report(job: Job, event: ReportEvent) -> None:
             )
 
 
-def job_or_404(session: Session, job_id: str, with_transitions: bool = False) -> Job:
-    """The job ``job_id``, or ``NotFound`` (404): the one lookup of a job by its id."""
+def job_or_404(
+    session: Session, job_id: str, with_transitions: bool = False, writer: Caller | None = None
+) -> Job:
+    """The job ``job_id``, or ``NotFound`` (404): the one lookup of a job by its id; with a
+    ``writer``, ``Forbidden`` (403) unless they may change it."""
     job = store.get_job(session, job_id, with_transitions)
     if job is None:
         raise NotFound("job", job_id)
+    if writer is not None:
+        check_write(writer, "job", job_id, job.owner)
     return job
 
 

@@ -10,15 +10,17 @@ from service.jobs.lifecycle import job_or_404, why_kept
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
+from service.teams.caller import Caller
 
 logger = logging.getLogger("service.jobs.retention")
 
 
-def delete_job(db: Database, settings: Settings, job_id: str) -> None:
+def delete_job(db: Database, settings: Settings, job_id: str, caller: Caller) -> None:
     """Delete the job's rows, then its run folder (checkpoints, model files, stats.jsonl).
-    ``NotFound``; ``Conflict`` while it is not over or belongs to a study."""
+    ``NotFound``; ``Forbidden`` unless ``caller`` may; ``Conflict`` while it is not over or
+    belongs to a study."""
     with db.session() as session:
-        job = job_or_404(session, job_id)
+        job = job_or_404(session, job_id, writer=caller)
         if job.study_id is not None:
             raise Conflict(
                 f"job {job_id} is part of study {job.study_id}: delete the study instead"

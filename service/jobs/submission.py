@@ -6,6 +6,7 @@ module, whether the cluster could ever fit it, and room in the queue. Each probl
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -17,8 +18,12 @@ from contract.spec import JobSpec
 from contract.states import JobState
 from service.cluster import Cluster, RayUnavailable
 from service.errors import FieldError, QueueFull
+from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
+from service.teams.access import check_create, check_use
+from service.teams.caller import Caller
+from service.teams.quotas import check_job_quotas
 
 logger = logging.getLogger("service.jobs.submission")
 
@@ -40,14 +45,17 @@ def cluster_capacity(ray: Cluster) -> Capacity | None:
         return None
 
 
-def dataset_info(db: Database, spec: JobSpec) -> DatasetInfo:
-    """The metadata of ``spec.dataset`` (``FieldError`` on ``dataset`` when it is unknown)."""
+def dataset_info(db: Database, spec: JobSpec, caller: Caller | None = None) -> DatasetInfo:
+    """The metadata of ``spec.dataset`` (``FieldError`` on ``dataset`` when it is unknown;
+    ``Forbidden`` when ``caller`` may not use it)."""
     if spec.is_builtin_dataset:
         return builtin_info(spec.dataset)
     with db.session() as session:
         row = store.get_dataset(session, spec.dataset)
         if row is None:
             raise FieldError("dataset", f"unknown dataset {spec.dataset!r}: upload it first")
+        if caller is not None:
+            check_use(session, caller, "dataset", row.id, row.owner)
         return DatasetInfo(
             row.id,
             row.n_train,
@@ -58,16 +66,21 @@ def dataset_info(db: Database, spec: JobSpec) -> DatasetInfo:
         )
 
 
-def check_submission(db: Database, spec: JobSpec, capacity: Capacity | None) -> Checked:
+def check_submission(
+    db: Database, spec: JobSpec, capacity: Capacity | None, caller: Caller | None = None
+) -> Checked:
     """``FieldError`` naming the field unless ``spec`` can train on its data and could ever
-    fit the cluster of ``capacity`` (None: not checked)."""
-    info = dataset_info(db, spec)
+    fit the cluster of ``capacity`` (None: not checked); ``Forbidden`` unless ``caller`` may
+    submit and use its dataset and code bundle."""
+    if caller is not None:
+        check_create(caller, "submit jobs")
+    info = dataset_info(db, spec, caller)
     try:
         check_data(spec, info)
     except DatasetError as exc:
         raise FieldError(exc.field, str(exc)) from exc
     if spec.builder is not None:
-        _check_builder(db, spec, spec.builder[0])
+        _check_builder(db, spec, spec.builder[0], caller)
     if capacity is not None:
         try:
             check_feasible(spec, capacity)
@@ -77,21 +90,28 @@ def check_submission(db: Database, spec: JobSpec, capacity: Capacity | None) -> 
     return Checked(steps, info.task)
 
 
-def check_queue_room(session: Session, jobs: int, max_queued: int) -> None:
-    """``QueueFull`` unless ``jobs`` more fit in the queue (``SYNCBN_MAX_QUEUED_JOBS``)."""
+def check_queue_room(
+    session: Session, settings: Settings, specs: Sequence[JobSpec], owner: str
+) -> None:
+    """``QueueFull`` unless ``specs`` fit in the queue (``SYNCBN_MAX_QUEUED_JOBS``), and
+    ``owner``'s quotas allow them (``service.teams.quotas``). Call it under the queue lock."""
     queued = store.count_by_state(session).get(JobState.QUEUED, 0)
-    if queued + jobs > max_queued:
+    jobs, most = len(specs), settings.max_queued_jobs
+    if queued + jobs > most:
         raise QueueFull(
-            f"the job queue is full ({queued} queued, at most {max_queued}; this asks for {jobs})"
+            f"the job queue is full ({queued} queued, at most {most}; this asks for {jobs})"
         )
+    check_job_quotas(session, settings, owner, specs)
 
 
-def _check_builder(db: Database, spec: JobSpec, module: str) -> None:
+def _check_builder(db: Database, spec: JobSpec, module: str, caller: Caller | None) -> None:
     """``FieldError`` unless ``spec.code`` is an uploaded bundle that has ``module``."""
     with db.session() as session:
         bundle = store.get_code_bundle(session, spec.code or "")
         if bundle is None:
             raise FieldError("code", f"unknown code bundle {spec.code!r}: upload it first")
+        if caller is not None:
+            check_use(session, caller, "code bundle", bundle.id, bundle.owner)
         if module not in bundle.modules:
             raise FieldError(
                 "model",

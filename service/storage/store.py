@@ -18,6 +18,7 @@ from contract.protocol import WORKER_COLUMNS, ExceptionEvent, ReportEvent
 from contract.spec import JobSpec
 from contract.states import ACTIVE_STATES, FINAL_STATES, JobState
 from service.storage.tables import (
+    BOOTSTRAP_USER,
     CodeBundle,
     Dataset,
     Evaluation,
@@ -45,8 +46,10 @@ def create_job(
     steps_per_epoch: int,
     state: JobState,
     study: tuple[str, str] | None = None,
+    owner: str = BOOTSTRAP_USER,
 ) -> Job:
-    """Insert a job in ``state`` (with its first transition); ``study``: (study id, arm)."""
+    """Insert a job of ``owner`` in ``state`` (with its first transition); ``study``: (study
+    id, arm)."""
     job = Job(
         id=new_job_id(),
         state=state,
@@ -55,6 +58,7 @@ def create_job(
         steps_per_epoch=steps_per_epoch,
         study_id=study[0] if study else None,
         arm=study[1] if study else None,
+        owner=owner,
     )
     session.add(job)
     session.flush()

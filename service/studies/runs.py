@@ -29,6 +29,8 @@ from service.storage.tables import Job, Study
 from service.studies.recommendation import Recommendation, recommend
 from service.studies.summary import ArmSummary, JobFigures
 from service.studies.verdict import verdict
+from service.teams.access import check_write
+from service.teams.caller import Caller
 
 
 @dataclass
@@ -96,8 +98,10 @@ def create_study(
     base: dict[str, Any],
     seeds: list[int],
     arms: list[Arm] | None,
+    caller: Caller,
 ) -> StudyState:
-    """Queue one job per arm and seed, after checking each arm as a submission."""
+    """Queue one job per arm and seed of ``caller``, after checking each arm as a submission
+    (the study's jobs are its owner's: they count against their quotas)."""
     defaulted = not arms
     arms = arms or [Arm(name) for name in DEFAULT_ARMS]
     specs = _arm_specs(base, arms, seeds[0], defaulted)
@@ -115,12 +119,13 @@ def create_study(
         if arm.name not in specs:
             continue
         try:
-            checked[arm.name] = check_submission(db, specs[arm.name], capacity)
+            checked[arm.name] = check_submission(db, specs[arm.name], capacity, caller)
         except FieldError as exc:
             raise FieldError(_field_of(arm, index, exc.field), str(exc), exc.setting) from None
     task = next(iter(checked.values())).task
     with lifecycle.queue_lock, db.session() as session:
-        check_queue_room(session, len(specs) * len(seeds), settings.max_queued_jobs)
+        every = [spec for spec in specs.values() for _ in seeds]
+        check_queue_room(session, settings, every, caller.name)
         study = store.add_study(
             session,
             Study(
@@ -130,26 +135,32 @@ def create_study(
                 arms=list(specs),
                 skipped=skipped,
                 metric=metric_for(task),
+                owner=caller.name,
             ),
         )
         for seed in seeds:
             for arm, spec in specs.items():
                 seeded = spec.model_copy(update={"seed": seed})
-                lifecycle.create(session, seeded, checked[arm].steps_per_epoch, (study.id, arm))
+                steps = checked[arm].steps_per_epoch
+                lifecycle.create(session, seeded, steps, (study.id, arm), caller.name)
         return summarize(session, study)
 
 
-def study_or_404(session: Session, study_id: str) -> Study:
+def study_or_404(session: Session, study_id: str, writer: Caller | None = None) -> Study:
+    """The study ``study_id``, or ``NotFound`` (404); with a ``writer``, ``Forbidden`` (403)
+    unless they may change it."""
     study = store.get_study(session, study_id)
     if study is None:
         raise NotFound("study", study_id)
+    if writer is not None:
+        check_write(writer, "study", study_id, study.owner)
     return study
 
 
-def cancel_study(db: Database, lifecycle: Lifecycle, study_id: str) -> StudyState:
+def cancel_study(db: Database, lifecycle: Lifecycle, study_id: str, caller: Caller) -> StudyState:
     """Cancel every job of the study that has not finished (idempotent)."""
     with db.session() as session:
-        study = study_or_404(session, study_id)
+        study = study_or_404(session, study_id, writer=caller)
         study.cancelled = True
         open_jobs = [
             j.id for j in store.study_jobs(session, study_id) if j.state not in FINAL_STATES
@@ -160,10 +171,10 @@ def cancel_study(db: Database, lifecycle: Lifecycle, study_id: str) -> StudyStat
         return summarize(session, study_or_404(session, study_id))
 
 
-def delete_study(db: Database, settings: Settings, study_id: str) -> None:
+def delete_study(db: Database, settings: Settings, study_id: str, caller: Caller) -> None:
     """Delete a study whose jobs are all over, with the jobs and their files."""
     with db.session() as session:
-        study = study_or_404(session, study_id)
+        study = study_or_404(session, study_id, writer=caller)
         for job in store.study_jobs(session, study_id):
             if reason := why_kept(job):
                 raise Conflict(f"{reason} (cancel the study first)")

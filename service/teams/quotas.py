@@ -7,6 +7,7 @@ A study's jobs are its owner's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contract.api import Quotas, Usage
+from contract.spec import JobSpec
 from contract.states import ACTIVE_STATES, JobState
+from service.errors import FieldError, QuotaExceeded
 from service.settings import Settings
 from service.storage.tables import CodeBundle, Dataset, Job, User
 
@@ -88,6 +91,56 @@ def _model_bytes(job_dir: Path) -> int:
         except OSError:
             continue
     return total
+
+
+def check_job_quotas(
+    session: Session, settings: Settings, owner: str, specs: Sequence[JobSpec]
+) -> None:
+    """Refuse new jobs of ``owner`` past their quotas: a job with more workers than they may
+    run at once (``FieldError`` on ``workers``), more queued jobs than they may queue, or
+    model files already over their bytes (``QuotaExceeded``, 429). Call it under the queue
+    lock, with the check of the service's own queue."""
+    quotas = quotas_in_force(settings, session.get(User, owner))
+    workers = quotas.max_running_workers
+    widest = max(spec.workers for spec in specs)
+    if workers is not None and widest > workers:
+        raise FieldError(
+            "workers",
+            f"{widest} workers are over {owner}'s quota of {workers} running at once "
+            "(max_running_workers): use fewer workers or ask an admin",
+            "quota_max_running_workers",
+        )
+    if quotas.max_queued_jobs is not None:
+        queued = queued_jobs(session, owner)
+        if queued + len(specs) > quotas.max_queued_jobs:
+            raise QuotaExceeded(
+                f"{owner} has {queued} job(s) queued and may queue {quotas.max_queued_jobs} "
+                f"(max_queued_jobs); this asks for {len(specs)}: wait for some to start"
+            )
+    if quotas.max_model_bytes is not None:
+        used = model_bytes(session, settings.layout.runs, owner)
+        if used >= quotas.max_model_bytes:
+            raise QuotaExceeded(
+                f"{owner}'s trained models use {used} bytes, at their quota of "
+                f"{quotas.max_model_bytes} (max_model_bytes): delete old jobs first"
+            )
+
+
+def check_upload_quota(session: Session, settings: Settings, owner: str, size: int) -> None:
+    """``FieldError`` on ``file`` when ``size`` more bytes of uploads would put ``owner`` over
+    their quota (``max_upload_bytes``)."""
+    quota = quotas_in_force(settings, session.get(User, owner)).max_upload_bytes
+    if quota is None:
+        return
+    used = upload_bytes(session, owner)
+    if used + size > quota:
+        raise FieldError(
+            "file",
+            f"{owner}'s datasets and code bundles use {used} bytes; with this upload "
+            f"({size} bytes) they would be over their quota of {quota} (max_upload_bytes): "
+            "delete some first",
+            "quota_max_upload_bytes",
+        )
 
 
 def usage(session: Session, settings: Settings, owner: str) -> Usage:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import File, Response, UploadFile, status
 
 from contract.api import CodeBundleList, CodeBundleOut, ErrorOut
+from service.api.auth import CallerDep
 from service.api.deps import ServicesDep, api_router
 from service.errors import NotFound
 from service.files.code_bundles import add_code_bundle, delete_code_bundle
@@ -29,6 +30,7 @@ router = api_router("/v1/code", "code")
 )
 def upload_code(
     services: ServicesDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description=".zip or .tar.gz of Python files")],
 ) -> CodeBundleOut:
     """Upload a bundle of Python files holding a model builder.
@@ -38,7 +40,7 @@ def upload_code(
     The service never imports the code: Ray ships it to the workers (``working_dir``), with
     a top-level ``requirements.txt`` installed by Ray (``pip``).
     """
-    row = add_code_bundle(services.db, services.settings, file.file, file.filename)
+    row = add_code_bundle(services.db, services.settings, file.file, file.filename, caller)
     return CodeBundleOut.model_validate(row)
 
 
@@ -70,7 +72,7 @@ def get_code(code_id: str, services: ServicesDep) -> CodeBundleOut:
         409: {"model": ErrorOut, "description": "a job that is not over uses it"},
     },
 )
-def delete_code(code_id: str, services: ServicesDep) -> Response:
+def delete_code(code_id: str, services: ServicesDep, caller: CallerDep) -> Response:
     """Delete a code bundle and its files (the models it trained can no longer predict)."""
-    delete_code_bundle(services.db, services.settings, code_id)
+    delete_code_bundle(services.db, services.settings, code_id, caller)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import File, Form, Response, UploadFile, status
 
 from contract.api import DatasetList, DatasetOut, ErrorOut
+from service.api.auth import CallerDep
 from service.api.deps import ServicesDep, api_router
 from service.files import datasets as files
 from service.storage import store
@@ -29,6 +30,7 @@ router = api_router("/v1/datasets", "datasets")
 )
 def upload_dataset(
     services: ServicesDep,
+    caller: CallerDep,
     file: Annotated[
         UploadFile,
         File(
@@ -42,7 +44,9 @@ def upload_dataset(
     ] = None,
 ) -> DatasetOut:
     """Upload a dataset; it is validated (image folders: decoded) before it gets an id."""
-    row = files.add_dataset(services.db, services.settings, file.file, file.filename, image_size)
+    row = files.add_dataset(
+        services.db, services.settings, file.file, file.filename, image_size, caller
+    )
     return DatasetOut.model_validate(row)
 
 
@@ -64,7 +68,7 @@ def list_datasets(services: ServicesDep) -> DatasetList:
         409: {"model": ErrorOut, "description": "a job that is not over uses it"},
     },
 )
-def delete_dataset(dataset_id: str, services: ServicesDep) -> Response:
+def delete_dataset(dataset_id: str, services: ServicesDep, caller: CallerDep) -> Response:
     """Delete an uploaded dataset and its file (jobs that used it keep their results)."""
-    files.delete_dataset(services.db, services.settings, dataset_id)
+    files.delete_dataset(services.db, services.settings, dataset_id, caller)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

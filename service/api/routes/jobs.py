@@ -26,7 +26,7 @@ from contract.api import (
 from contract.spec import JobSpec
 from contract.states import FINAL_STATES, JobState
 from service.api import views
-from service.api.auth import bearer_token
+from service.api.auth import CallerDep, bearer_token
 from service.api.deps import Services, ServicesDep, api_router
 from service.errors import ClusterUnavailable
 from service.jobs import logs
@@ -52,12 +52,14 @@ MAX_EVENT_ID = 2**62
         429: {"model": ErrorOut, "description": "the queue is full"},
     },
 )
-def submit_job(spec: JobSpec, services: ServicesDep) -> JobOut:
-    """Submit a training job; it starts when the cluster has room (FIFO)."""
-    checked = check_submission(services.db, spec, cluster_capacity(services.ray))
+def submit_job(spec: JobSpec, services: ServicesDep, caller: CallerDep) -> JobOut:
+    """Submit a training job; it starts when the cluster has room (fair share between users,
+    FIFO within one)."""
+    checked = check_submission(services.db, spec, cluster_capacity(services.ray), caller)
     with services.lifecycle.queue_lock, services.db.session() as session:
-        check_queue_room(session, 1, services.settings.max_queued_jobs)
-        job = services.lifecycle.create(session, spec, checked.steps_per_epoch)
+        check_queue_room(session, services.settings, [spec], caller.name)
+        steps = checked.steps_per_epoch
+        job = services.lifecycle.create(session, spec, steps, owner=caller.name)
         out = views.job_out(job)
     logger.info("job submitted", extra={"job_id": out.id, "spec": spec.model_dump()})
     return out
@@ -89,9 +91,9 @@ async def get_job(job_id: str, services: ServicesDep) -> JobOut:
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)
-def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
+def cancel_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JobOut:
     """Cancel a job (idempotent): a queued job never starts, a running one's Ray Job stops."""
-    job = services.lifecycle.cancel(job_id)
+    job = services.lifecycle.cancel(job_id, caller)
     with services.db.session() as session:
         return views.job_out(job_or_404(session, job.id, with_transitions=True))
 
@@ -102,9 +104,9 @@ def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
     response_class=Response,
     responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "not over, or a study's"}},
 )
-def delete_job(job_id: str, services: ServicesDep) -> Response:
+def delete_job(job_id: str, services: ServicesDep, caller: CallerDep) -> Response:
     """Delete a job that is over, with its statistics, checkpoints and model files."""
-    delete_job_and_files(services.db, services.settings, job_id)
+    delete_job_and_files(services.db, services.settings, job_id, caller)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

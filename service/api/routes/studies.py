@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from contract.api import ErrorOut, StudyIn, StudyList, StudyOut
 from service.api import views
+from service.api.auth import CallerDep
 from service.api.deps import ServicesDep, api_router
 from service.storage import store
 from service.studies import runs
@@ -37,7 +38,7 @@ def _in_base(exc: ValidationError) -> RequestValidationError:
         429: {"model": ErrorOut, "description": "the queue has no room for the study's jobs"},
     },
 )
-def create_study(body: StudyIn, services: ServicesDep) -> StudyOut:
+def create_study(body: StudyIn, services: ServicesDep, caller: CallerDep) -> StudyOut:
     """Queue one job per arm and seed: presets (local, sync, group, reference) or named JobSpec
     overrides such as sync groups; each arm is checked as a full JobSpec."""
     try:
@@ -49,6 +50,7 @@ def create_study(body: StudyIn, services: ServicesDep) -> StudyOut:
             body.base,
             body.seeds,
             [arm.arm() for arm in body.arms] if body.arms else None,
+            caller,
         )
     except ValidationError as exc:
         raise _in_base(exc) from None
@@ -74,9 +76,10 @@ def get_study(study_id: str, services: ServicesDep) -> StudyOut:
 
 
 @router.post("/{study_id}/cancel", response_model=StudyOut, responses=NOT_FOUND)
-def cancel_study(study_id: str, services: ServicesDep) -> StudyOut:
+def cancel_study(study_id: str, services: ServicesDep, caller: CallerDep) -> StudyOut:
     """Cancel every job of the study that has not finished (idempotent)."""
-    return views.study_out(runs.cancel_study(services.db, services.lifecycle, study_id))
+    state = runs.cancel_study(services.db, services.lifecycle, study_id, caller)
+    return views.study_out(state)
 
 
 @router.delete(
@@ -85,7 +88,7 @@ def cancel_study(study_id: str, services: ServicesDep) -> StudyOut:
     response_class=Response,
     responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "a job is not over"}},
 )
-def delete_study(study_id: str, services: ServicesDep) -> Response:
+def delete_study(study_id: str, services: ServicesDep, caller: CallerDep) -> Response:
     """Delete a study whose jobs are all over, with the jobs and their files."""
-    runs.delete_study(services.db, services.settings, study_id)
+    runs.delete_study(services.db, services.settings, study_id, caller)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
