@@ -59,6 +59,7 @@ class JobOut(BaseModel):
     transitions: list[TransitionOut] = []
     study_id: str | None = Field(None, description="the study this job is an arm x seed of")
     arm: str | None = None
+    owner: str = Field("admin", description="who made it (a user's name)")
 
 
 class JobList(BaseModel):
@@ -117,6 +118,7 @@ class DatasetOut(BaseModel):
     task: str = Field("classification", description="classification or segmentation")
     class_names: list[str] | None = Field(None, description="in label order, when known")
     created_at: datetime
+    owner: str = Field("admin", description="who made it (a user's name)")
 
 
 class DatasetList(BaseModel):
@@ -134,6 +136,7 @@ class CodeBundleOut(BaseModel):
     modules: list[str] = Field(description='importable modules: use "<module>:<function>"')
     requirements: list[str] = Field(description="requirements.txt lines, pip-installed by Ray")
     created_at: datetime
+    owner: str = Field("admin", description="who made it (a user's name)")
 
 
 class CodeBundleList(BaseModel):
@@ -325,6 +328,7 @@ class StudyOut(BaseModel):
         "best metric; null before any result"
     )
     created_at: datetime
+    owner: str = Field("admin", description="who made it (a user's name)")
 
 
 class StudyList(BaseModel):
@@ -439,13 +443,17 @@ class AuditOut(BaseModel):
 
     id: int
     at: datetime
-    actor: str | None = Field(description="the user (null: a failed sign-in)")
-    action: str = Field(description="like jobs.submit, users.create, sign-in")
-    object_kind: str | None = None
-    object_id: str | None = None
+    actor: str | None = Field(description="the user (null: no one signed in)")
+    action: str = Field(description="the route's operation id (jobs-submit, users-create), sign-in")
+    object_kind: str | None = Field(None, description="job, study, dataset, code, user; client")
+    object_id: str | None = Field(
+        None, description="its id (a token: user/name); of a count: the client's address"
+    )
     status: int = Field(description="the answer's HTTP status (refusals included)")
-    detail: str | None = None
-    count: int = Field(1, description="failed sign-ins: how many in that minute")
+    detail: str | None = Field(None, description="a refusal's message; a create's Location")
+    count: int = Field(
+        1, description="rows of no one signed in (failed sign-ins): how many that minute"
+    )
 
 
 class AuditList(BaseModel):

@@ -4,13 +4,13 @@ router they hang on. (The one lookup of a job by id is ``service.jobs.lifecycle.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.routing import APIRoute
 
 from contract.api import ErrorOut
-from service.api.auth import require_api_token
+from service.api.auth import current_caller
 from service.api.observability import ServiceMetrics
 from service.cluster import Cluster
 from service.jobs.events import EventHub
@@ -43,20 +43,46 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 """A route's ``services`` parameter."""
 
 
+class HasId(Protocol):
+    id: str
+
+
+Created = TypeVar("Created", bound=HasId)
+OwnerQuery = Annotated[
+    str | None, Query(max_length=64, description="only those of this user (e.g. yours: GET /v1/me)")
+]
+"""A list's ``owner`` filter."""
+
+
+def singular(tag: str) -> str:
+    """``jobs`` -> ``job``, ``studies`` -> ``study``: the kind of object a tag's routes serve."""
+    return tag[:-3] + "y" if tag.endswith("ies") else tag.removesuffix("s")
+
+
 def operation_id(route: APIRoute) -> str:
     """A route's short OpenAPI ``operationId``, ``<tag>-<verb>`` like ``jobs-submit`` or
     ``studies-cancel``: what a generated client names its functions after."""
     tag = route.tags[0] if route.tags else "api"
-    singular = tag[:-3] + "y" if tag.endswith("ies") else tag.removesuffix("s")
-    words = [w for w in route.name.split("_") if w not in (tag, singular, "job")]
+    words = [w for w in route.name.split("_") if w not in (tag, singular(str(tag)), "job")]
     return "-".join([str(tag), *(words or [route.name])])
 
 
+def created(response: Response, collection: str, out: Created) -> Created:
+    """``out``, a create's answer, with ``Location: <collection>/<out.id>`` (the audit log
+    names the new object after it)."""
+    response.headers["Location"] = f"{collection}/{out.id}"
+    return out
+
+
 def api_router(prefix: str, tag: str) -> APIRouter:
-    """A ``/v1`` router whose every route needs the API token (401 documented)."""
+    """A ``/v1`` router whose every route needs a signed-in caller (``CallerDep``; 401 and
+    403 documented)."""
     return APIRouter(
         prefix=prefix,
         tags=[tag],
-        dependencies=[Depends(require_api_token)],
-        responses={401: {"model": ErrorOut}},
+        dependencies=[Depends(current_caller)],
+        responses={
+            401: {"model": ErrorOut},
+            403: {"model": ErrorOut, "description": "the caller's role does not allow it"},
+        },
     )

@@ -56,6 +56,7 @@ def job_out(job: Job, with_transitions: bool = True) -> JobOut:
         ),
         study_id=job.study_id,
         arm=job.arm,
+        owner=job.owner,
     )
 
 
@@ -77,6 +78,7 @@ def study_out(state: StudyState) -> StudyOut:
             else None
         ),
         created_at=study.created_at,
+        owner=study.owner,
     )
 
 

@@ -174,13 +174,15 @@ def get_job(session: Session, job_id: str, with_transitions: bool = False) -> Jo
 
 
 def list_jobs(
-    session: Session, state: JobState | None, limit: int, offset: int
+    session: Session, state: JobState | None, limit: int, offset: int, owner: str | None = None
 ) -> tuple[list[Job], int]:
-    """Newest first."""
+    """Newest first; only those in ``state`` and of ``owner`` when given."""
     query = select(Job)
     count = select(func.count()).select_from(Job)
     if state is not None:
         query, count = query.where(Job.state == state), count.where(Job.state == state)
+    if owner is not None:
+        query, count = query.where(Job.owner == owner), count.where(Job.owner == owner)
     jobs = session.scalars(
         query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     ).all()
@@ -241,8 +243,11 @@ def get_study(session: Session, study_id: str) -> Study | None:
     return session.get(Study, study_id)
 
 
-def list_studies(session: Session, limit: int = 100) -> list[Study]:
+def list_studies(session: Session, limit: int = 100, owner: str | None = None) -> list[Study]:
+    """Newest first; only ``owner``'s when given."""
     query = select(Study).order_by(Study.created_at.desc(), Study.id.desc()).limit(limit)
+    if owner is not None:
+        query = query.where(Study.owner == owner)
     return list(session.scalars(query).all())
 
 

@@ -27,7 +27,7 @@ from contract.spec import JobSpec
 from contract.states import FINAL_STATES, JobState
 from service.api import views
 from service.api.auth import CallerDep, bearer_token
-from service.api.deps import Services, ServicesDep, api_router
+from service.api.deps import OwnerQuery, Services, ServicesDep, api_router, created
 from service.errors import ClusterUnavailable
 from service.jobs import logs
 from service.jobs.lifecycle import job_or_404
@@ -52,7 +52,9 @@ MAX_EVENT_ID = 2**62
         429: {"model": ErrorOut, "description": "the queue is full"},
     },
 )
-def submit_job(spec: JobSpec, services: ServicesDep, caller: CallerDep) -> JobOut:
+def submit_job(
+    spec: JobSpec, services: ServicesDep, caller: CallerDep, response: Response
+) -> JobOut:
     """Submit a training job; it starts when the cluster has room (fair share between users,
     FIFO within one)."""
     checked = check_submission(services.db, spec, cluster_capacity(services.ray), caller)
@@ -62,7 +64,7 @@ def submit_job(spec: JobSpec, services: ServicesDep, caller: CallerDep) -> JobOu
         job = services.lifecycle.create(session, spec, steps, owner=caller.name)
         out = views.job_out(job)
     logger.info("job submitted", extra={"job_id": out.id, "spec": spec.model_dump()})
-    return out
+    return created(response, "/v1/jobs", out)
 
 
 @router.get("", response_model=JobList)
@@ -71,11 +73,12 @@ async def list_jobs(
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    owner: OwnerQuery = None,
 ) -> JobList:
-    """Jobs, newest first, optionally only those in ``state``."""
+    """Jobs, newest first, optionally only those in ``state`` or of ``owner``."""
 
     def page(session: Session) -> JobList:
-        jobs, total = store.list_jobs(session, state, limit, offset)
+        jobs, total = store.list_jobs(session, state, limit, offset, owner)
         out = [views.job_out(j, with_transitions=False) for j in jobs]
         return JobList(jobs=out, total=total, limit=limit, offset=offset)
 

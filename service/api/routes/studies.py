@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from contract.api import ErrorOut, StudyIn, StudyList, StudyOut
 from service.api import views
 from service.api.auth import CallerDep
-from service.api.deps import ServicesDep, api_router
+from service.api.deps import OwnerQuery, ServicesDep, api_router, created
 from service.storage import store
 from service.studies import runs
 
@@ -38,7 +38,9 @@ def _in_base(exc: ValidationError) -> RequestValidationError:
         429: {"model": ErrorOut, "description": "the queue has no room for the study's jobs"},
     },
 )
-def create_study(body: StudyIn, services: ServicesDep, caller: CallerDep) -> StudyOut:
+def create_study(
+    body: StudyIn, services: ServicesDep, caller: CallerDep, response: Response
+) -> StudyOut:
     """Queue one job per arm and seed: presets (local, sync, group, reference) or named JobSpec
     overrides such as sync groups; each arm is checked as a full JobSpec."""
     try:
@@ -54,16 +56,18 @@ def create_study(body: StudyIn, services: ServicesDep, caller: CallerDep) -> Stu
         )
     except ValidationError as exc:
         raise _in_base(exc) from None
-    return views.study_out(state)
+    return created(response, "/v1/studies", views.study_out(state))
 
 
 @router.get("", response_model=StudyList)
 def list_studies(
-    services: ServicesDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    owner: OwnerQuery = None,
 ) -> StudyList:
-    """Studies, newest first."""
+    """Studies, newest first, optionally only those of ``owner``."""
     with services.db.session() as session:
-        studies = store.list_studies(session, limit)
+        studies = store.list_studies(session, limit, owner)
         return StudyList(studies=[views.study_out(runs.summarize(session, s)) for s in studies])
 
 
