@@ -189,10 +189,13 @@ def wait_ray_idle(dashboard_url: str, timeout_s: float = 60.0) -> None:
 
 
 @contextmanager
-def made_run(home: Path, timeout_s: float = 180.0) -> Iterator[ServiceProcess]:
+def made_run(
+    home: Path, timeout_s: float = 180.0, env: dict[str, str] | None = None
+) -> Iterator[ServiceProcess]:
     """The service as ``make run`` starts it in ``home`` (its own embedded Ray head, a token it
-    makes, an empty ``HOME``); afterwards stopped, and whatever its head left killed."""
-    service = ServiceProcess(home, None, token=None)
+    makes, an empty ``HOME``; ``env``: settings on top); afterwards stopped, and whatever its
+    head left killed."""
+    service = ServiceProcess(home, None, token=None, env=env)
     try:
         yield service.start(timeout_s=timeout_s)
     finally:

@@ -1,11 +1,13 @@
 """Which queued jobs start now: a pure function of the queue, the cluster and what runs.
 
 Fair share: whenever there is room, the next job comes from the user with the fewest workers
-running (ties: the user whose next job is oldest), and each user's jobs start in their order
-(FIFO within a user). A job that does not fit the free resources stops the queue: nothing
-overtakes it, so a big job is not starved by small ones, and every job behind it is told why.
-A user at their running-workers quota waits while the others go on. A job the cluster (or the
-user's quota) can never run is rejected. With one user this is the FIFO queue it always was.
+running; ties go to the user who has waited longest since one of their jobs last started
+(so on a cluster with room for one job, users take turns), then to the oldest job; each
+user's jobs start in their order (FIFO within a user). A job that does not fit the free
+resources stops the queue: nothing overtakes it, so a big job is not starved by small ones,
+and every job behind it is told why. A user at their running-workers quota waits while the
+others go on. A job the cluster (or the user's quota) can never run is rejected. With one
+user this is the FIFO queue it always was.
 """
 
 from __future__ import annotations
@@ -64,10 +66,12 @@ def admit(
     on_ray: Sequence[Holding | JobSpec],
     max_running: int | None = None,
     worker_quotas: Mapping[str, int | None] | None = None,
+    last_started: Mapping[str, float] | None = None,
 ) -> list[Decision]:
     """One decision per queued job (given oldest first), in the same order; ``on_ray``: the
     jobs that hold Ray resources; ``max_running``: the service's limit on jobs (None: none);
-    ``worker_quotas``: each user's most workers running at once (missing or None: no limit)."""
+    ``worker_quotas``: each user's most workers running at once (missing or None: no limit);
+    ``last_started``: when each user's newest job started (a timestamp; missing: never)."""
     jobs = [Queued(*job) for job in queued]
     used: dict[str, float] = {}
     workers: dict[str, int] = defaultdict(int)
@@ -80,11 +84,12 @@ def admit(
     for index, job in enumerate(jobs):
         lines[job.owner].append(index)
     quotas = worker_quotas or {}
+    turn = {name: float("-inf") for name in lines} | dict(last_started or {})
     decisions: dict[int, Decision] = {}
     blocked_by: str | None = None
     blocker = -1  # the index of the job that stops the queue
     while lines and blocked_by is None:
-        owner = min(lines, key=lambda name: (workers[name], lines[name][0]))
+        owner = min(lines, key=lambda name: (workers[name], turn[name], lines[name][0]))
         index = lines[owner].pop(0)
         if not lines[owner]:
             del lines[owner]
@@ -121,6 +126,7 @@ def admit(
             blocked_by, blocker = f"{job.id} {missing}", index
             continue
         decisions[index] = Admit()
+        turn[owner] = float("inf")  # just started: the others' turn first
         running += 1
         workers[owner] += job.spec.workers
         _add(used, needs)

@@ -101,6 +101,7 @@ class Scheduler:
                     queued.append((job, JobSpec.model_validate(job.spec)))
                 except ValueError as exc:
                     broken.append((job.id, exc))
+            owners = {job.owner for job, _ in queued}
             on_ray = [
                 Holding(JobSpec.model_validate(job.spec), job.owner)
                 for job in self._on_ray(session)
@@ -110,7 +111,8 @@ class Scheduler:
                 capacity,
                 on_ray,
                 self.settings.max_running_jobs,
-                worker_quotas(session, self.settings, {job.owner for job, _ in queued}),
+                worker_quotas(session, self.settings, owners),
+                store.last_started(session, owners),
             )
             for (job, _), decision in zip(queued, decisions, strict=True):
                 if isinstance(decision, Admit):

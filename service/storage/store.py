@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -187,6 +188,23 @@ def list_jobs(
         query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     ).all()
     return list(jobs), int(session.scalar(count) or 0)
+
+
+def last_started(session: Session, owners: Collection[str]) -> dict[str, float]:
+    """When each owner's newest job started (a timestamp), for those who ever started one."""
+    query = (
+        select(Job.owner, func.max(Job.started_at))
+        .where(Job.owner.in_(owners), Job.started_at.is_not(None))
+        .group_by(Job.owner)
+    )
+    return {owner: _aware(at).timestamp() for owner, at in session.execute(query) if at}
+
+
+def _aware(at: datetime) -> datetime:
+    """A timestamp read through an aggregate (SQLite returns it naive, or as text): UTC."""
+    if isinstance(at, str):
+        at = datetime.fromisoformat(at)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def jobs_in(session: Session, states: Collection[JobState]) -> list[Job]:

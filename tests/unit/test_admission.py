@@ -103,3 +103,13 @@ def test_a_job_over_its_owners_worker_quota_is_rejected():
     )
     assert isinstance(decision, Reject)
     assert "over alice's quota of 2 running workers" in decision.reason
+
+
+def test_with_room_for_one_job_users_take_turns():
+    """Nobody runs anything: the tie goes to the user whose last start is oldest (bob never
+    started one), not to alice's older job."""
+    queued = [Queued("a1", spec(2), "alice"), Queued("b0", spec(2), "bob")]
+    decisions = admit(queued, cluster(2), [], last_started={"alice": 100.0})
+    assert decisions == [Wait("waiting for resources: needs 2 CPU, 0 of 2 free"), Admit()]
+    both = {"alice": 100.0, "bob": 200.0}  # alice waited longer: her turn
+    assert admit(queued, cluster(2), [], last_started=both)[0] == Admit()

@@ -1,0 +1,218 @@
+"""The role table, one case per row: admin, member and viewer, on their own and on others'
+objects, for every write route (jobs, studies, datasets, code bundles); reads are open to
+everyone signed in; quotas name the quota and the use; fair share in the real scheduler."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from bundlekit import zip_bytes
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from inprocess import GOOD, LOCAL, tick
+
+NET = b"def build_model(s, n):\n    return None\n"
+
+
+def npz_bytes() -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buffer, x=rng.normal(size=(40, 4)).astype(np.float32), y=np.arange(40) % 2)
+    return buffer.getvalue()
+
+
+def as_token(app: FastAPI, token: str) -> TestClient:
+    return TestClient(app, base_url=LOCAL, headers={"Authorization": f"Bearer {token}"})
+
+
+def add_user(admin: TestClient, app: FastAPI, name: str, role: str, **quotas: int) -> TestClient:
+    body: dict[str, Any] = {"name": name, "role": role}
+    if quotas:
+        body["quotas"] = quotas
+    response = admin.post("/v1/users", json=body)
+    assert response.status_code == 201, response.text
+    return as_token(app, response.json()["token"]["token"])
+
+
+@pytest.fixture
+def team(app: FastAPI, client: TestClient) -> dict[str, TestClient]:
+    """The bootstrap admin, a second admin, two members and a viewer."""
+    return {
+        "admin": client,
+        "root": add_user(client, app, "root", "admin"),
+        "alice": add_user(client, app, "alice", "member"),
+        "bob": add_user(client, app, "bob", "member"),
+        "vera": add_user(client, app, "vera", "viewer"),
+    }
+
+
+def objects_of(user: TestClient) -> dict[str, str]:
+    """A queued job, a study, a dataset and a code bundle made by ``user``."""
+    job = user.post("/v1/jobs", json=GOOD)
+    assert job.status_code == 201, job.text
+    study = user.post("/v1/studies", json={"base": GOOD, "seeds": [0], "arms": ["sync"]})
+    assert study.status_code == 201, study.text
+    dataset = user.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())})
+    assert dataset.status_code == 201, dataset.text
+    bundle = user.post("/v1/code", files={"file": ("b.zip", zip_bytes({"net.py": NET}))})
+    assert bundle.status_code == 201, bundle.text
+    return {
+        "job": job.json()["id"],
+        "study": study.json()["id"],
+        "dataset": dataset.json()["id"],
+        "code": bundle.json()["id"],
+    }
+
+
+WRITES = [
+    ("cancel job", "POST", "/v1/jobs/{job}/cancel", 200),
+    ("cancel study", "POST", "/v1/studies/{study}/cancel", 200),
+    ("delete job", "DELETE", "/v1/jobs/{job}", 204),
+    ("delete study", "DELETE", "/v1/studies/{study}", 204),
+    ("delete dataset", "DELETE", "/v1/datasets/{dataset}", 204),
+    ("delete code", "DELETE", "/v1/code/{code}", 204),
+]
+"""Every write on an existing object, in an order that works (a job is cancelled before it is
+deleted)."""
+
+
+@pytest.mark.parametrize(
+    ("actor", "owner", "allowed"),
+    [
+        ("admin", "alice", True),  # an admin writes everything
+        ("root", "alice", True),  # a second admin too
+        ("alice", "alice", True),  # a member writes their own
+        ("bob", "alice", False),  # ... and nothing of another member
+        ("alice", "admin", False),  # ... nor an admin's
+        ("vera", "alice", False),  # a viewer writes nothing
+    ],
+)
+def test_each_write_route_by_role_and_owner(team, actor, owner, allowed):
+    ids = objects_of(team[owner])
+    for what, method, path, ok in WRITES:
+        response = team[actor].request(method, path.format(**ids))
+        if allowed:
+            assert response.status_code == ok, f"{what}: {response.text}"
+            continue
+        assert response.status_code == 403, f"{what}: {response.text}"
+        detail = response.json()["detail"]
+        kind_id = next(v for k, v in ids.items() if v in path.format(**ids))
+        assert f"belongs to {owner}" in detail and kind_id in detail, detail
+        assert f"you are {actor}, a " in detail and "only its owner or an admin" in detail
+    if not allowed:  # nothing changed: the owner still can
+        for _, method, path, ok in WRITES:
+            assert team[owner].request(method, path.format(**ids)).status_code == ok
+
+
+def test_a_viewer_creates_nothing_and_reads_everything(team):
+    ids = objects_of(team["alice"])
+    vera = team["vera"]
+    refusals = [
+        vera.post("/v1/jobs", json=GOOD),
+        vera.post("/v1/studies", json={"base": GOOD, "seeds": [0], "arms": ["sync"]}),
+        vera.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())}),
+        vera.post("/v1/code", files={"file": ("b.zip", zip_bytes({"net.py": NET}))}),
+    ]
+    for response in refusals:
+        assert response.status_code == 403, response.text
+        assert "a viewer may not" in response.json()["detail"]
+        assert "a member or an admin may (you are vera, a viewer)" in response.json()["detail"]
+    reads = [
+        f"/v1/jobs/{ids['job']}",
+        f"/v1/studies/{ids['study']}",
+        "/v1/jobs",
+        "/v1/studies",
+        "/v1/datasets",
+        "/v1/code",
+        f"/v1/jobs/{ids['job']}/workers",
+        f"/v1/jobs/{ids['job']}/metrics",
+    ]
+    for path in reads:
+        assert vera.get(path).status_code == 200, path
+
+
+def test_owners_are_shown_and_lists_filter_by_owner(team):
+    alice, bob = objects_of(team["alice"]), objects_of(team["bob"])
+    admin = team["admin"]
+    job = admin.get(f"/v1/jobs/{alice['job']}").json()
+    assert job["owner"] == "alice"
+    assert admin.get(f"/v1/studies/{bob['study']}").json()["owner"] == "bob"
+    listed = admin.get("/v1/jobs", params={"owner": "alice"}).json()
+    assert {j["owner"] for j in listed["jobs"]} == {"alice"}
+    assert listed["total"] == 2  # her job and her study's one job
+    studies = admin.get("/v1/studies", params={"owner": "bob"}).json()["studies"]
+    assert [s["id"] for s in studies] == [bob["study"]]
+    datasets = admin.get("/v1/datasets").json()["datasets"]
+    assert {d["owner"] for d in datasets} == {"alice", "bob"}
+    assert {b["owner"] for b in admin.get("/v1/code").json()["bundles"]} == {"alice", "bob"}
+
+
+def test_a_member_runs_jobs_on_their_own_or_an_admins_uploads_only(team):
+    mine, bobs, shared = (
+        objects_of(team["alice"]),
+        objects_of(team["bob"]),
+        objects_of(team["admin"]),
+    )
+    alice = team["alice"]
+    code_job = {**GOOD, "model": "net:build_model", "batch_size_per_worker": 4}
+    for ids in (mine, shared):
+        ok = alice.post(
+            "/v1/jobs", json={**code_job, "dataset": ids["dataset"], "code": ids["code"]}
+        )
+        assert ok.status_code == 201, ok.text
+    theirs = alice.post(
+        "/v1/jobs", json={**GOOD, "dataset": bobs["dataset"], "batch_size_per_worker": 4}
+    )
+    assert theirs.status_code == 403
+    assert f"dataset {bobs['dataset']} belongs to bob" in theirs.json()["detail"]
+    theirs = alice.post(
+        "/v1/jobs", json={**code_job, "dataset": mine["dataset"], "code": bobs["code"]}
+    )
+    assert theirs.status_code == 403
+    assert f"code bundle {bobs['code']} belongs to bob" in theirs.json()["detail"]
+
+
+def test_quotas_name_the_quota_and_the_use(team, app):
+    admin = team["admin"]
+    capped = add_user(admin, app, "carol", "member", max_queued_jobs=1, max_running_workers=1)
+    wide = capped.post("/v1/jobs", json=GOOD)  # 2 workers
+    assert wide.status_code == 422
+    (error,) = wide.json()["detail"]
+    assert error["loc"][-1] == "workers"
+    assert "over carol's quota of 1 running at once (max_running_workers)" in error["msg"]
+    narrow = {**GOOD, "workers": 1}
+    assert capped.post("/v1/jobs", json=narrow).status_code == 201
+    full = capped.post("/v1/jobs", json=narrow)
+    assert full.status_code == 429
+    assert "carol has 1 job(s) queued and may queue 1 (max_queued_jobs)" in full.json()["detail"]
+    study = capped.post("/v1/studies", json={"base": narrow, "seeds": [0], "arms": ["sync"]})
+    assert study.status_code == 429  # a study's jobs are its owner's
+    small = add_user(admin, app, "dan", "member", max_upload_bytes=100)
+    upload = small.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())})
+    assert upload.status_code == 422
+    (error,) = upload.json()["detail"]
+    assert (
+        error["loc"][-1] == "file" and "over their quota of 100 (max_upload_bytes)" in error["msg"]
+    )
+    assert admin.get("/v1/datasets").json()["datasets"] == []  # nothing kept
+
+
+def test_the_scheduler_shares_fairly_between_users(team, app):
+    """A queues 3 jobs, then B queues 1: with room for one job (the FakeRay cluster has 2
+    CPUs: one 2-worker job at a time), B's goes next after A's first: they take turns."""
+    a_jobs = [team["alice"].post("/v1/jobs", json=GOOD).json()["id"] for _ in range(3)]
+    b_job = team["bob"].post("/v1/jobs", json=GOOD).json()["id"]
+    tick(app)
+    admin = team["admin"]
+    state = {j: admin.get(f"/v1/jobs/{j}").json()["state"] for j in [*a_jobs, b_job]}
+    assert state[a_jobs[0]] == "pending" and state[b_job] == "queued"
+    admin.post(f"/v1/jobs/{a_jobs[0]}/cancel")
+    tick(app)  # Ray reports the job stopped: its slot is free
+    tick(app)
+    assert admin.get(f"/v1/jobs/{b_job}").json()["state"] == "pending"  # before A's 2nd
+    waiting = admin.get(f"/v1/jobs/{a_jobs[1]}").json()
+    assert waiting["state"] == "queued"
+    assert waiting["reason"].endswith("(fair share: its owner goes first)")
