@@ -215,4 +215,4 @@ def test_the_scheduler_shares_fairly_between_users(team, app):
     assert admin.get(f"/v1/jobs/{b_job}").json()["state"] == "pending"  # before A's 2nd
     waiting = admin.get(f"/v1/jobs/{a_jobs[1]}").json()
     assert waiting["state"] == "queued"
-    assert waiting["reason"].endswith("(fair share: its owner goes first)")
+    assert waiting["reason"] == "waiting for resources: needs 2 CPU, 0 of 2 free"  # next
