@@ -1,4 +1,4 @@
-"""``syncbn``: the command-line client of the service (httpx + rich).
+"""``syncbn``: the command-line client of the service (rich), on the SDK (``client.sdk``).
 
     syncbn submit --dataset digits --workers 2 --batch-size 8 --epochs 3 [--watch]
     syncbn submit --file job.json
@@ -23,21 +23,18 @@ unreachable or failed (5xx); a busy service (429) is asked again a few times fir
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-import httpx
 from rich.console import Console
 
 from client.commands import COMMANDS
 from client.commands.base import EXIT_JOB_FAILED, EXIT_OK, EXIT_REJECTED, EXIT_UNAVAILABLE
-from client.http import ApiError, Client, local_token
+from client.errors import ApiError, Unreachable
+from client.sdk import DEFAULT_URL, Client
 from client.spec_args import spec_flags, spec_from_args
-from contract.layout import local_service_url
-
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 __all__ = [
+    "DEFAULT_URL",
     "EXIT_JOB_FAILED",
     "EXIT_OK",
     "EXIT_REJECTED",
@@ -62,13 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--url",
-        default=os.environ.get("SYNCBN_URL") or local_service_url() or DEFAULT_URL,
         help="the service (default: $SYNCBN_URL, else the URL the service of $SYNCBN_HOME "
         f"recorded when it started, else {DEFAULT_URL})",
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("SYNCBN_API_TOKEN"),
         help="API token (default: $SYNCBN_API_TOKEN, else for a service on this machine the "
         "one in $SYNCBN_HOME/api-token)",
     )
@@ -91,14 +86,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=args.json)
-    client = Client(args.url, args.token or local_token(args.url))
+    client = Client(args.url, args.token)  # the SDK picks the defaults
     try:
         return COMMANDS[args.command].run(args, client, console)
     except ApiError as exc:
         console.print(str(exc), markup=False, style="red")
         return EXIT_REJECTED if exc.status < 500 else EXIT_UNAVAILABLE
-    except httpx.HTTPError as exc:
-        console.print(f"cannot reach the service at {args.url}: {exc}", markup=False, style="red")
+    except Unreachable as exc:
+        console.print(f"cannot reach the service at {exc.url}: {exc}", markup=False, style="red")
         return EXIT_UNAVAILABLE
     except (OSError, ValueError) as exc:  # a local file: missing, unreadable, not JSON
         console.print(str(exc), markup=False, style="red")

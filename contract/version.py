@@ -17,5 +17,5 @@ def package_version() -> str:
 
 
 def major(text: str) -> str:
-    """The major part of a version (``"0.1.0"`` -> ``"0"``)."""
-    return text.split(".", 1)[0]
+    """The major part of a version (``"0.1.0"`` -> ``"0"``, ``"0+unknown"`` -> ``"0"``)."""
+    return text.split("+", 1)[0].split(".", 1)[0]

@@ -1,5 +1,5 @@
-"""A command of the ``syncbn`` CLI: its help, its arguments and one function that sends its
-requests and prints the outcome (``--json``: the raw JSON of the response instead)."""
+"""A command of the ``syncbn`` CLI: its help, its arguments and one function that calls the
+SDK and prints the outcome (``--json``: the JSON of the response instead)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 
-from client.http import Client
+from client.sdk import Client
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_REJECTED, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -30,10 +31,19 @@ class Command:
     run: Run
 
 
+def plain(out: Any) -> Any:
+    """An SDK answer as the JSON the service sent: a model's fields that came in it (none
+    added with a default), as JSON types; anything else as it is."""
+    if isinstance(out, BaseModel):
+        return out.model_dump(mode="json", exclude_unset=True)
+    return out
+
+
 def printed_json(args: argparse.Namespace, out: Any) -> bool:
-    """With ``--json``, print ``out`` as JSON (and nothing else is printed); whether it did."""
+    """With ``--json``, print ``out`` (a dict or an SDK answer) as JSON (and nothing else is
+    printed); whether it did."""
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(json.dumps(plain(out), indent=2))
     return args.json
 
 
@@ -54,16 +64,17 @@ def positional(name: str, **options: Any) -> Callable[[argparse.ArgumentParser],
     return add_arguments
 
 
-def request_and_show(
-    method: str, path: str, show: Callable[[Console, dict[str, Any]], None]
+def call_and_show(
+    call: Callable[[Client, argparse.Namespace], BaseModel],
+    show: Callable[[Console, dict[str, Any]], None],
 ) -> Run:
-    """A command that sends ``method path`` (``path`` formatted with the arguments, e.g.
-    ``/v1/jobs/{job_id}``) and shows the answer with ``show(console, answer)``."""
+    """A command that calls the SDK, ``call(client, args)`` (e.g. ``client.job(args.job_id)``),
+    and shows the answer with ``show(console, answer as JSON)``."""
 
     def run(args: argparse.Namespace, client: Client, console: Console) -> int:
-        out = client.request(method, path.format(**vars(args)))
+        out = call(client, args)
         if not printed_json(args, out):
-            show(console, out)
+            show(console, plain(out))
         return EXIT_OK
 
     return run

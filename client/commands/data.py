@@ -11,19 +11,12 @@ from rich.console import Console
 from client.commands.base import (
     EXIT_OK,
     Command,
+    call_and_show,
     no_arguments,
     positional,
     printed_json,
-    request_and_show,
 )
-from client.http import Client
-
-
-def post_file(client: Client, url: str, path: Path, form: dict[str, str]) -> Any:
-    """``POST url`` with the file ``path`` (and the ``form`` fields)."""
-    with path.open("rb") as handle:
-        files = {"file": (path.name, handle, "application/octet-stream")}
-        return client.request("POST", url, files=files, data=form, timeout=300)
+from client.sdk import Client
 
 
 def upload_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,13 +27,12 @@ def upload_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def upload(args: argparse.Namespace, client: Client, console: Console) -> int:
-    form = {"image_size": args.image_size} if args.image_size else {}
-    out = post_file(client, "/v1/datasets", args.path, form)
-    if not printed_json(args, out):
-        classes = out.get("class_names") or []
+    dataset = client.upload_dataset(args.path, image_size=args.image_size)
+    if not printed_json(args, dataset):
+        classes = dataset.class_names or []
         console.print(
-            f"dataset [bold]{out['id']}[/bold] ({out.get('task', 'classification')}): "
-            f"{out['n_train']} train / {out['n_test']} test samples, shape {out['input_shape']}"
+            f"dataset [bold]{dataset.id}[/bold] ({dataset.task}): {dataset.n_train} train / "
+            f"{dataset.n_test} test samples, shape {dataset.input_shape}"
             + (f", classes {', '.join(classes)}" if classes else "")
         )
     return EXIT_OK
@@ -56,11 +48,11 @@ def show_datasets(console: Console, out: dict[str, Any]) -> None:
 
 
 def upload_code(args: argparse.Namespace, client: Client, console: Console) -> int:
-    out = post_file(client, "/v1/code", args.path, {})
-    if not printed_json(args, out):
+    bundle = client.upload_code(args.path)
+    if not printed_json(args, bundle):
         console.print(
-            f"code [bold]{out['id']}[/bold]: modules {', '.join(out['modules'])}; submit with "
-            f"--code {out['id']} --model <module>:<function>"
+            f"code [bold]{bundle.id}[/bold]: modules {', '.join(bundle.modules)}; submit with "
+            f"--code {bundle.id} --model <module>:<function>"
         )
     return EXIT_OK
 
@@ -80,7 +72,7 @@ COMMANDS = {
     "datasets": Command(
         "list uploaded datasets",
         no_arguments,
-        request_and_show("GET", "/v1/datasets", show_datasets),
+        call_and_show(lambda client, _: client.datasets(), show_datasets),
     ),
     "upload-code": Command(
         "upload a .zip/.tar.gz of Python files with a model builder",
@@ -90,6 +82,6 @@ COMMANDS = {
     "code": Command(
         "list uploaded code bundles",
         no_arguments,
-        request_and_show("GET", "/v1/code", show_bundles),
+        call_and_show(lambda client, _: client.code_bundles(), show_bundles),
     ),
 }

@@ -15,54 +15,55 @@ from client.commands.base import (
     EXIT_OK,
     ID_HELP,
     Command,
+    call_and_show,
+    plain,
     positional,
     printed_json,
-    request_and_show,
 )
-from client.http import Client
+from client.events import EndEvent, JobEvent, StateEvent
 from client.render import STATE_STYLE, ProgressView, jobs_table, show_job, state_text, worker_table
+from client.sdk import Client
 from client.spec_args import add_spec_arguments, spec_from_args
-from contract.spec import JobSpec
+from contract.protocol import ExceptionEvent, ReportEvent
 from contract.states import JobState
 
-DELETE_PATHS = {
-    "job": "/v1/jobs",
-    "study": "/v1/studies",
-    "dataset": "/v1/datasets",
-    "code": "/v1/code",
+DELETE = {
+    "job": Client.delete_job,
+    "study": Client.delete_study,
+    "dataset": Client.delete_dataset,
+    "code": Client.delete_code,
 }
+"""``syncbn delete KIND ID``: the SDK's method for each kind."""
 
 
 def watch_job(client: Client, console: Console, job_id: str) -> int:
     """Follow a job live: progress bar and per-worker table; exit status from its end state."""
-    job = client.request("GET", f"/v1/jobs/{job_id}")
-    view = ProgressView(
-        console, JobSpec.model_validate(job["spec"]), job["progress"]["steps_per_epoch"]
-    )
+    job = client.job(job_id)
+    view = ProgressView(console, job.spec, job.progress.steps_per_epoch)
     latest: list[dict[str, Any]] = []
-    state = job["state"]
+    state = job.state
 
     class Screen:
         def __rich__(self) -> Group:
             parts: list[Any] = [f"job {job_id}: {state_text(state)}", view.progress]
             if latest:
-                parts.append(worker_table(latest, job["spec"]["norm"]))
+                parts.append(worker_table(latest, job.spec.norm))
             return Group(*parts)
 
+    def show(event: JobEvent) -> None:
+        nonlocal state, latest
+        if isinstance(event, StateEvent | EndEvent):
+            state = event.state
+        elif isinstance(event, ReportEvent | ExceptionEvent):
+            data = event.model_dump(mode="json")
+            if isinstance(event, ReportEvent):
+                latest = data["workers"] or latest
+            view.handle(data)
+
     with Live(Screen(), console=console, refresh_per_second=4):
-        for kind, data in client.events(job_id):
-            if kind == "state":
-                state = data["state"]
-            elif kind == "report":
-                latest = data.get("workers") or latest
-                view.handle({"type": "report", **data})
-            elif kind == "exception":
-                view.handle({"type": "exception", **data})
-            elif kind == "end":
-                state = data["state"]
-    job = client.request("GET", f"/v1/jobs/{job_id}")
-    show_job(console, job)
-    return EXIT_OK if job["state"] == JobState.SUCCEEDED else EXIT_JOB_FAILED
+        job = client.wait(job_id, on_event=show)
+    show_job(console, plain(job))
+    return EXIT_OK if job.state == JobState.SUCCEEDED else EXIT_JOB_FAILED
 
 
 def submit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,12 +72,12 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def submit(args: argparse.Namespace, client: Client, console: Console) -> int:
-    out = client.request("POST", "/v1/jobs", json=spec_from_args(args))
+    job = client.submit(spec_from_args(args))
     if args.watch and not args.json:
-        console.print(f"submitted [bold]{out['id']}[/bold]")
-        return watch_job(client, console, out["id"])
-    if not printed_json(args, out):
-        show_job(console, out)
+        console.print(f"submitted [bold]{job.id}[/bold]")
+        return watch_job(client, console, job.id)
+    if not printed_json(args, job):
+        show_job(console, plain(job))
     return EXIT_OK
 
 
@@ -86,11 +87,10 @@ def list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def list_jobs(args: argparse.Namespace, client: Client, console: Console) -> int:
-    params = {"limit": args.limit, **({"state": args.state} if args.state else {})}
-    out = client.request("GET", "/v1/jobs", params=params)
-    if not printed_json(args, out):
-        console.print(jobs_table(out["jobs"]))
-        console.print(f"{out['total']} job(s)")
+    listing = client.jobs(state=args.state or None, limit=args.limit)
+    if not printed_json(args, listing):
+        console.print(jobs_table(plain(listing)["jobs"]))
+        console.print(f"{listing.total} job(s)")
     return EXIT_OK
 
 
@@ -104,19 +104,19 @@ def logs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def logs(args: argparse.Namespace, client: Client, console: Console) -> int:
-    out = client.request("GET", f"/v1/jobs/{args.job_id}/logs", params={"tail": args.tail})
+    out = client.logs(args.job_id, tail=args.tail)
     if not printed_json(args, out):
-        print(out["logs"])
+        print(out.logs)
     return EXIT_OK
 
 
 def delete_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=sorted(DELETE_PATHS), help="what to delete")
+    parser.add_argument("kind", choices=sorted(DELETE), help="what to delete")
     parser.add_argument("id", help="its id (a job or study must be over)")
 
 
 def delete(args: argparse.Namespace, client: Client, console: Console) -> int:
-    client.request("DELETE", f"{DELETE_PATHS[args.kind]}/{args.id}")
+    DELETE[args.kind](client, args.id)
     if not printed_json(args, {"deleted": args.id, "kind": args.kind}):
         console.print(f"deleted {args.kind} [bold]{escape(args.id)}[/bold]")
     return EXIT_OK
@@ -126,13 +126,15 @@ COMMANDS = {
     "submit": Command("submit a job (flags override --file)", submit_arguments, submit),
     "list": Command("list jobs", list_arguments, list_jobs),
     "show": Command(
-        "one job", positional("job_id"), request_and_show("GET", "/v1/jobs/{job_id}", show_job)
+        "one job",
+        positional("job_id"),
+        call_and_show(lambda client, args: client.job(args.job_id), show_job),
     ),
     "watch": Command("follow a job live", positional("job_id"), watch),
     "cancel": Command(
         "cancel a job",
         positional("job_id"),
-        request_and_show("POST", "/v1/jobs/{job_id}/cancel", show_job),
+        call_and_show(lambda client, args: client.cancel(args.job_id), show_job),
     ),
     "logs": Command("a job's Ray logs", logs_arguments, logs),
     "delete": Command(

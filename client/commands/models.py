@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.markup import escape
 
-from client.commands.base import EXIT_OK, ID_HELP, Command, printed_json
-from client.http import Client, output_path
+from client.commands.base import EXIT_OK, ID_HELP, Command, plain, printed_json
 from client.render import metric_text, predictions_table, size_text
+from client.sdk import Client
 from contract.datasets import IMAGE_EXTENSIONS
 
 
@@ -32,19 +31,12 @@ def download_arguments(parser: argparse.ArgumentParser) -> None:
 def download(args: argparse.Namespace, client: Client, console: Console) -> int:
     """Stream the job's model file to disk, checked against its ETag (the SHA-256); prints (or
     with ``--json``, gives) its entry of ``/models`` with the ``path`` it was saved to."""
-
-    def where(headers: httpx.Headers) -> Path:
-        fallback = f"{args.job_id}-epoch{int(headers['x-syncbn-epoch'])}.safetensors"
-        return output_path(args.output, headers.get("content-disposition"), fallback)
-
-    params = {"epoch": args.epoch} if args.epoch else {}
-    saved = client.download(f"/v1/jobs/{args.job_id}/model", where, params=params)
-    epoch = int(saved.headers["x-syncbn-epoch"])
-    listing = client.request("GET", f"/v1/jobs/{args.job_id}/models")
-    entry = next((m for m in listing["models"] if m["epoch"] == epoch), {})
+    saved = client.download_model(args.job_id, args.output, epoch=args.epoch or None)
+    listing = client.models(args.job_id)
+    entry = next((plain(m) for m in listing.models if m.epoch == saved.epoch), {})
     out = {
         **entry,
-        "epoch": epoch,
+        "epoch": saved.epoch,
         "size_bytes": saved.size_bytes,
         "sha256": saved.sha256,
         "path": str(saved.path),
@@ -86,23 +78,18 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def predict(args: argparse.Namespace, client: Client, console: Console) -> int:
-    """``POST /predict`` with a ``.npy``/``.json`` file's samples, or ``/predict/images`` with
-    image files (for a model trained on an image folder)."""
-    epoch = {"epoch": args.epoch} if args.epoch else {}
-    path = f"/v1/jobs/{args.job_id}/predict"
+    """Predict a ``.npy``/``.json`` file's samples, or image files (for a model trained on an
+    image folder)."""
+    epoch = args.epoch or None
     if all(f.suffix.lower() in IMAGE_EXTENSIONS for f in args.files):
-        files = [("files", (f.name, f.read_bytes())) for f in args.files]
-        out = client.request("POST", f"{path}/images", files=files, data=epoch, timeout=300)
+        out = client.predict_images(args.job_id, args.files, epoch=epoch)
     elif len(args.files) != 1:
         raise ValueError("give one .npy or .json file, or image files")
     else:
-        body = {"inputs": read_samples(args.files[0]), **epoch}
-        out = client.request("POST", path, json=body, timeout=300)
+        out = client.predict(args.job_id, read_samples(args.files[0]), epoch=epoch)
     if not printed_json(args, out):
-        console.print(
-            f"job [bold]{out['job_id']}[/bold], model of epoch {out['epoch']}: {out['task']}"
-        )
-        console.print(predictions_table(out))
+        console.print(f"job [bold]{out.job_id}[/bold], model of epoch {out.epoch}: {out.task}")
+        console.print(predictions_table(plain(out)))
     return EXIT_OK
 
 

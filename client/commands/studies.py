@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import Any
 
 from rich.console import Console, Group
@@ -16,13 +15,15 @@ from client.commands.base import (
     EXIT_JOB_FAILED,
     EXIT_OK,
     Command,
+    call_and_show,
+    plain,
     positional,
     printed_json,
-    request_and_show,
 )
-from client.http import Client
 from client.render import advice_text, arms_table, show_study, state_text, studies_table
+from client.sdk import Client
 from client.spec_args import add_spec_arguments, spec_from_args
+from contract.api import StudyOut
 from contract.spec import ARM_PRESETS, SET_BY_STUDY
 
 STUDY_POLL_S = 1.5
@@ -33,16 +34,10 @@ ARMS_HELP = (
 )
 
 
-def pause() -> None:
-    """The wait between two polls of a study."""
-    time.sleep(STUDY_POLL_S)
-
-
 def watch_study(client: Client, console: Console, study_id: str) -> int:
     """Follow a study: per arm its jobs done, the running jobs' progress and the metric so far;
     then the table and the verdict. Exit status 0 only when every job succeeded."""
-    path = f"/v1/studies/{study_id}"
-    study = client.request("GET", path)
+    study = plain(client.study(study_id))
     running: dict[str, dict[str, Any]] = {}
 
     class Screen:
@@ -55,13 +50,15 @@ def watch_study(client: Client, console: Console, study_id: str) -> int:
                 parts.append(advice_text(study["recommendation"]))
             return Group(*parts)
 
+    def update(polled: StudyOut) -> None:
+        nonlocal study, running
+        study = plain(polled)
+        ids = [j.id for a in polled.arms for j in a.jobs if j.state == "running"]
+        running = {i: plain(client.job(i)) for i in ids}
+        live.refresh()
+
     with Live(Screen(), console=console, refresh_per_second=4, transient=True) as live:
-        while study["state"] == "running":
-            pause()
-            study = client.request("GET", path)
-            ids = [j["id"] for a in study["arms"] for j in a["jobs"] if j["state"] == "running"]
-            running = {i: client.request("GET", f"/v1/jobs/{i}") for i in ids}
-            live.refresh()
+        study = plain(client.wait_study(study_id, poll_s=STUDY_POLL_S, on_update=update))
     show_study(console, study)
     return EXIT_OK if study["state"] == "succeeded" else EXIT_JOB_FAILED
 
@@ -97,18 +94,16 @@ def study_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def study(args: argparse.Namespace, client: Client, console: Console) -> int:
-    body = {"base": spec_from_args(args), "seeds": args.seeds, "arms": args.arms}
-    body = {k: v for k, v in body.items() if v is not None}
-    out = client.request("POST", "/v1/studies", json=body)
+    out = client.create_study(spec_from_args(args), seeds=args.seeds, arms=args.arms)
     if args.watch and not args.json:
-        console.print(f"study [bold]{out['id']}[/bold]")
-        return watch_study(client, console, out["id"])
+        console.print(f"study [bold]{out.id}[/bold]")
+        return watch_study(client, console, out.id)
     if not printed_json(args, out):
         console.print(
-            f"study [bold]{out['id']}[/bold]: {len(out['arms'])} arm(s) x "
-            f"{len(out['seeds'])} seed(s) queued; follow it with syncbn study-watch {out['id']}"
+            f"study [bold]{out.id}[/bold]: {len(out.arms)} arm(s) x "
+            f"{len(out.seeds)} seed(s) queued; follow it with syncbn study-watch {out.id}"
         )
-        for arm, reason in out["skipped"].items():
+        for arm, reason in out.skipped.items():
             console.print(f"  skipped {arm}: {reason}", markup=False)
     return EXIT_OK
 
@@ -118,9 +113,9 @@ def studies_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def studies(args: argparse.Namespace, client: Client, console: Console) -> int:
-    out = client.request("GET", "/v1/studies", params={"limit": args.limit})
+    out = client.studies(limit=args.limit)
     if not printed_json(args, out):
-        console.print(studies_table(out["studies"]))
+        console.print(studies_table(plain(out)["studies"]))
     return EXIT_OK
 
 
@@ -138,12 +133,12 @@ COMMANDS = {
     "study-show": Command(
         "one study: its arms and the verdict",
         positional("study_id"),
-        request_and_show("GET", "/v1/studies/{study_id}", show_study),
+        call_and_show(lambda client, args: client.study(args.study_id), show_study),
     ),
     "study-watch": Command("follow a study live", positional("study_id"), study_watch),
     "study-cancel": Command(
         "cancel every unfinished job of a study",
         positional("study_id"),
-        request_and_show("POST", "/v1/studies/{study_id}/cancel", show_study),
+        call_and_show(lambda client, args: client.cancel_study(args.study_id), show_study),
     ),
 }

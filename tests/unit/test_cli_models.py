@@ -28,16 +28,14 @@ def digits():
 
 @pytest.fixture
 def service(make_app, tmp_path, monkeypatch):
-    """(TestClient with the token, settings); ``cli.main`` reaches the same app with a
-    ``TestClient`` that sends only the CLI's own headers."""
+    """(TestClient with the token, settings); ``cli.main``'s SDK client reaches the same app
+    through a ``TestClient`` that sends only the SDK's own headers."""
     app = make_app(ray=FakeRay(cpus=4))
     settings = app.state.settings
     real = cli.Client
 
-    def client(url: str, token: str | None) -> cli.Client:
-        connected = real(url, token)
-        connected.http = TestClient(app, base_url=LOCAL, headers=connected.http.headers)
-        return connected
+    def client(url: str | None, token: str | None) -> cli.Client:
+        return real(url, token, http=TestClient(app, base_url=LOCAL))
 
     monkeypatch.setattr(cli, "Client", client)
     monkeypatch.setenv("COLUMNS", "200")

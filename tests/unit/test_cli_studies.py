@@ -15,7 +15,7 @@ from fakeray import FakeRay
 from test_cli_models import TOKEN, service, syncbn  # noqa: F401 (fixture)
 from test_service_inprocess import report
 
-from client import cli
+from client import cli, sdk
 from client.commands import studies
 
 ACCURACY = {"local": 0.80, "sync": 0.90, "reference": 0.92, "group": 0.895, "sync:2": 0.892}
@@ -25,7 +25,8 @@ STUDY = ["study", "--dataset", "digits", "--workers", "4", "--batch-size", "2", 
 
 @pytest.fixture
 def ray(service, monkeypatch) -> FakeRay:  # noqa: F811
-    """The app's FakeRay; ``studies.pause`` runs ``drive`` instead of sleeping."""
+    """The app's FakeRay; the SDK's ``pause`` between two polls of a study runs ``drive``
+    instead of sleeping."""
     http, _ = service
     app = http.app
     fake = app.state.services.ray
@@ -49,7 +50,7 @@ def ray(service, monkeypatch) -> FakeRay:  # noqa: F811
             fake.set_status(job["id"], "SUCCEEDED", logs='{"status": 0, "result": {}}')
         app.state.services.scheduler.tick()
 
-    monkeypatch.setattr(studies, "pause", drive)
+    monkeypatch.setattr(sdk, "pause", lambda seconds: drive())
     return fake
 
 
