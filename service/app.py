@@ -14,7 +14,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from service.api import errors
-from service.api.auth import Authenticator
+from service.api.auditing import AuditMiddleware
+from service.api.auth import Authenticator, TrustedProxy
 from service.api.credentials import ensure_api_token
 from service.api.deps import Services, operation_id
 from service.api.middleware import (
@@ -27,7 +28,7 @@ from service.api.middleware import (
 )
 from service.api.observability import ServiceMetrics, TimingMiddleware
 from service.api.pages import install_pages
-from service.api.routes import code, datasets, health, ingest, jobs, studies, trained
+from service.api.routes import audit, code, datasets, health, ingest, jobs, studies, trained, users
 from service.cluster import Cluster, RayJobs, RayUnavailable
 from service.files.housekeeping import sweep
 from service.jobs.events import EventHub
@@ -36,6 +37,7 @@ from service.jobs.scheduler import Scheduler
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
+from service.teams.audit import AuditLog
 
 logger = logging.getLogger("service")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -152,17 +154,20 @@ def create_app(settings: Settings | None = None, ray: Cluster | None = None) -> 
     app.state.settings = settings
     app.state.services = services
     errors.install(app)
-    routers = (jobs, trained, studies, datasets, code, health, ingest)
+    routers = (jobs, trained, studies, datasets, code, users, audit, health, ingest)
     for module in routers:
         app.include_router(module.router)
 
-    # The last added runs first: timing sees every answer, the host check comes before all,
-    # then the token, and only then the limits (a stranger never takes a slot).
+    # The last added runs first: timing sees every answer, the audit log every write and
+    # failed sign-in (refused or not), the host check comes before all, then the token, and
+    # only then the limits (a stranger never takes a slot).
     limits = route_limits(settings)
-    app.state.authenticator = Authenticator(str(settings.api_token), services.db)
+    proxy = TrustedProxy.of(settings)
+    app.state.authenticator = Authenticator(str(settings.api_token), services.db, proxy)
     app.add_middleware(RequestLimitsMiddleware, limits_for=limits, gates=gates(settings))
     app.add_middleware(AuthMiddleware, authenticator=app.state.authenticator)
     app.add_middleware(HostOriginMiddleware, policy=HostPolicy(settings))
+    app.add_middleware(AuditMiddleware, audit=AuditLog(services.db), openapi=app.openapi)
     app.add_middleware(TimingMiddleware, metrics=services.metrics)
     install_pages(app)  # /docs, /redoc, /static/apidocs; the HTML answers' headers (outermost)
 

@@ -9,12 +9,14 @@ API token (``service.api.credentials``); listening beyond loopback needs a real 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.layout import DEFAULT_HOME, Layout, is_loopback
@@ -169,6 +171,42 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [name.strip().lower() for name in value.split(",") if name.strip()]
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"SYNCBN_TRUSTED_PROXIES: {entry!r} is not an IP address or a CIDR "
+                    "(like 10.0.0.5 or 10.0.0.0/24)"
+                ) from None
+        return value
+
+    @field_validator("trusted_proxy_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if not value:  # an empty variable: off
+            return None
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value):
+            raise ValueError(
+                f"SYNCBN_TRUSTED_PROXY_HEADER: {value!r} is not a header name (like "
+                "X-Forwarded-User)"
+            )
+        if value.lower() in ("authorization", "host", "cookie"):
+            raise ValueError(f"SYNCBN_TRUSTED_PROXY_HEADER may not be {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _proxy_needs_addresses(self) -> Settings:
+        if self.trusted_proxy_header and not self.trusted_proxies:
+            raise ValueError(
+                "SYNCBN_TRUSTED_PROXY_HEADER is set but SYNCBN_TRUSTED_PROXIES is empty: name "
+                "the proxy's addresses, or the header would never be trusted"
+            )
+        return self
 
     @property
     def embedded_cpus(self) -> int:

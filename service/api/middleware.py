@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contract.layout import LOOPBACK_NAMES
 from service.api.auth import AUTHENTICATED, Authenticator
 from service.settings import Settings
+from service.teams.caller import CALLER
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HOST_EXEMPT = frozenset({"/healthz"})
@@ -138,7 +139,8 @@ class HostOriginMiddleware:
 
 
 class AuthMiddleware:
-    """401 for a request without the token its path needs, on its headers alone."""
+    """401 for a request without the token its path needs, on its headers alone; else the
+    caller in ``scope[CALLER]``, and, once the answer has gone, the tokens' last uses written."""
 
     def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
         self.app, self.authenticator = app, authenticator
@@ -147,17 +149,17 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        authorization = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
-        )
-        reason = await self.authenticator.refusal(scope["path"], authorization)
-        if reason is not None:
+        outcome = await self.authenticator.sign_in(scope)
+        if outcome.refusal is not None:
             await send_error(
-                send, 401, reason, {"WWW-Authenticate": "Bearer", "Connection": "close"}
+                send, 401, outcome.refusal, {"WWW-Authenticate": "Bearer", "Connection": "close"}
             )
             return
         scope[AUTHENTICATED] = True
+        if outcome.caller is not None:
+            scope[CALLER] = outcome.caller
         await self.app(scope, receive, send)
+        await self.authenticator.write_last_used()
 
 
 @dataclass(frozen=True)

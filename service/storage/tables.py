@@ -263,7 +263,7 @@ class AuditEntry(Base):
     actor: Mapped[str | None] = mapped_column(String(64), index=True)
     """The user's name (None: a failed sign-in)."""
     action: Mapped[str] = mapped_column(String(48), index=True)
-    """What, like ``jobs.submit``, ``users.create`` or ``sign-in``."""
+    """What: the route's operation id, like ``jobs-submit`` or ``users-create``; ``sign-in``."""
     object_kind: Mapped[str | None] = mapped_column(String(16))
     object_id: Mapped[str | None] = mapped_column(String(128))
     status: Mapped[int] = mapped_column(Integer)

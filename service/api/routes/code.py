@@ -9,7 +9,7 @@ from fastapi import File, Response, UploadFile, status
 
 from contract.api import CodeBundleList, CodeBundleOut, ErrorOut
 from service.api.auth import CallerDep
-from service.api.deps import ServicesDep, api_router
+from service.api.deps import ServicesDep, api_router, created
 from service.errors import NotFound
 from service.files.code_bundles import add_code_bundle, delete_code_bundle
 from service.storage import store
@@ -31,6 +31,7 @@ router = api_router("/v1/code", "code")
 def upload_code(
     services: ServicesDep,
     caller: CallerDep,
+    response: Response,
     file: Annotated[UploadFile, File(description=".zip or .tar.gz of Python files")],
 ) -> CodeBundleOut:
     """Upload a bundle of Python files holding a model builder.
@@ -41,7 +42,7 @@ def upload_code(
     a top-level ``requirements.txt`` installed by Ray (``pip``).
     """
     row = add_code_bundle(services.db, services.settings, file.file, file.filename, caller)
-    return CodeBundleOut.model_validate(row)
+    return created(response, "/v1/code", CodeBundleOut.model_validate(row))
 
 
 @router.get("", response_model=CodeBundleList)

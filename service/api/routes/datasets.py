@@ -10,7 +10,7 @@ from fastapi import File, Form, Response, UploadFile, status
 
 from contract.api import DatasetList, DatasetOut, ErrorOut
 from service.api.auth import CallerDep
-from service.api.deps import ServicesDep, api_router
+from service.api.deps import ServicesDep, api_router, created
 from service.files import datasets as files
 from service.storage import store
 
@@ -31,6 +31,7 @@ router = api_router("/v1/datasets", "datasets")
 def upload_dataset(
     services: ServicesDep,
     caller: CallerDep,
+    response: Response,
     file: Annotated[
         UploadFile,
         File(
@@ -47,7 +48,7 @@ def upload_dataset(
     row = files.add_dataset(
         services.db, services.settings, file.file, file.filename, image_size, caller
     )
-    return DatasetOut.model_validate(row)
+    return created(response, "/v1/datasets", DatasetOut.model_validate(row))
 
 
 @router.get("", response_model=DatasetList)
