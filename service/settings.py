@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         None, ge=0, description="bytes of a user's datasets and code bundles (more: 422)"
     )
     quota_max_model_bytes: int | None = Field(
-        None, ge=0, description="bytes of a user's trained models; past it no new job (422)"
+        None, ge=0, description="bytes of a user's trained models; past it no new job (429)"
     )
     trusted_proxy_header: str | None = Field(
         None,

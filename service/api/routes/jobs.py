@@ -171,11 +171,14 @@ def job_logs(
 
 async def _stream_slot(
     services: ServicesDep,
+    caller: CallerDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> AsyncIterator[None]:
     """A slot among the open event streams (429 past a cap), held until the response is over:
-    the stream ended or the client went away."""
-    with services.events.slots.slot(bearer_token(authorization)):
+    the stream ended or the client went away. Counted per token; a user signed in by the
+    trusted proxy (no token) is counted by name."""
+    token = bearer_token(authorization) or f"user:{caller.name}"
+    with services.events.slots.slot(token):
         yield
 
 
