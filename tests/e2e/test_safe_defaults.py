@@ -175,3 +175,43 @@ def test_a_huge_last_event_id_is_a_422(made, value):
         assert response.status_code == 422
     finally:
         made.client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_a_team_through_make_run_roles_revocation_and_the_audit_log(made):
+    """Issue 28 through ``make run``'s defaults: the service's own token is the admin; users
+    get their own tokens; each role's writes on its own and others' jobs; a revoked token is
+    a 401 at its next request; the audit log holds every write, refusals included."""
+    admin = made.client
+
+    def user(name: str, role: str) -> httpx.Client:
+        created = admin.post("/v1/users", json={"name": name, "role": role})
+        assert created.status_code == 201, created.text
+        token = created.json()["token"]["token"]
+        return httpx.Client(base_url=made.url, headers={"Authorization": f"Bearer {token}"})
+
+    alice, bob, vera = user("alice", "member"), user("bob", "member"), user("vera", "viewer")
+    assert admin.get("/v1/me").json()["role"] == "admin"
+    assert alice.get("/v1/me").json()["name"] == "alice"
+    spec = {"dataset": "synthetic", "workers": 1, "batch_size_per_worker": 8, "epochs": 1}
+    job = alice.post("/v1/jobs", json=spec)
+    assert job.status_code == 201, job.text
+    job_id = job.json()["id"]
+    assert job.json()["owner"] == "alice"
+    for stranger, role in ((bob, "bob, a member"), (vera, "vera, a viewer")):
+        refused = stranger.post(f"/v1/jobs/{job_id}/cancel")
+        assert refused.status_code == 403
+        assert "belongs to alice" in refused.json()["detail"], refused.text
+        assert role in refused.json()["detail"]
+    assert vera.post("/v1/jobs", json=spec).status_code == 403
+    assert vera.get(f"/v1/jobs/{job_id}").status_code == 200  # everyone reads
+    assert bob.get("/v1/users").status_code == 403
+    assert alice.post(f"/v1/jobs/{job_id}/cancel").json()["state"] == "cancelled"
+    assert admin.delete("/v1/users/alice").status_code == 200
+    assert alice.get("/v1/me").status_code == 401  # at the very next request
+    assert bob.get("/v1/me").status_code == 200
+    entries = admin.get("/v1/audit", params={"limit": 200}).json()["entries"]
+    seen = {(e["actor"], e["action"], e["status"]) for e in entries}
+    assert ("alice", "jobs-submit", 201) in seen
+    assert ("bob", "jobs-cancel", 403) in seen and ("vera", "jobs-submit", 403) in seen
+    assert ("alice", "jobs-cancel", 200) in seen and ("admin", "users-revoke", 200) in seen
+    assert any(e["actor"] is None and e["status"] == 401 for e in entries)  # counted
