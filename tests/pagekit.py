@@ -1,6 +1,6 @@
 """Helpers of the dashboard's browser tests (``tests/e2e/test_page_*.py``): the browser's path,
 timeouts, and the steps every page test takes (open the page with the token, find a field by
-its label, wait for a job's final state).
+its label, wait for a job's final state; a team's users and their tokens).
 
 Playwright drives Debian's Chromium (``/usr/bin/chromium``, or ``SYNCBN_CHROMIUM``;
 ``scripts/install-chromium.sh`` installs it, Playwright cannot download its own browser here).
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from playwright.sync_api import Page, expect
@@ -35,6 +36,28 @@ def open_dashboard(page: Page, service: Any, route: str = "") -> None:
         page.get_by_label("Token", exact=True).fill(service.token)
         page.get_by_role("button", name="Save").click()
         expect(dialog).to_be_hidden()
+
+
+def signed_in_as(service: Any, token: str) -> SimpleNamespace:
+    """``service`` as another user sees it: its ``url`` with that user's ``token`` (for
+    ``open_dashboard``)."""
+    return SimpleNamespace(url=service.url, token=token)
+
+
+def user_token(service: Any, name: str, role: str) -> str:
+    """A token of user ``name`` with ``role``, made by the service's admin token: the user is
+    created (``POST /v1/users``), or, when the name is taken already (it is never given again),
+    gets one more token."""
+    response = service.client.post("/v1/users", json={"name": name, "role": role})
+    if response.status_code == 409:
+        user = service.client.get(f"/v1/users/{name}")
+        assert user.status_code == 200 and user.json()["role"] == role, user.text
+        tokens = len(user.json()["tokens"])
+        response = service.client.post(f"/v1/users/{name}/tokens", json={"name": f"t{tokens}"})
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
+    assert response.status_code == 201, response.text
+    return str(response.json()["token"]["token"])
 
 
 def field(page: Page, label: str):

@@ -42,6 +42,9 @@ export async function apiFetch(path, init = {}) {
     if (token) headers.set("Authorization", `Bearer ${token}`);
     const res = await fetch(new URL(path, API), { cache: "no-store", ...init, headers });
     if (res.status !== 401) return res;
+    // A token saved while this call was under way: try that one before asking again (else an
+    // answer to the old token would reopen the dialog the user just closed).
+    if (getToken() !== token) continue;
     const body = await readBody(res);
     const detail = body && typeof body === "object" ? body.detail : body;
     await requestToken(token

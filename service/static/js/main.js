@@ -9,7 +9,8 @@
 //
 // Modules: config.js (constants), dom.js (queries, h(), svg, the <time> and state badge
 // elements), format.js (numbers, sizes, durations, timestamps and log text as text; no DOM),
-// token.js (token storage and dialog), api.js (fetch wrapper, errors, OpenAPI, event stream),
+// token.js (token storage and dialog), me.js (who is signed in, what they may change, the
+// lists' "mine" filters), api.js (fetch wrapper, errors, OpenAPI, event stream),
 // chart.js (SVG line chart), schema.js + jobform.js (the submit form, built from JobSpec in
 // /openapi.json), uploads.js (the dataset and code bundle upload forms, their option labels),
 // views/jobs.js (the jobs page), views/job/*.js (one job's page), views/compare.js (jobs'
@@ -17,6 +18,7 @@
 // metric by epoch of several runs).
 
 import { $, $$ } from "./dom.js";
+import { initWhoAmI } from "./me.js";
 import { AuthCancelled, adoptTokenFromLink, initTokenDialog } from "./token.js";
 import { jobView } from "./views/job/index.js";
 import { jobsView } from "./views/jobs.js";
@@ -60,6 +62,7 @@ function router() {
 function init() {
   adoptTokenFromLink();
   initTokenDialog(router);
+  initWhoAmI();
   $("[data-skip]").addEventListener("click", (event) => {
     event.preventDefault();
     const target = $("#main h1") || $("#main");

@@ -12,11 +12,18 @@ export function getToken() {
   try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch { return memoryStore.token || ""; }
 }
 
+const tokenListeners = new Set();
+
+/** Call `fn(token)` after the stored token changes (a new one may sign in someone else). */
+export function onTokenChange(fn) { tokenListeners.add(fn); }
+
 /** Store the token ("" forgets it). */
 export function setToken(token) {
+  const before = getToken();
   try {
     if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
   } catch { memoryStore.token = token; }
+  if ((token || "") !== before) for (const fn of tokenListeners) fn(token || "");
 }
 
 /**

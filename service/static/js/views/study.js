@@ -1,13 +1,14 @@
 // One study's page: the verdict and the recommendation, the arms table (metric over seeds, step
 // time, sync share, BatchNorm bytes per step, the jobs), each arm's test-metric curve with its
-// ± std band, the arms' metric against step time, skipped arms, failures, Cancel. Polled every
-// LIST_POLL_MS while the study runs.
+// ± std band, the arms' metric against step time, skipped arms, failures, Cancel (for a caller
+// who may: me.js). Polled every LIST_POLL_MS while the study runs.
 
 import { api, ApiError } from "../api.js";
 import { observeChart, unobserveChart } from "../chart.js";
 import { LIST_POLL_MS } from "../config.js";
 import { $, badge, h } from "../dom.js";
 import { bytes, dash, fixed, isNum, ms, pct } from "../format.js";
+import { mayChange, onMe } from "../me.js";
 import { armColor, drawCostChart, drawMetricChart, metricName } from "../metric-chart.js";
 
 /** "4 × 2, sync in groups of 2": workers × batch, the norm, its sync groups or GroupNorm groups. */
@@ -43,6 +44,7 @@ function render(root, study) {
   state.textContent = study.state.replace("_", " ");
   const base = study.base;
   bind("what").textContent = `${base.dataset ?? ""} · seeds ${study.seeds.join(" ")}`;
+  bind("owner").textContent = study.owner ?? "";
   bind("verdict").textContent = study.verdict || "";  // says "so far" itself while jobs run
   const advice = study.recommendation;
   bind("recommendation").hidden = !advice;
@@ -54,7 +56,7 @@ function render(root, study) {
   bind("skipped").replaceChildren(...Object.entries(study.skipped).map(([arm, why]) =>
     h("li", {}, `${arm} skipped: ${why}`)));
   bind("reasons").replaceChildren(...study.reasons.map((line) => h("li", {}, line)));
-  bind("cancel").hidden = study.state !== "running";
+  bind("cancel").hidden = study.state !== "running" || !mayChange(study.owner);
   bind("curve-title").textContent = `Test ${metricName(metric)} by epoch`;
   drawMetricChart(bind("chart"), study.arms.map((arm, i) => ({
     key: arm.name, label: `${arm.name} (${specSummary(arm.spec)})`,
@@ -76,19 +78,22 @@ export function studyView(studyId) {
   const errorBox = $('[data-bind="error"]', root);
   const cancel = $('[data-bind="cancel"]', root);
   let timer = null;
+  let study = null;
+  let unsubscribe = null;
   $('[data-bind="id"]', root).textContent = studyId;
 
-  function show(study) {
+  function show(answer) {
+    study = answer;
     errorBox.hidden = true;
     render(root, study);
     clearTimeout(timer);
     if (study.state === "running" && !abort.signal.aborted) timer = setTimeout(load, LIST_POLL_MS);
   }
 
-  function fail(err) {
+  function fail(err, what = "load the study") {
     if (abort.signal.aborted) return;
     errorBox.textContent = err instanceof ApiError && err.status === 404
-      ? `Study ${studyId} not found.` : `Could not load the study: ${err.message}`;
+      ? `Study ${studyId} not found.` : `Could not ${what}: ${err.message}`;
     errorBox.hidden = false;
     clearTimeout(timer);
     if (!(err instanceof ApiError && err.status === 404)) timer = setTimeout(load, LIST_POLL_MS);
@@ -105,13 +110,30 @@ export function studyView(studyId) {
       return;
     }
     cancel.disabled = true;
-    try { show(await api(`${path}/cancel`, { method: "POST", signal: abort.signal })); } catch (err) { fail(err); }
+    try {
+      show(await api(`${path}/cancel`, { method: "POST", signal: abort.signal }));
+    } catch (err) {
+      fail(err, "cancel the study");
+      cancel.disabled = false;
+    }
   });
 
   return {
     root,
     title: `Study ${studyId}`,
-    enter() { observeChart(chart); observeChart(costChart); load(); },
-    leave() { abort.abort(); clearTimeout(timer); unobserveChart(chart); unobserveChart(costChart); },
+    enter() {
+      observeChart(chart);
+      observeChart(costChart);
+      load();
+      // The cancel button follows who is signed in.
+      unsubscribe = onMe(() => { if (study) cancel.hidden = study.state !== "running" || !mayChange(study.owner); });
+    },
+    leave() {
+      abort.abort();
+      clearTimeout(timer);
+      unobserveChart(chart);
+      unobserveChart(costChart);
+      unsubscribe?.();
+    },
   };
 }

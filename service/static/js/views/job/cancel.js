@@ -1,19 +1,23 @@
 // Cancelling the job (while it runs) and deleting it (once it is over, unless a study holds
-// it): each a button with an inline confirmation.
+// it): each a button with an inline confirmation, shown only to a caller who may (me.js: an
+// admin, or the member who owns it). A refusal (403) still shows the server's message.
 
 import { api } from "../../api.js";
 import { FINAL } from "../../config.js";
 import { $ } from "../../dom.js";
+import { mayChange } from "../../me.js";
 
-/** Show or disable the cancel and delete buttons for the job's state. */
+/** Show or disable the cancel and delete buttons for the job's state and the caller. */
 export function syncCancel(ctx) {
   const { root, v } = ctx;
   const final = FINAL.has(v.job.state);
+  const allowed = mayChange(v.job.owner);
   const cancel = $('[data-act="cancel"]', root);
   const confirmBox = $(".cancel-area .confirm", root);
   cancel.disabled = final || v.cancelling;
+  $(".cancel-area", root).hidden = !allowed;
   if (final) { cancel.hidden = true; confirmBox.hidden = true; } else if (confirmBox.hidden) cancel.hidden = false;
-  $(".delete-area", root).hidden = !final || Boolean(v.job.study_id);
+  $(".delete-area", root).hidden = !allowed || !final || Boolean(v.job.study_id);
 }
 
 /** Wire "Delete job" → "Yes, delete it" / "Keep it"; a deleted job's page goes to the list. */
@@ -33,7 +37,7 @@ function setupDelete(ctx) {
       await api(`jobs/${encodeURIComponent(ctx.jobId)}`, { method: "DELETE" });
       location.hash = "#/";
     } catch (err) {
-      ctx.showError(err);
+      ctx.showError(err, "delete the job");
       button.disabled = false;
     }
   });
@@ -65,7 +69,7 @@ export function setupCancel(ctx) {
         v.job = await api(`jobs/${encodeURIComponent(ctx.jobId)}/cancel`, { method: "POST" });
         ctx.showError(null);
       } catch (err) {
-        ctx.showError(err);
+        ctx.showError(err, "cancel the job");
       } finally {
         v.cancelling = false;
         ctx.renderJob();

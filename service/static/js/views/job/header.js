@@ -61,6 +61,7 @@ function renderProgress(ctx, job) {
 function renderSummary(ctx, job) {
   const spec = job.spec;
   const rows = [
+    ["Owner", h("span", { "data-testid": "job-owner" }, job.owner ?? dash)],
     ["Dataset", spec.dataset],
     ["Model", spec.code ? h("span", {}, h("code", { "data-testid": "job-model" }, spec.model),
       " from code bundle ", h("code", {}, spec.code)) : spec.model],

@@ -4,6 +4,7 @@ import { ApiError } from "../../api.js";
 import { observeChart, unobserveChart } from "../../chart.js";
 import { FINAL, LOGS_POLL_MS } from "../../config.js";
 import { $ } from "../../dom.js";
+import { onMe } from "../../me.js";
 import { renderBN, setupBN } from "./bn.js";
 import { setupCancel } from "./cancel.js";
 import { renderCharts } from "./curves.js";
@@ -28,11 +29,12 @@ export function jobView(jobId) {
     v: newState(),
     bind: (name) => $(`[data-bind="${name}"]`, root),
     charts: { loss: $('[data-chart="loss"]', root), acc: $('[data-chart="acc"]', root) },
-    showError(err) {
+    /** Show `err` (null: hide the box) as "Could not <what>: <the server's message>". */
+    showError(err, what = "load the job") {
       const box = ctx.bind("error");
       if (!err) { box.hidden = true; return; }
       box.textContent = err instanceof ApiError && err.status === 404
-        ? `Job ${jobId} not found.` : `Could not load the job: ${err.message}`;
+        ? `Job ${jobId} not found.` : `Could not ${what}: ${err.message}`;
       box.hidden = false;
     },
     setLive(text, cls) {
@@ -59,12 +61,14 @@ export function jobView(jobId) {
   setupCancel(ctx);
   setupLogs(ctx);
   setupBN(ctx);
+  let unsubscribe = null;
 
   return {
     root,
     title: `Job ${jobId}`,
     async enter() {
       const { v } = ctx;
+      unsubscribe = onMe(() => ctx.renderJob());  // the buttons follow who is signed in
       try {
         await loadAll(ctx);
       } catch (err) {
@@ -80,6 +84,7 @@ export function jobView(jobId) {
     },
     leave() {
       abort.abort();
+      unsubscribe?.();
       clearInterval(ctx.v.logsTimer);
       clearTimeout(ctx.v.jobRefresh);
       clearTimeout(ctx.v.modelsRefresh);
