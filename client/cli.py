@@ -9,6 +9,9 @@
     syncbn study --dataset digits --workers 4 --batch-size 2 --seeds 0 1 2 [--watch]
     syncbn studies     syncbn study-show ID     syncbn study-watch ID     syncbn study-cancel ID
     syncbn delete job|study|dataset|code ID
+    syncbn whoami      syncbn list --mine      syncbn studies --mine      syncbn audit [--actor A]
+    syncbn users add NAME [--role member] [--max-queued-jobs N ...]   (prints the token once)
+    syncbn users list|set NAME ...|revoke NAME      syncbn tokens add USER [--name N]|revoke USER N
 
 ``--url`` (``$SYNCBN_URL``, else the URL the service of ``$SYNCBN_HOME`` recorded when it
 started, else ``http://127.0.0.1:8000``) and ``--token``
@@ -28,7 +31,13 @@ import sys
 from rich.console import Console
 
 from client.commands import COMMANDS
-from client.commands.base import EXIT_JOB_FAILED, EXIT_OK, EXIT_REJECTED, EXIT_UNAVAILABLE
+from client.commands.base import (
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_UNAVAILABLE,
+    add_commands,
+)
 from client.errors import ApiError, Unreachable
 from client.sdk import DEFAULT_URL, Client
 from client.spec_args import spec_flags, spec_from_args
@@ -68,14 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one in $SYNCBN_HOME/api-token)",
     )
     parser.add_argument("--json", action="store_true", help="print raw JSON")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, command in COMMANDS.items():
-        options = sub.add_parser(name, help=command.help)
-        command.add_arguments(options)
-        # also after the command; SUPPRESS: absent there, a --json before the command counts
-        options.add_argument(
-            "--json", action="store_true", default=argparse.SUPPRESS, help="print raw JSON"
-        )
+    add_commands(parser, COMMANDS, "command")
     return parser
 
 

@@ -1,6 +1,6 @@
-"""What the client prints (rich): jobs, studies and predictions as tables and text, and a
-job's live progress (``ProgressView``, ``worker_table``; ``python -m workers run`` shows them
-too). Plain data in, no requests."""
+"""What the client prints (rich): jobs, studies, predictions, users, quotas and the audit log
+as tables and text, and a job's live progress (``ProgressView``, ``worker_table``; ``python -m
+workers run`` shows them too). Plain data in, no requests."""
 
 from __future__ import annotations
 
@@ -57,14 +57,14 @@ def size_text(n: float) -> str:
 
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(title="jobs")
-    columns = ("id", "state", "dataset", "model", "workers x batch", "norm", "progress", "test")
-    for column in columns:
+    columns = ("id", "owner", "state", "dataset", "model", "workers x batch", "norm", "progress")
+    for column in (*columns, "test", "created"):
         table.add_column(column, no_wrap=True)
-    table.add_column("created", no_wrap=True)
     for job in jobs:
         spec = job["spec"]
         table.add_row(
             job["id"],
+            escape(job.get("owner", "-")),
             state_text(job["state"]),
             spec["dataset"],
             spec["model"],
@@ -191,13 +191,15 @@ def advice_text(advice: dict[str, str]) -> str:
 
 def studies_table(studies: list[dict[str, Any]]) -> Table:
     table = Table(title="studies")
-    for column in ("id", "state", "dataset", "workers x batch", "seeds", "arms", "created"):
+    columns = ("id", "owner", "state", "dataset", "workers x batch", "seeds", "arms", "created")
+    for column in columns:
         table.add_column(column, no_wrap=True)
     table.add_column("verdict")
     for study in studies:
         spec = study["arms"][0]["spec"] if study["arms"] else study["base"]
         table.add_row(
             study["id"],
+            escape(study.get("owner", "-")),
             state_text(study["state"]),
             spec.get("dataset", "-"),
             f"{spec.get('workers', '-')} x {spec.get('batch_size_per_worker', '-')}",
@@ -322,5 +324,104 @@ def worker_table(workers: list[dict[str, Any]], norm: str | None = None) -> Tabl
             f"{1000 * w.get('sync_time_s', 0.0):.2f}",
             bytes_text(w.get("allreduce_bytes_per_step")),
             shift,
+        )
+    return table
+
+
+QUOTA_USE = {
+    "max_running_workers": ("running workers", "running_workers"),
+    "max_queued_jobs": ("queued jobs", "queued_jobs"),
+    "max_upload_bytes": ("uploads (datasets, code)", "upload_bytes"),
+    "max_model_bytes": ("trained model files", "model_bytes"),
+}
+"""Each quota (``Quotas``): what it limits, and its field in ``Usage``."""
+
+
+def quota_text(name: str, value: int | None, unset: str) -> str:
+    """A quota's value (bytes as ``size_text``), or ``unset`` when null."""
+    if value is None:
+        return unset
+    return size_text(value) if name.endswith("_bytes") else str(value)
+
+
+def quotas_text(quotas: dict[str, int | None]) -> str:
+    """A user's overrides: ``"max_queued_jobs 5, max_upload_bytes 1.0 MB"``, or ``defaults``."""
+    overrides = [f"{k} {quota_text(k, v, '')}" for k, v in quotas.items() if v is not None]
+    return ", ".join(overrides) or "defaults"
+
+
+def show_me(console: Console, me: dict[str, Any]) -> None:
+    """``syncbn whoami``: the name and role, then per quota the limit in force and the use."""
+    console.print(f"[bold]{escape(me['name'])}[/bold] ({me['role']})")
+    table = Table(title="quotas in force")
+    table.add_column("quota", no_wrap=True)
+    for column in ("limit", "in use"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for name, (label, used) in QUOTA_USE.items():
+        limit = me["quotas"].get(name)
+        table.add_row(
+            f"{label} ({name})",
+            quota_text(name, limit, "no limit"),
+            quota_text(name, me["usage"][used], "-"),
+        )
+    console.print(table)
+
+
+def tokens_text(tokens: list[dict[str, Any]]) -> str:
+    """A user's tokens by name: ``"laptop, default (revoked)"``."""
+    names = [t["name"] + (" (revoked)" if t.get("revoked_at") else "") for t in tokens]
+    return escape(", ".join(names) or "-")
+
+
+def users_table(users: list[dict[str, Any]]) -> Table:
+    """One row per user: role, quota overrides, tokens (never the tokens themselves)."""
+    table = Table(title="users")
+    for column in ("name", "role", "created", "revoked"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("quotas")
+    table.add_column("tokens")
+    for user in users:
+        revoked = user.get("revoked_at")
+        table.add_row(
+            escape(user["name"]),
+            user["role"],
+            created_text(user),
+            revoked[:19].replace("T", " ") if revoked else "-",
+            escape(quotas_text(user["quotas"])),
+            tokens_text(user.get("tokens", [])),
+        )
+    return table
+
+
+def show_user(console: Console, user: dict[str, Any]) -> None:
+    """One user as a line: name, role, quota overrides and tokens."""
+    revoked = " [red]revoked[/red]" if user.get("revoked_at") else ""
+    console.print(
+        f"user [bold]{escape(user['name'])}[/bold] ({user['role']}){revoked}  quotas: "
+        f"{escape(quotas_text(user['quotas']))}  tokens: {tokens_text(user.get('tokens', []))}"
+    )
+
+
+def audit_table(entries: list[dict[str, Any]]) -> Table:
+    """The audit log, newest first: when, who, what, which object, the status and detail."""
+    table = Table(title="audit log (newest first)")
+    for column in ("at", "actor", "action", "object", "status"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("detail")
+    for entry in entries:
+        kind, ident = entry.get("object_kind"), entry.get("object_id")
+        target = " ".join(x for x in (kind, ident) if x) or "-"
+        status = entry["status"]
+        style = "green" if status < 400 else "red"
+        detail = entry.get("detail") or ""
+        if entry.get("count", 1) > 1:
+            detail = f"x{entry['count']} {detail}".strip()
+        table.add_row(
+            entry["at"][:19].replace("T", " "),
+            escape(entry.get("actor") or "-"),
+            escape(entry["action"]),
+            escape(target),
+            f"[{style}]{status}[/]",
+            escape(detail or "-"),
         )
     return table

@@ -6,6 +6,7 @@
     job = c.submit({"dataset": "digits", "workers": 2, "batch_size_per_worker": 8})
     done = c.wait(job.id, on_report=lambda r: print(r.epoch, r.step))
     c.download_model(done.id)
+    mine = c.jobs(mine=True)  # only the jobs of the token's user (c.me())
 
 Answers are the service's own pydantic models (``contract.api``), inputs a
 ``contract.spec.JobSpec`` or a dict; errors are ``client.errors`` exceptions. The ``syncbn``
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,19 +30,27 @@ from client.errors import WaitTimeout
 from client.events import EndEvent, JobEvent, messages, typed
 from client.http import UPLOAD_TIMEOUT_S, Download, Transport, local_token, output_path
 from contract.api import (
+    AuditList,
     CodeBundleList,
     CodeBundleOut,
+    CreatedUser,
     DatasetList,
     DatasetOut,
     Health,
     JobList,
     JobOut,
     LogsOut,
+    MeOut,
     MetricsOut,
     ModelsOut,
     PredictOut,
+    Quotas,
     StudyList,
     StudyOut,
+    TokenCreated,
+    TokenOut,
+    UserList,
+    UserOut,
     WorkersOut,
 )
 from contract.layout import local_service_url
@@ -52,6 +62,8 @@ URL_ENV, TOKEN_ENV = "SYNCBN_URL", "SYNCBN_API_TOKEN"
 Model = TypeVar("Model", bound=BaseModel)
 Spec = JobSpec | Mapping[str, Any]
 """A job's spec: a ``JobSpec``, or a dict of its fields (the service fills in the rest)."""
+QuotasIn = Quotas | Mapping[str, int | None]
+"""A user's quota overrides: a ``Quotas``, or a dict of its fields (None: the default)."""
 
 
 def default_url() -> str:
@@ -70,6 +82,11 @@ def as_body(spec: Spec | BaseModel) -> dict[str, Any]:
     if isinstance(spec, BaseModel):
         return spec.model_dump(mode="json", exclude_unset=True)
     return dict(spec)
+
+
+def _quotas(quotas: QuotasIn) -> dict[str, Any]:
+    """Quota overrides as JSON: every field (one left out: None, the default setting)."""
+    return Quotas.model_validate(dict(quotas)).model_dump(mode="json")
 
 
 def _deadline(timeout_s: float | None) -> float | None:
@@ -101,6 +118,8 @@ class Client:
         url = url or default_url()
         token = token or os.environ.get(TOKEN_ENV) or local_token(url)
         self.transport = Transport(url, token, timeout_s, http)
+        self.me_name: str | None = None
+        """The token's user, once ``me()`` (or ``mine=True``) asked."""
 
     @property
     def url(self) -> str:
@@ -115,11 +134,22 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> Model:
+        return model.model_validate(self.transport.request(method, path, **kwargs))
+
     def _get(self, model: type[Model], path: str, **kwargs: Any) -> Model:
-        return model.model_validate(self.transport.request("GET", path, **kwargs))
+        return self._call(model, "GET", path, **kwargs)
 
     def _post(self, model: type[Model], path: str, **kwargs: Any) -> Model:
-        return model.model_validate(self.transport.request("POST", path, **kwargs))
+        return self._call(model, "POST", path, **kwargs)
+
+    def _owner(self, owner: str | None, mine: bool) -> str | None:
+        """A list's ``owner`` filter: ``owner``, or with ``mine`` the token's user."""
+        if mine and owner is not None:
+            raise ValueError("give owner or mine, not both")
+        if not mine:
+            return owner
+        return self.me_name or self.me().name
 
     def _delete(self, path: str) -> None:
         self.transport.request("DELETE", path)
@@ -142,11 +172,21 @@ class Client:
         """One job: state, progress, transitions and result."""
         return self._get(JobOut, paths.item(paths.JOBS, job_id))
 
-    def jobs(self, state: str | None = None, limit: int = 50, offset: int = 0) -> JobList:
-        """Jobs, newest first (only those in ``state``, if given)."""
+    def jobs(
+        self,
+        state: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
+        mine: bool = False,
+    ) -> JobList:
+        """Jobs, newest first (only those in ``state``, of ``owner``, or with ``mine`` of the
+        token's user, if given)."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if state is not None:
             params["state"] = str(state)
+        if (who := self._owner(owner, mine)) is not None:
+            params["owner"] = who
         return self._get(JobList, paths.JOBS, params=params)
 
     def cancel(self, job_id: str) -> JobOut:
@@ -235,9 +275,13 @@ class Client:
         """One study: its arms, the verdict and the recommendation."""
         return self._get(StudyOut, paths.item(paths.STUDIES, study_id))
 
-    def studies(self, limit: int = 50) -> StudyList:
-        """Studies, newest first."""
-        return self._get(StudyList, paths.STUDIES, params={"limit": limit})
+    def studies(self, limit: int = 50, owner: str | None = None, mine: bool = False) -> StudyList:
+        """Studies, newest first (only those of ``owner``, or with ``mine`` of the token's
+        user, if given)."""
+        params: dict[str, Any] = {"limit": limit}
+        if (who := self._owner(owner, mine)) is not None:
+            params["owner"] = who
+        return self._get(StudyList, paths.STUDIES, params=params)
 
     def cancel_study(self, study_id: str) -> StudyOut:
         """Cancel every unfinished job of the study."""
@@ -340,3 +384,73 @@ class Client:
         form = {} if epoch is None else {"epoch": str(epoch)}
         path = paths.item(paths.JOBS, job_id, "predict", "images")
         return self._post(PredictOut, path, files=files, data=form, timeout=UPLOAD_TIMEOUT_S)
+
+    # -- the team: users, tokens, the audit log ----------------------------------------------
+    def me(self) -> MeOut:
+        """Who the token signs in: name, role, the quotas in force and what they use now."""
+        out = self._get(MeOut, paths.ME)
+        self.me_name = out.name
+        return out
+
+    def users(self) -> UserList:
+        """Every user, revoked ones too, with their tokens' names (admin)."""
+        return self._get(UserList, paths.USERS)
+
+    def user(self, name: str) -> UserOut:
+        """One user (admin)."""
+        return self._get(UserOut, paths.item(paths.USERS, name))
+
+    def add_user(
+        self, name: str, role: str = "member", quotas: QuotasIn | None = None
+    ) -> CreatedUser:
+        """Add a user (admin) with their first token, ``default``: ``.token.token``, shown
+        only in this answer. ``quotas``: their overrides (None: the service's defaults)."""
+        body = {"name": name, "role": role, "quotas": _quotas(quotas or {})}
+        return self._post(CreatedUser, paths.USERS, json=body)
+
+    def update_user(
+        self, name: str, role: str | None = None, quotas: QuotasIn | None = None
+    ) -> UserOut:
+        """Change a user's role and/or replace their quota overrides (admin; a field left out
+        of ``quotas`` goes back to the default)."""
+        body: dict[str, Any] = {}
+        if role is not None:
+            body["role"] = role
+        if quotas is not None:
+            body["quotas"] = _quotas(quotas)
+        return self._call(UserOut, "PATCH", paths.item(paths.USERS, name), json=body)
+
+    def revoke_user(self, name: str) -> UserOut:
+        """Revoke a user and every token of theirs (admin); what they made stays theirs."""
+        return self._call(UserOut, "DELETE", paths.item(paths.USERS, name))
+
+    def add_token(self, user: str, name: str = "default") -> TokenCreated:
+        """Add a named token to ``user`` (admin): ``.token``, shown only in this answer. To
+        rotate one: add a new one, switch to it, revoke the old one."""
+        path = paths.item(paths.USERS, user, "tokens")
+        return self._post(TokenCreated, path, json={"name": name})
+
+    def revoke_token(self, user: str, name: str) -> TokenOut:
+        """Revoke ``user``'s token ``name`` (admin); refused from its next request on."""
+        path = paths.item(paths.USERS, user, "tokens", name)
+        return self._call(TokenOut, "DELETE", path)
+
+    def audit(
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        actor: str | None = None,
+        action: str | None = None,
+        object_id: str | None = None,
+        status: int | None = None,
+        since: datetime | str | None = None,
+    ) -> AuditList:
+        """The audit log, newest first (admin): every write, who, what, which object, when and
+        the answer's status; only the entries matching the filters given (``since``: a
+        datetime or ISO 8601, no zone meaning UTC)."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        filters = {"actor": actor, "action": action, "object_id": object_id, "status": status}
+        params |= {key: value for key, value in filters.items() if value is not None}
+        if since is not None:
+            params["since"] = since.isoformat() if isinstance(since, datetime) else since
+        return self._get(AuditList, paths.AUDIT, params=params)

@@ -31,6 +31,45 @@ class Command:
     run: Run
 
 
+def json_flag(parser: argparse.ArgumentParser) -> None:
+    """``--json`` after a command too; SUPPRESS: absent there, so one before it counts."""
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print raw JSON"
+    )
+
+
+def usage(parser: argparse.ArgumentParser, prefix: str) -> str:
+    """``parser``'s usage without ``prefix``, ``-h`` and ``--json``, e.g.
+    ``"add [--name NAME] USER"``."""
+    text = " ".join(parser.format_usage().split()).removeprefix("usage: ")
+    return text.removeprefix(prefix).replace("[-h] ", "").replace(" [--json]", "")
+
+
+def add_commands(
+    parser: argparse.ArgumentParser, commands: dict[str, Command], dest: str, nested: bool = False
+) -> None:
+    """One subcommand of ``parser`` per ``commands`` (each with ``--json``); the name chosen
+    goes to ``args.<dest>``. ``nested``: the subcommands' usages are the choice's help."""
+    sub = parser.add_subparsers(dest=dest, required=True)
+    for name, command in commands.items():
+        options = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(options)
+        json_flag(options)
+    if nested:
+        sub.help = "; ".join(usage(p, parser.prog + " ") for p in sub.choices.values())
+
+
+def group(help: str, commands: dict[str, Command]) -> Command:
+    """A command of subcommands, like ``syncbn users add NAME``: ``commands`` maps each
+    subcommand's name to its ``Command``."""
+    dest = "subcommand"
+
+    def run(args: argparse.Namespace, client: Client, console: Console) -> int:
+        return commands[getattr(args, dest)].run(args, client, console)
+
+    return Command(help, lambda parser: add_commands(parser, commands, dest, nested=True), run)
+
+
 def plain(out: Any) -> Any:
     """An SDK answer as the JSON the service sent: a model's fields that came in it (none
     added with a default), as JSON types; anything else as it is."""
@@ -52,6 +91,13 @@ ID_HELP = {
     "study_id": "the study's id, like s-40d6e2ed718d (syncbn studies)",
 }
 """The help of the positional ids every command shares."""
+
+
+def owner_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--mine`` or ``--owner NAME``: a list of only those ``what`` (jobs, studies)."""
+    mine = parser.add_mutually_exclusive_group()
+    mine.add_argument("--mine", action="store_true", help=f"only my {what} (syncbn whoami)")
+    mine.add_argument("--owner", help=f"only the {what} of this user")
 
 
 def positional(name: str, **options: Any) -> Callable[[argparse.ArgumentParser], None]:

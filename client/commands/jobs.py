@@ -16,6 +16,7 @@ from client.commands.base import (
     ID_HELP,
     Command,
     call_and_show,
+    owner_arguments,
     plain,
     positional,
     printed_json,
@@ -84,10 +85,13 @@ def submit(args: argparse.Namespace, client: Client, console: Console) -> int:
 def list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", choices=sorted(STATE_STYLE), help="only jobs in this state")
     parser.add_argument("--limit", type=int, default=50, help="at most this many, newest first")
+    owner_arguments(parser, "jobs")
 
 
 def list_jobs(args: argparse.Namespace, client: Client, console: Console) -> int:
-    listing = client.jobs(state=args.state or None, limit=args.limit)
+    listing = client.jobs(
+        state=args.state or None, limit=args.limit, owner=args.owner, mine=args.mine
+    )
     if not printed_json(args, listing):
         console.print(jobs_table(plain(listing)["jobs"]))
         console.print(f"{listing.total} job(s)")

@@ -16,6 +16,7 @@ from client.commands.base import (
     EXIT_OK,
     Command,
     call_and_show,
+    owner_arguments,
     plain,
     positional,
     printed_json,
@@ -110,10 +111,11 @@ def study(args: argparse.Namespace, client: Client, console: Console) -> int:
 
 def studies_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=50, help="at most this many, newest first")
+    owner_arguments(parser, "studies")
 
 
 def studies(args: argparse.Namespace, client: Client, console: Console) -> int:
-    out = client.studies(limit=args.limit)
+    out = client.studies(limit=args.limit, owner=args.owner, mine=args.mine)
     if not printed_json(args, out):
         console.print(studies_table(plain(out)["studies"]))
     return EXIT_OK

@@ -24,6 +24,7 @@ from client.errors import (
     ApiError,
     Busy,
     Conflict,
+    Forbidden,
     NotFound,
     Rejected,
     SyncbnError,
@@ -33,7 +34,20 @@ from client.errors import (
 )
 from client.events import EndEvent, StateEvent
 from client.http import Download
-from contract.api import JobList, JobOut, PredictOut, StudyOut
+from contract.api import (
+    AuditList,
+    CreatedUser,
+    JobList,
+    JobOut,
+    MeOut,
+    PredictOut,
+    Quotas,
+    StudyOut,
+    TokenCreated,
+    TokenOut,
+    UserList,
+    UserOut,
+)
 from contract.layout import Layout
 from contract.protocol import ReportEvent
 from contract.spec import JobSpec
@@ -144,6 +158,82 @@ def test_studies(app, c):
     assert bad.value.field == "base.workers"
 
 
+def test_users_tokens_me_and_the_audit_log(app, c):
+    made = c.add_user("alice", quotas={"max_queued_jobs": 4})
+    assert isinstance(made, CreatedUser) and isinstance(made.token, TokenCreated)
+    assert (made.user.name, made.user.role, made.token.name) == ("alice", "member", "default")
+    assert made.user.quotas == Quotas(max_queued_jobs=4)
+    alice = connect(app, made.token.token)
+    me = alice.me()
+    assert isinstance(me, MeOut) and (me.name, me.role) == ("alice", "member")
+    assert me.quotas.max_queued_jobs == 4 and me.usage.queued_jobs == 0
+    assert alice.me_name == "alice"
+
+    ours, hers = c.submit(GOOD), alice.submit(GOOD)
+    assert (ours.owner, hers.owner) == ("admin", "alice")
+    asked: list[str] = []
+    alice.transport.http.event_hooks["request"].append(lambda r: asked.append(r.url.path))
+    fresh = connect(app, made.token.token)
+    fresh.transport.http.event_hooks["request"].append(lambda r: asked.append(r.url.path))
+    assert [j.id for j in fresh.jobs(mine=True).jobs] == [hers.id]
+    assert [j.id for j in fresh.jobs(mine=True).jobs] == [hers.id]
+    assert asked.count("/v1/me") == 1  # the name is asked once, then kept
+    assert [j.id for j in c.jobs(owner="alice").jobs] == [hers.id]
+    assert [j.id for j in c.jobs(mine=True).jobs] == [ours.id]
+    study = alice.create_study({"dataset": "synthetic", "workers": 1, "epochs": 1}, seeds=[0])
+    assert [s.id for s in alice.studies(mine=True).studies] == [study.id]
+    assert c.studies(mine=True).studies == [] and c.studies(owner="alice").studies[0].owner
+    with pytest.raises(ValueError, match="not both"):
+        c.jobs(owner="alice", mine=True)
+
+    with pytest.raises(Forbidden) as refused:
+        alice.users()
+    assert refused.value.status == 403 and "(you are alice, a member)" in refused.value.message
+    listing = c.users()
+    assert isinstance(listing, UserList) and [u.name for u in listing.users] == ["admin", "alice"]
+    changed = c.update_user("alice", role="viewer", quotas=Quotas(max_upload_bytes=10))
+    assert isinstance(changed, UserOut) and changed.role == "viewer"
+    assert changed.quotas == Quotas(max_upload_bytes=10)  # replaced: the queue back to default
+    assert c.update_user("alice", role="member").quotas == changed.quotas
+    assert c.user("alice").role == "member"
+
+    laptop = c.add_token("alice", "laptop")
+    assert isinstance(laptop, TokenCreated) and laptop.token != made.token.token
+    old = c.revoke_token("alice", "default")
+    assert isinstance(old, TokenOut) and old.revoked_at is not None
+    with pytest.raises(Unauthorized):
+        connect(app, made.token.token).me()
+    assert connect(app, laptop.token).me().name == "alice"
+    gone = c.revoke_user("alice")
+    assert isinstance(gone, UserOut) and gone.revoked_at is not None
+    with pytest.raises(Unauthorized):
+        connect(app, laptop.token).me()
+    with pytest.raises(NotFound):
+        c.user("nobody")
+
+    log = c.audit()
+    assert isinstance(log, AuditList) and log.total == len(log.entries)
+    assert [(e.actor, e.action, e.count) for e in log.entries] == [
+        ("admin", "users-revoke", 1),
+        (None, "sign-in", 2),  # the revoked tokens: one row a minute, from its first
+        ("admin", "users-revoke-token", 1),
+        ("admin", "users-add-token", 1),
+        ("admin", "users-update", 1),
+        ("admin", "users-update", 1),
+        ("alice", "studies-create", 1),
+        ("alice", "jobs-submit", 1),
+        ("admin", "jobs-submit", 1),
+        ("admin", "users-create", 1),
+    ]
+    alice_made = c.audit(actor="alice", status=201).entries
+    assert [e.action for e in alice_made] == ["studies-create", "jobs-submit"]
+    assert [e.object_id for e in c.audit(action="jobs-submit").entries] == [hers.id, ours.id]
+    assert c.audit(object_id=hers.id, limit=1).entries[0].actor == "alice"
+    assert c.audit(since=log.entries[0].at).total >= 1
+    assert c.audit(since="2000-01-01T00:00:00").total == log.total
+    assert c.audit(limit=2, offset=1).entries == log.entries[1:3]
+
+
 def test_datasets_and_code_bundles(c, tmp_path):
     path = tmp_path / "mine.npz"
     np.savez(path, x=np.random.default_rng(0).normal(size=(20, 3)), y=np.arange(20) % 2)
@@ -205,6 +295,9 @@ def test_the_clis_json_is_the_services_json(app, c):
         (c.study(study.id), f"/v1/studies/{study.id}"),
         (c.studies(), "/v1/studies"),
         (c.health(), "/healthz"),
+        (c.me(), "/v1/me"),
+        (c.users(), "/v1/users"),
+        (c.audit(), "/v1/audit"),
     ):
         assert plain(answer) == http.get(path).json(), path
 
