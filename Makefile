@@ -31,9 +31,10 @@ $(VENV)/.installed-dev: pyproject.toml
 run: $(VENV)/.installed
 	$(PY) -m service
 
-# The dashboard's browser tests drive Debian's chromium (installed with apt-get when missing).
+# The browser tests drive Debian's chromium, the PostgreSQL tests its server binaries
+# (scripts/install-test-tools.sh installs them with apt-get when missing).
 test: $(VENV)/.installed-dev
-	bash scripts/install-chromium.sh
+	bash scripts/install-test-tools.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

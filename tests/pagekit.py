@@ -3,7 +3,7 @@ timeouts, and the steps every page test takes (open the page with the token, fin
 its label, wait for a job's final state; a team's users and their tokens).
 
 Playwright drives Debian's Chromium (``/usr/bin/chromium``, or ``SYNCBN_CHROMIUM``;
-``scripts/install-chromium.sh`` installs it, Playwright cannot download its own browser here).
+``scripts/install-test-tools.sh`` installs it, Playwright cannot download its own browser here).
 The ``browser`` and ``page`` fixtures are in ``tests/e2e/conftest.py``.
 """
 

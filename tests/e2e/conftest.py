@@ -118,7 +118,7 @@ def idle_service(_idle_service_session):
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():  # make test installs it; a missing browser is a failure
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-chromium.sh")
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-test-tools.sh")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
