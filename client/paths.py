@@ -14,6 +14,7 @@ CODE = "/v1/code"
 USERS = "/v1/users"
 ME = "/v1/me"
 AUDIT = "/v1/audit"
+ADMIN_USAGE = "/v1/admin/usage"
 
 
 def item(collection: str, item_id: str, *parts: str) -> str:

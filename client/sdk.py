@@ -36,6 +36,7 @@ from contract.api import (
     CreatedUser,
     DatasetList,
     DatasetOut,
+    DiskUsageOut,
     Health,
     JobList,
     JobOut,
@@ -192,6 +193,15 @@ class Client:
     def cancel(self, job_id: str) -> JobOut:
         """Cancel a job (queued: never runs; on Ray: stopped)."""
         return self._post(JobOut, paths.item(paths.JOBS, job_id, "cancel"))
+
+    def pin(self, job_id: str) -> JobOut:
+        """Keep the job's checkpoints, model files and log past the service's retention
+        (``SYNCBN_RETENTION_DAYS``); idempotent."""
+        return self._post(JobOut, paths.item(paths.JOBS, job_id, "pin"))
+
+    def unpin(self, job_id: str) -> JobOut:
+        """Let the retention remove the job's files once it is due; idempotent."""
+        return self._call(JobOut, "DELETE", paths.item(paths.JOBS, job_id, "pin"))
 
     def delete_job(self, job_id: str) -> None:
         """Delete a job that is over, with its files."""
@@ -454,3 +464,11 @@ class Client:
         if since is not None:
             params["since"] = since.isoformat() if isinstance(since, datetime) else since
         return self._get(AuditList, paths.AUDIT, params=params)
+
+    # -- operations --------------------------------------------------------------------------
+    def admin_usage(self, refresh: bool = False) -> DiskUsageOut:
+        """What ``$SYNCBN_HOME`` holds (admin): bytes by kind and by owner, against the disk
+        budget (``SYNCBN_DISK_BUDGET_BYTES``) and the free space; ``refresh``: walk the home
+        now rather than reuse the service's last measure."""
+        params = {"refresh": "true"} if refresh else {}
+        return self._get(DiskUsageOut, paths.ADMIN_USAGE, params=params)

@@ -60,6 +60,14 @@ class JobOut(BaseModel):
     study_id: str | None = Field(None, description="the study this job is an arm x seed of")
     arm: str | None = None
     owner: str = Field("admin", description="who made it (a user's name)")
+    pinned: bool = Field(
+        False, description="its checkpoints and log are kept past SYNCBN_RETENTION_DAYS"
+    )
+    files_removed_at: datetime | None = Field(
+        None,
+        description="when the retention removed its checkpoints, model files and log (its "
+        "statistics and result stay)",
+    )
 
 
 class JobList(BaseModel):
@@ -103,6 +111,7 @@ class MetricsOut(BaseModel):
 class LogsOut(BaseModel):
     job_id: str
     logs: str
+    reason: str | None = Field(None, description="why there is no log: removed by the retention")
 
 
 class DatasetOut(BaseModel):
@@ -157,6 +166,9 @@ class ModelsOut(BaseModel):
     models: list[ModelFileOut] = Field(description="the kept checkpoints' files, oldest first")
     recipe: dict[str, Any] | None = Field(
         None, description="the newest file's recipe (how to rebuild and feed the model)"
+    )
+    reason: str | None = Field(
+        None, description="why there is no model file: removed by the retention (when, why)"
     )
 
 
@@ -461,3 +473,46 @@ class AuditList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class OwnerDiskUsage(BaseModel):
+    owner: str
+    datasets_bytes: int
+    code_bytes: int
+    runs_bytes: int = Field(description="their jobs' checkpoints, model files and statistics")
+    logs_bytes: int = Field(description="their jobs' kept logs")
+    total_bytes: int
+    max_upload_bytes: int | None = Field(description="their upload quota in force (null: none)")
+    max_model_bytes: int | None = Field(description="their model quota in force (null: none)")
+
+
+DiskKind = Literal["database", "datasets", "code", "runs", "logs", "other"]
+
+
+class DiskUsageOut(BaseModel):
+    """What ``$SYNCBN_HOME`` holds (bytes on disk), against its budget and file system."""
+
+    home: str
+    measured_at: datetime = Field(description="when the home was last walked")
+    complete: bool = Field(
+        description="false: the walk stopped at its bound of entries (lower bounds, then)"
+    )
+    used_bytes: int
+    budget_bytes: int | None = Field(description="SYNCBN_DISK_BUDGET_BYTES (null: unset)")
+    limit_bytes: int = Field(description="what the home may use: the budget, else used + free")
+    free_bytes: int = Field(description="free on the file system")
+    filesystem_bytes: int = Field(description="the file system's size")
+    reserve_bytes: int = Field(
+        description="free bytes of the file system kept for the database (full under it)"
+    )
+    state: Literal["ok", "warning", "full"] = Field(
+        description="warning from 90 % of the budget or of the file system; full: uploads, "
+        "new jobs and studies are refused (507)"
+    )
+    detail: str = Field(description="the state in words, as /readyz gives it")
+    by_kind: dict[DiskKind, int]
+    by_owner: list[OwnerDiskUsage] = Field(description="the largest first")
+    unowned_bytes: int = Field(
+        description="under datasets/, code/ and runs/ but of no row: an upload being received, "
+        "what a crash left"
+    )

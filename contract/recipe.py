@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
@@ -192,7 +193,8 @@ def _short(text: str, limit: int) -> str:
 def recipe_from(handle: BinaryIO) -> tuple[dict[str, Any], int]:
     """The validated recipe in the model file open as ``handle`` (at its start; reads the header
     only) and the recipe's size in bytes of JSON; ``RecipeError`` if the file is not a valid
-    syncbn model file."""
+    syncbn model file (``incomplete``: shorter than its header says, e.g. cut short by a full
+    disk or still being copied)."""
     prefix = handle.read(8)
     if len(prefix) != 8:
         raise RecipeError("not a safetensors file (too short)", incomplete=True)
@@ -208,14 +210,51 @@ def recipe_from(handle: BinaryIO) -> tuple[dict[str, Any], int]:
             f"shorter than its header says ({len(header) + 8} of {size + 8} bytes)",
             incomplete=True,
         )
-    text = _metadata(header).get(RECIPE_KEY)
+    parsed = _json(header, "its safetensors header")
+    data_end = _data_end(parsed)
+    have = _file_size(handle) - 8 - size
+    if have < data_end:
+        raise RecipeError(
+            f"shorter than its header says ({have + 8 + size} of {data_end + 8 + size} bytes)",
+            incomplete=True,
+        )
+    text = _metadata(parsed).get(RECIPE_KEY)
     if not isinstance(text, str):
         raise RecipeError(f"not a syncbn model file (no {RECIPE_KEY!r} metadata)")
     return validate_recipe(_json(text, "its recipe")), len(text)
 
 
-def _metadata(header: bytes) -> dict[str, Any]:
-    parsed = _json(header, "its safetensors header")
+def _data_end(parsed: Any) -> int:
+    """Where the tensors' data ends (after the header), from their ``data_offsets``."""
+    if not isinstance(parsed, dict):
+        raise RecipeError("not a safetensors file (its header is not a JSON object of objects)")
+    end = 0
+    for name, entry in parsed.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int and o >= 0 for o in offsets)
+        ):
+            raise RecipeError(f"not a safetensors file (tensor {_short(str(name), 100)!r})")
+        end = max(end, offsets[1])
+    return end
+
+
+def _file_size(handle: BinaryIO) -> int:
+    try:
+        return os.fstat(handle.fileno()).st_size
+    except (AttributeError, OSError, ValueError):  # not a real file: seek to its end and back
+        where = handle.tell()
+        try:
+            return handle.seek(0, os.SEEK_END)
+        finally:
+            handle.seek(where)
+
+
+def _metadata(parsed: Any) -> dict[str, Any]:
     metadata = parsed.get("__metadata__") if isinstance(parsed, dict) else None
     if not isinstance(parsed, dict) or not isinstance(metadata, dict | None):
         raise RecipeError("not a safetensors file (its header is not a JSON object of objects)")

@@ -6,8 +6,13 @@ stopped on exit, also on Ctrl-C. With ``RAY_ADDRESS`` set it uses that cluster (
 dashboard/Jobs URL) with the user's own Ray token settings.
 
 Before anything starts, an exposed listener without a real API token is refused (exit 2,
-``service.api.credentials.check_exposure``); without ``SYNCBN_API_TOKEN`` the token is read from
-or made into ``$SYNCBN_HOME/api-token`` and a login link is printed.
+``service.api.credentials.check_exposure``), and so is a database whose schema a newer release
+upgraded (exit 2, ``service.storage.db.SchemaTooNew``, naming both revisions); without
+``SYNCBN_API_TOKEN`` the token is read from or made into ``$SYNCBN_HOME/api-token`` and a login
+link is printed.
+
+``python -m service backup FILE`` and ``python -m service restore FILE`` back up and restore the
+home and its database instead (``service.operations.backup``, ``docs/operations.md``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from service.api.credentials import UnsafeStart, check_exposure, ensure_api_toke
 from service.api.observability import log_config
 from service.cluster.embedded_ray import EmbeddedRay
 from service.settings import Settings
+from service.storage.db import SchemaTooNew, check_schema
 
 logger = logging.getLogger("service")
 
@@ -67,13 +73,19 @@ def record_url(settings: Settings) -> None:
     path.write_text(f"http://{host}:{settings.port}\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:  # backup, restore (or --help): the operator's commands
+        from service.operations.backup import main as operations
+
+        return operations(argv)
     raise_fd_limit()
     settings = Settings()
-    logging.config.dictConfig(log_config(settings.log_level))
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     try:
         check_exposure(settings)
-    except UnsafeStart as exc:
+        check_schema(settings.db_url)
+    except (UnsafeStart, SchemaTooNew) as exc:
         print(f"syncbn-service: {exc}", file=sys.stderr, flush=True)
         return 2
     generated = not settings.api_token
@@ -103,7 +115,7 @@ def main() -> int:
             app,
             host=settings.host,
             port=settings.port,
-            log_config=log_config(settings.log_level),
+            log_config=log_config(settings.log_level, settings.log_format),
             timeout_graceful_shutdown=5,
             timeout_keep_alive=5,  # an idle connection holds a socket 5 s at most
             h11_max_incomplete_event_size=16 << 10,  # request line and headers, under h11

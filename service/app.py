@@ -20,6 +20,7 @@ from service.api.credentials import ensure_api_token
 from service.api.deps import Services, operation_id
 from service.api.middleware import (
     AuthMiddleware,
+    DiskGuardMiddleware,
     Gate,
     HostOriginMiddleware,
     HostPolicy,
@@ -28,12 +29,25 @@ from service.api.middleware import (
 )
 from service.api.observability import ServiceMetrics, TimingMiddleware
 from service.api.pages import install_pages
-from service.api.routes import audit, code, datasets, health, ingest, jobs, studies, trained, users
+from service.api.routes import (
+    audit,
+    code,
+    datasets,
+    health,
+    ingest,
+    jobs,
+    studies,
+    trained,
+    usage,
+    users,
+)
 from service.cluster import Cluster, RayJobs, RayUnavailable
 from service.files.housekeeping import sweep
 from service.jobs.events import EventHub
 from service.jobs.lifecycle import Lifecycle
+from service.jobs.retention import Retention
 from service.jobs.scheduler import Scheduler
+from service.operations.disk import DiskCollector, DiskMeter
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
@@ -99,9 +113,28 @@ def build_services(settings: Settings, ray: Cluster | None = None) -> Services:
             return store.count_by_state(session)
 
     metrics = ServiceMetrics(count_jobs)
+    disk = DiskMeter(settings)
+    metrics.registry.register(DiskCollector(disk))
     lifecycle = Lifecycle(settings, db, ray, on_report=metrics.report_stored)
     scheduler = Scheduler(settings, db, ray, lifecycle)
-    return Services(settings, db, ray, lifecycle, scheduler, metrics, EventHub(db, settings))
+    events = EventHub(db, settings)
+    retention = Retention(settings, db)
+    return Services(settings, db, ray, lifecycle, scheduler, metrics, events, disk, retention)
+
+
+def chores(services: Services) -> None:
+    """The loop's slow chores, each when due: the retention's sweep (once at start, then every
+    ``SYNCBN_RETENTION_INTERVAL_S``) and a measure of the disk (every
+    ``SYNCBN_DISK_CHECK_INTERVAL_S``: a warning is logged at 90 % of the budget). An error is
+    logged, never fatal."""
+    for name, chore in (
+        ("the retention's sweep", services.retention.sweep_if_due),
+        ("measuring the disk", services.disk.refresh_if_due),
+    ):
+        try:
+            chore()
+        except Exception:
+            logger.exception("%s failed", name)
 
 
 async def scheduler_loop(services: Services) -> None:
@@ -119,6 +152,7 @@ async def scheduler_loop(services: Services) -> None:
             logger.warning("Ray unavailable: %s", exc)
         except Exception:
             logger.exception("scheduler tick failed")
+        await run_in_threadpool(chores, services)
         await asyncio.sleep(interval)
 
 
@@ -154,17 +188,19 @@ def create_app(settings: Settings | None = None, ray: Cluster | None = None) -> 
     app.state.settings = settings
     app.state.services = services
     errors.install(app)
-    routers = (jobs, trained, studies, datasets, code, users, audit, health, ingest)
+    routers = (jobs, trained, studies, datasets, code, users, audit, usage, health, ingest)
     for module in routers:
         app.include_router(module.router)
 
     # The last added runs first: timing sees every answer, the audit log every write and
-    # failed sign-in (refused or not), the host check comes before all, then the token, and
-    # only then the limits (a stranger never takes a slot).
+    # failed sign-in (refused or not), the host check comes before all, then the token, then
+    # the disk's room (an upload or a new job on a full disk: 507 before its body), and only
+    # then the limits (a stranger never takes a slot).
     limits = route_limits(settings)
     proxy = TrustedProxy.of(settings)
     app.state.authenticator = Authenticator(str(settings.api_token), services.db, proxy)
     app.add_middleware(RequestLimitsMiddleware, limits_for=limits, gates=gates(settings))
+    app.add_middleware(DiskGuardMiddleware, meter=services.disk)
     app.add_middleware(AuthMiddleware, authenticator=app.state.authenticator)
     app.add_middleware(HostOriginMiddleware, policy=HostPolicy(settings))
     app.add_middleware(AuditMiddleware, audit=AuditLog(services.db), openapi=app.openapi)

@@ -1,6 +1,6 @@
 """What the service's domain refuses, without HTTP: ``service.api.errors`` answers each kind
-(422 naming the field, 403, 404, 409, 413, 429). The domain (jobs, studies, files) raises these;
-only ``service.api`` speaks HTTP."""
+(422 naming the field, 403, 404, 409, 413, 429, 507). The domain (jobs, studies, files) raises
+these; only ``service.api`` speaks HTTP."""
 
 from __future__ import annotations
 
@@ -48,6 +48,16 @@ class QueueFull(ServiceError):
 
 class QuotaExceeded(QueueFull):
     """Past one of the user's quotas (429): the message names the quota and the use."""
+
+
+class InsufficientStorage(ServiceError):
+    """No room on the disk of ``$SYNCBN_HOME`` for a new upload, job or study (507): the
+    budget (``setting``) is used up or the file system is full; the message names the setting
+    and the bytes used."""
+
+    def __init__(self, message: str, setting: str = "disk_budget_bytes") -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class ClusterUnavailable(ServiceError):

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         f"{MIN_EMBEDDED_CPUS}, so the 4-worker small-batch studies run on a 2-core machine)",
     )
     log_level: str = Field("INFO", description="the service's log level (DEBUG, INFO, WARNING)")
+    log_format: Literal["auto", "text", "json"] = Field(
+        "auto",
+        description="log lines on stderr: text (for a person), json (one object a line, for a "
+        "collector); auto: text on a terminal, else json",
+    )
 
     max_body_bytes: int = Field(1 << 20, gt=0, description="largest JSON request body")
     max_ingest_bytes: int = Field(
@@ -137,6 +142,30 @@ class Settings(BaseSettings):
     )
     max_event_streams_per_token: int = Field(
         1000, ge=1, description="event streams open at once with one API token (more: 429)"
+    )
+    # The disk (service.operations.disk) and retention (service.jobs.retention): an operator
+    # who runs the service for months sets a budget and a retention; unset, nothing is refused
+    # before the file system is full and nothing is removed but by hand, as before.
+    disk_budget_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="bytes $SYNCBN_HOME may use: at 90 % a warning, at 100 % uploads and new "
+        "jobs and studies are refused (507) (unset: the file system's free space)",
+    )
+    disk_check_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a measure of the bytes under $SYNCBN_HOME is reused before the "
+        "folder is walked again",
+    )
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="days a finished job's checkpoints, model files and log are kept after it "
+        "ended; its rows, statistics and result stay (unset: kept forever; a pinned job: kept)",
+    )
+    retention_interval_s: float = Field(
+        3600.0, gt=0, description="seconds between two sweeps of the retention (one at start)"
     )
     # A user's quotas: these defaults, or the user's own overrides (PATCH /v1/users/{name}).
     # Unset: no limit but the service's own (max_queued_jobs, the cluster's size).

@@ -15,7 +15,9 @@ from service.api.observability import ServiceMetrics
 from service.cluster import Cluster
 from service.jobs.events import EventHub
 from service.jobs.lifecycle import Lifecycle
+from service.jobs.retention import Retention
 from service.jobs.scheduler import Scheduler
+from service.operations.disk import DiskMeter
 from service.settings import Settings
 from service.storage.db import Database
 
@@ -32,6 +34,11 @@ class Services:
     metrics: ServiceMetrics
     events: EventHub
     """Wakes event streams after commits; caps how many are open (``service.jobs.events``)."""
+    disk: DiskMeter
+    """The disk of ``$SYNCBN_HOME`` against its budget (``service.operations.disk``)."""
+    retention: Retention
+    """Removes the files of jobs that ended ``SYNCBN_RETENTION_DAYS`` ago
+    (``service.jobs.retention``)."""
 
 
 async def get_services(request: Request) -> Services:

@@ -1,6 +1,8 @@
 """How the domain's refusals (``service.errors``) and FastAPI's validation errors are answered:
 the status, and FastAPI's own ``{"detail": ...}`` shape (a 422 lists ``loc``/``msg``/``type``,
-naming the field, and the setting of a limit)."""
+naming the field, and the setting of a limit). The disk saying it is full while a request
+writes (``ENOSPC``, SQLite's "database or disk is full": ``service.operations.disk.disk_full``)
+is the same 507 as a refusal before it (``InsufficientStorage``), not a 500."""
 
 from __future__ import annotations
 
@@ -11,17 +13,21 @@ from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 
 from service.errors import (
     ClusterUnavailable,
     Conflict,
     FieldError,
     Forbidden,
+    InsufficientStorage,
     NotFound,
     QueueFull,
     ServiceError,
     TooLarge,
 )
+from service.operations.disk import disk_full
 from service.settings import Settings
 
 STATUS: dict[type[ServiceError], int] = {
@@ -30,6 +36,7 @@ STATUS: dict[type[ServiceError], int] = {
     Conflict: status.HTTP_409_CONFLICT,
     TooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
     QueueFull: status.HTTP_429_TOO_MANY_REQUESTS,
+    InsufficientStorage: status.HTTP_507_INSUFFICIENT_STORAGE,
     ClusterUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
@@ -83,7 +90,18 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     return JSONResponse(status_code=code, content={"detail": message})
 
 
+async def _full_disk(request: Request, exc: Exception) -> JSONResponse:
+    """A 507 when ``exc`` is the disk saying it is full; any other error goes on (a 500)."""
+    if not disk_full(exc):
+        raise exc
+    meter = request.app.state.services.disk
+    doing = f"{request.method} {request.url.path}"
+    return await _service_error(request, await run_in_threadpool(meter.full_error, exc, doing))
+
+
 def install(app: FastAPI) -> None:
-    """Answer the domain's errors and FastAPI's validation errors as above."""
+    """Answer the domain's errors, FastAPI's validation errors and a full disk as above."""
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OSError, _full_disk)
+    app.add_exception_handler(OperationalError, _full_disk)

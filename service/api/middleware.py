@@ -12,6 +12,8 @@
   while a chunked body streams), a deadline for the body to arrive (408, its slot freed) and a
   cap on heavy requests served at once (429 with ``Retry-After``), answered before the body is
   read.
+- ``DiskGuardMiddleware``: an upload, a new job or a new study is a 507 while the disk of
+  ``$SYNCBN_HOME`` has no room (``service.operations.disk``), before its body is read.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.layout import LOOPBACK_NAMES
 from service.api.auth import AUTHENTICATED, Authenticator
+from service.errors import InsufficientStorage
+from service.operations.disk import DiskMeter
 from service.settings import Settings
 from service.teams.caller import CALLER
 
@@ -289,3 +294,49 @@ async def _too_large(send: Send, limits: RouteLimits) -> None:
         f"({Settings.env_name(limits.setting)})",
         {"Connection": "close"},
     )
+
+
+DISK_GUARDED = {
+    "/v1/datasets": "an upload",
+    "/v1/code": "an upload",
+    "/v1/jobs": "a new job",
+    "/v1/studies": "a new study",
+}
+"""The ``POST`` paths that add data under ``$SYNCBN_HOME``, and what each adds."""
+
+
+class DiskGuardMiddleware:
+    """507 before the body of a request that adds data under ``$SYNCBN_HOME`` (an upload, a new
+    job or study) while its disk has no room (``service.operations.disk.DiskMeter``): past the
+    budget, the file system full, or too full for the upload's ``Content-Length``. A
+    successful upload's bytes are counted until the next walk of the home."""
+
+    def __init__(self, app: ASGIApp, meter: DiskMeter) -> None:
+        self.app, self.meter = app, meter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        what = DISK_GUARDED.get(scope["path"]) if scope["type"] == "http" else None
+        if what is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        incoming = int(length) if what == "an upload" and length.isdigit() else 0
+        try:
+            if self.meter.fresh:  # a statvfs: inline
+                self.meter.check_room(what, incoming)
+            else:  # may walk the home
+                await run_in_threadpool(self.meter.check_room, what, incoming)
+        except InsufficientStorage as exc:
+            await send_error(send, 507, str(exc), {"Connection": "close"})
+            return
+        created = False
+
+        async def watch(message: Message) -> None:
+            nonlocal created
+            if message["type"] == "http.response.start":
+                created = message["status"] == 201
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if created and incoming:
+            self.meter.added(incoming)

@@ -1,5 +1,6 @@
-"""Prometheus metrics, request timing and JSON logs (pure ASGI middleware, so streaming
-responses such as the event stream pass through untouched)."""
+"""Prometheus metrics, request timing (pure ASGI middleware, so streaming responses such as
+the event stream pass through untouched) and the log's format: readable lines for a person at
+a terminal, one JSON object a line for a collector (``SYNCBN_LOG_FORMAT``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -91,10 +92,20 @@ class TimingMiddleware:
             )
 
 
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's ``extra`` fields (``job_id``...), not the standard attributes."""
+    return {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in _STANDARD and not key.startswith("_")
+    }
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per log line: time, level, logger, message, and any ``extra`` fields."""
-
-    _standard = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
@@ -103,25 +114,58 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        payload.update(
-            {
-                key: value
-                for key, value in record.__dict__.items()
-                if key not in self._standard and not key.startswith("_") and key != "color_message"
-            }
-        )
+        payload.update(extra_fields(record))
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
 
 
-def log_config(level: str = "INFO") -> dict[str, Any]:
-    """``logging.config.dictConfig`` for the service and uvicorn: JSON lines on stderr."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr}
+class TextFormatter(logging.Formatter):
+    """A line for a person: ``2026-12-08 09:14:03 INFO  service.jobs: job submitted
+    job_id=j-1f2e``; the ``extra`` fields as ``key=value`` (JSON where not a plain word), then
+    any traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = self.formatTime(record, "%Y-%m-%d %H:%M:%S")
+        line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        fields = " ".join(f"{k}={_plain(v)}" for k, v in extra_fields(record).items())
+        if fields:
+            line = f"{line}  {fields}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+def _plain(value: Any) -> str:
+    """A value of ``key=value``: a word as it is, another string quoted, else compact JSON."""
+    if not isinstance(value, str):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    return value if value and not any(c in value for c in ' "=\n') else json.dumps(value)
+
+
+LogFormat = Literal["auto", "text", "json"]
+
+
+def resolve_format(fmt: LogFormat, stream: TextIO | None = None) -> Literal["text", "json"]:
+    """``auto``: text when ``stream`` (default stderr) is a terminal, else JSON."""
+    if fmt != "auto":
+        return fmt
+    stream = sys.stderr if stream is None else stream
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # a closed or odd stream: for a machine
+        return "json"
+
+
+def log_config(level: str = "INFO", fmt: LogFormat = "auto") -> dict[str, Any]:
+    """``logging.config.dictConfig`` for the service and uvicorn: lines on stderr in ``fmt``
+    (``SYNCBN_LOG_FORMAT``: ``text``, ``json``, or ``auto``: text on a terminal, else JSON)."""
+    chosen = resolve_format(fmt)
+    handler = {"class": "logging.StreamHandler", "formatter": chosen, "stream": sys.stderr}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JsonFormatter}},
+        "formatters": {"json": {"()": JsonFormatter}, "text": {"()": TextFormatter}},
         "handlers": {"stderr": handler},
         "loggers": {
             name: {"handlers": ["stderr"], "level": level, "propagate": False}

@@ -57,6 +57,8 @@ def job_out(job: Job, with_transitions: bool = True) -> JobOut:
         study_id=job.study_id,
         arm=job.arm,
         owner=job.owner,
+        pinned=bool(job.pinned),
+        files_removed_at=job.files_removed_at,
     )
 
 

@@ -48,6 +48,7 @@ from service.files.uploads import (
     safe_name,
     stage,
 )
+from service.operations.disk import disk_full
 from service.settings import Settings
 from service.storage import store
 from service.storage.db import Database
@@ -244,6 +245,8 @@ def _unpack_file(member: Member, out: Path, keep: bool) -> bytes:
         out.parent.mkdir(parents=True, exist_ok=True)
         handle = open(out, "xb")  # noqa: SIM115 (closed below)
     except OSError as exc:
+        if disk_full(exc):  # the disk's, not the bundle's: a 507
+            raise
         raise BundleError(f"{member.path}: cannot unpack ({exc.strerror})") from exc
     with handle:
         kept = []
@@ -262,6 +265,8 @@ def _write(handle: IO[bytes], data: bytes, member: Member) -> None:
     try:
         handle.write(data)
     except OSError as exc:
+        if disk_full(exc):
+            raise
         raise BundleError(f"{member.path}: cannot unpack ({exc.strerror})") from exc
 
 

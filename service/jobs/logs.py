@@ -11,6 +11,7 @@ link.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -41,8 +42,16 @@ def keep(settings: Settings, ray: Cluster, job_id: str) -> bool:
         return False
     partial = folder / f".{LOG_FILE}.{os.getpid()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-    with os.fdopen(os.open(partial, flags, 0o600), "w", encoding="utf-8") as handle:
-        handle.write(text)
+    try:
+        with os.fdopen(os.open(partial, flags, 0o600), "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a full disk costs the job its kept log, never its outcome (it is still followed)
+        logger.warning("job %s: its log is not kept: the disk is full (%s)", job_id, exc)
+        return False
     os.replace(partial, folder / LOG_FILE)
     return True
 

@@ -1,7 +1,9 @@
 """Database engine and sessions (SQLAlchemy 2; SQLite in WAL mode by default, PostgreSQL too).
 
 The schema is managed by Alembic (``service/storage/migrations``): ``make_engine`` (and so every
-``Database``) brings the database to the newest revision with ``upgrade`` first.
+``Database``) brings the database to the newest revision with ``upgrade`` first, and refuses a
+database whose revision this release does not know (``SchemaTooNew``: a newer release upgraded
+it; ``docs/operations.md``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ BASELINE_TABLES = frozenset(
     {"jobs", "transitions", "reports", "worker_stats", "evaluations", "events", "datasets"}
 )
 MIGRATION_LOCK = 0x5359_4E43_424E  # PostgreSQL advisory lock key: one migrator at a time
+
+
+class SchemaTooNew(RuntimeError):
+    """The database's schema revision is unknown to this release: a newer release upgraded it.
+    ``python -m service`` prints the message and exits with status 2."""
+
+    def __init__(self, found: str, head: str) -> None:
+        self.found, self.head = found, head
+        super().__init__(
+            f"the database's schema revision {found!r} is unknown to this release (the newest "
+            f"it knows: {head!r}): a newer release upgraded it. Run that release again, or "
+            "restore the backup taken before the upgrade (docs/operations.md#a-failed-upgrade)"
+        )
 
 
 def is_memory_url(url: str) -> bool:
@@ -88,6 +103,26 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def check_known(current: str | None, scripts: ScriptDirectory | None = None) -> None:
+    """``SchemaTooNew`` unless ``current`` (a database's revision; None: none yet) is one
+    this release knows."""
+    scripts = scripts or ScriptDirectory.from_config(alembic_config())
+    if current is not None and current not in {rev.revision for rev in scripts.walk_revisions()}:
+        head = scripts.get_current_head()
+        raise SchemaTooNew(current, str(head))
+
+
+def check_schema(url: str) -> None:
+    """``SchemaTooNew`` if the database at ``url`` was upgraded by a newer release: what
+    ``python -m service`` checks before it starts anything."""
+    engine = make_engine(url, migrate=False)
+    try:
+        with engine.connect() as connection:
+            check_known(current_revision(connection))
+    finally:
+        engine.dispose()
+
+
 def upgrade(engine_or_url: Engine | str) -> str:
     """Bring the database to the newest revision; returns it.
 
@@ -112,6 +147,7 @@ def upgrade(engine_or_url: Engine | str) -> str:
         connection.rollback()
         if current == head:
             return head
+        check_known(current, scripts)
         if sqlite:
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             connection.commit()
@@ -147,11 +183,8 @@ def _migrate(connection: Connection, scripts: ScriptDirectory, head: str) -> Non
                 f"unrecognized database schema: some tables ({', '.join(sorted(tables))}) but "
                 f"not all of {', '.join(sorted(BASELINE_TABLES))}, and no alembic_version"
             )
-    elif current not in {rev.revision for rev in scripts.walk_revisions()}:
-        raise RuntimeError(
-            f"database schema revision {current!r} is unknown to this release (newest: "
-            f"{head!r}): it was made by a newer release"
-        )
+    else:
+        check_known(current, scripts)
     logger.info("upgrading database schema from %s to %s", current or "nothing", head)
     command.upgrade(config, "head")
 

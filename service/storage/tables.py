@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -91,6 +92,10 @@ class Job(Base):
     """The study arm (``local``, ``sync``, ``reference``) of a study's job."""
     owner: Mapped[str] = owner_column()
     """Who submitted it (a study's jobs: the study's owner)."""
+    pinned: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """Its run folder is kept past the retention (``SYNCBN_RETENTION_DAYS``)."""
+    files_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the retention removed its run folder (checkpoints, model files, log)."""
 
     transitions: Mapped[list[Transition]] = relationship(
         order_by="Transition.id", cascade="all, delete-orphan"

@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from contract.api import AuditList, AuditOut
+from service.operations.disk import disk_full
 from service.storage.db import Database
 from service.storage.tables import AuditEntry, utcnow
 
@@ -85,8 +86,11 @@ class AuditLog:
         """One row for a signed-in caller's write."""
         try:
             await anyio.to_thread.run_sync(self._insert, entry)
-        except Exception:
-            logger.exception("could not write the audit entry %s", entry)
+        except Exception as exc:
+            if not disk_full(exc):
+                logger.exception("could not write the audit entry %s", entry)
+            else:  # one line per refused write while full, not a traceback
+                logger.warning("could not write the audit entry %s: the disk is full", entry)
 
     def _insert(self, entry: Entry) -> None:
         with self.db.session() as session:

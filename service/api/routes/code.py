@@ -26,6 +26,7 @@ router = api_router("/v1/code", "code")
         413: {"model": ErrorOut, "description": "larger than SYNCBN_MAX_CODE_BYTES"},
         422: {"description": "not a usable bundle, or over a limit (the file and setting named)"},
         429: {"model": ErrorOut, "description": "too many uploads at once (Retry-After)"},
+        507: {"model": ErrorOut, "description": "no room on the disk (SYNCBN_DISK_BUDGET_BYTES)"},
     },
 )
 def upload_code(

@@ -26,6 +26,7 @@ router = api_router("/v1/datasets", "datasets")
         413: {"model": ErrorOut, "description": "larger than SYNCBN_MAX_UPLOAD_BYTES"},
         422: {"description": "not a usable .npz or image folder, or over a limit (named)"},
         429: {"model": ErrorOut, "description": "too many uploads at once (Retry-After)"},
+        507: {"model": ErrorOut, "description": "no room on the disk (SYNCBN_DISK_BUDGET_BYTES)"},
     },
 )
 def upload_dataset(
@@ -53,7 +54,8 @@ def upload_dataset(
 
 @router.get("", response_model=DatasetList)
 def list_datasets(services: ServicesDep) -> DatasetList:
-    """Uploaded datasets, newest first (``digits`` and ``synthetic`` are always available)."""
+    """Uploaded datasets, newest first (the built-in ``digits``, ``synthetic`` and ``shapes``
+    are always available and not listed)."""
     with services.db.session() as session:
         return DatasetList(
             datasets=[DatasetOut.model_validate(d) for d in store.list_datasets(session)]

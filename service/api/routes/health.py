@@ -1,4 +1,5 @@
-"""Liveness, readiness (database and Ray) and Prometheus metrics."""
+"""Liveness, readiness (database and Ray; the disk's headroom reported) and Prometheus
+metrics."""
 
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ async def healthz() -> Health:
     responses={401: {"model": ErrorOut}, 503: {"model": Health, "description": "not ready"}},
 )
 async def readyz(services: ServicesDep, response: Response) -> Health:
-    """Readiness: the database answers and the Ray cluster has alive nodes."""
+    """Readiness: the database answers and the Ray cluster has alive nodes. ``checks.disk``
+    gives the headroom of ``$SYNCBN_HOME`` (``ok: 1.2 GiB free of the budget``; ``degraded``
+    from 90 % of the budget or of the file system; ``full``: uploads and new jobs are refused
+    with 507): the service stays ready, as reads, cancels and deletes still work."""
     checks: dict[str, str] = {}
     try:
         await run_in_threadpool(services.db.ping)
@@ -43,6 +47,10 @@ async def readyz(services: ServicesDep, response: Response) -> Health:
     except Exception as exc:
         checks["ray"] = f"error: {exc}"[:300]
     ready = all(v == "ok" for v in checks.values())
+    try:
+        checks["disk"] = (await run_in_threadpool(services.disk.state)).describe()
+    except Exception as exc:
+        checks["disk"] = f"error: {exc}"[:300]
     response.status_code = 200 if ready else 503
     return Health(status="ready" if ready else "not ready", version=VERSION, checks=checks)
 
@@ -54,6 +62,8 @@ async def readyz(services: ServicesDep, response: Response) -> Health:
     responses={200: {"content": {"text/plain": {}}}, 401: {"model": ErrorOut}},
 )
 async def metrics(services: ServicesDep) -> Response:
-    """Prometheus metrics: jobs by state, request latency by route, reports ingested."""
+    """Prometheus metrics: jobs by state, request latency by route, reports ingested, and the
+    disk of ``$SYNCBN_HOME`` (``syncbn_disk_used_bytes``, ``syncbn_disk_budget_bytes``,
+    ``syncbn_disk_free_bytes``)."""
     body = await run_in_threadpool(generate_latest, services.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

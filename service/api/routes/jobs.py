@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit, list, inspect, cancel, statistics, history, live events, logs."""
+"""``/v1/jobs``: submit, list, inspect, cancel, pin, statistics, history, live events, logs."""
 
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ from service.errors import ClusterUnavailable
 from service.jobs import logs
 from service.jobs.lifecycle import job_or_404
 from service.jobs.retention import delete_job as delete_job_and_files
+from service.jobs.retention import removed_reason, set_pinned
 from service.jobs.submission import check_queue_room, check_submission, cluster_capacity
 from service.storage import store
+from service.teams.caller import Caller
 
 logger = logging.getLogger("service.jobs")
 router = api_router("/v1/jobs", "jobs")
@@ -50,6 +52,7 @@ MAX_EVENT_ID = 2**62
     responses={
         422: {"description": "invalid spec, unknown dataset, or can never fit the cluster"},
         429: {"model": ErrorOut, "description": "the queue is full"},
+        507: {"model": ErrorOut, "description": "no room on the disk (SYNCBN_DISK_BUDGET_BYTES)"},
     },
 )
 def submit_job(
@@ -99,6 +102,28 @@ def cancel_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JobOut:
     job = services.lifecycle.cancel(job_id, caller)
     with services.db.session() as session:
         return views.job_out(job_or_404(session, job.id, with_transitions=True))
+
+
+PIN = {**NOT_FOUND, 409: {"model": ErrorOut, "description": "its files are already removed"}}
+
+
+@router.post("/{job_id}/pin", response_model=JobOut, responses=PIN)
+def pin_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JobOut:
+    """Keep the job's checkpoints, model files and log past the retention
+    (``SYNCBN_RETENTION_DAYS``); idempotent."""
+    return _pinned(services, job_id, True, caller)
+
+
+@router.delete("/{job_id}/pin", response_model=JobOut, responses=NOT_FOUND)
+def unpin_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JobOut:
+    """Let the retention remove the job's files again once it is due; idempotent."""
+    return _pinned(services, job_id, False, caller)
+
+
+def _pinned(services: Services, job_id: str, pinned: bool, caller: Caller) -> JobOut:
+    set_pinned(services.db, job_id, pinned, caller)
+    with services.db.session() as session:
+        return views.job_out(job_or_404(session, job_id, with_transitions=True))
 
 
 @router.delete(
@@ -162,6 +187,8 @@ def job_logs(
     with services.db.session() as session:
         job = job_or_404(session, job_id)
         submitted = job.ray_status is not None
+        if reason := removed_reason(job, services.settings):
+            return LogsOut(job_id=job_id, logs="", reason=reason)
     try:
         text = logs.tail(services.settings, services.ray, job_id, tail, submitted)
     except Exception as exc:

@@ -36,6 +36,7 @@ def _in_base(exc: ValidationError) -> RequestValidationError:
     responses={
         422: {"description": "invalid base, seeds or arms (the field is named)"},
         429: {"model": ErrorOut, "description": "the queue has no room for the study's jobs"},
+        507: {"model": ErrorOut, "description": "no room on the disk (SYNCBN_DISK_BUDGET_BYTES)"},
     },
 )
 def create_study(

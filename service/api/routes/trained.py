@@ -36,10 +36,14 @@ from service.files.trained_models import (
     predict_on_ray,
 )
 from service.jobs.lifecycle import job_or_404
+from service.jobs.retention import removed_reason
 
 router = api_router("/v1/jobs", "models")
 NO_MODEL = {
-    404: {"model": ErrorOut, "description": "no such job, or no such kept epoch"},
+    404: {
+        "model": ErrorOut,
+        "description": "no such job, no such kept epoch, or its files removed by the retention",
+    },
     409: {"model": ErrorOut, "description": "the job has not written its first checkpoint yet"},
 }
 CHUNK_BYTES = 1 << 20
@@ -51,7 +55,10 @@ EpochQuery = Annotated[
 def _model_file(services: Services, job_id: str, epoch: int | None) -> ModelFile:
     """The job's model file of ``epoch`` (default: the newest), or a 404/409 saying why not."""
     with services.db.session() as session:
-        state = JobState(job_or_404(session, job_id).state)
+        job = job_or_404(session, job_id)
+        state, removed = JobState(job.state), removed_reason(job, services.settings)
+    if removed:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, removed)
     kept = model_files(services.settings.runs_dir, job_id)
     files = kept.files
     if epoch is not None and epoch in files:
@@ -106,9 +113,12 @@ def _header_text(text: str, limit: int = 1000) -> str:
 
 @router.get("/{job_id}/models", response_model=ModelsOut, responses={404: NO_MODEL[404]})
 def list_models(job_id: str, services: ServicesDep, response: Response) -> ModelsOut:
-    """The job's kept model files (one per kept checkpoint) and the newest one's recipe."""
+    """The job's kept model files (one per kept checkpoint) and the newest one's recipe; none,
+    with the reason, once the retention removed them."""
     with services.db.session() as session:
-        job_or_404(session, job_id)
+        removed = removed_reason(job_or_404(session, job_id), services.settings)
+    if removed:
+        return ModelsOut(job_id=job_id, models=[], reason=removed)
     kept = model_files(services.settings.runs_dir, job_id)
     files = kept.files
     if kept.refused:

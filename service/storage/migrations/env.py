@@ -1,8 +1,11 @@
 """Alembic environment: runs on the connection ``service.storage.db.upgrade`` hands over.
 
 Without one (the ``alembic`` command line with ``alembic.ini``, e.g. to autogenerate a new
-revision) it connects to ``sqlalchemy.url`` if set, else to the service's own database URL.
-Revisions render in batch mode (``render_as_batch``), so ALTERs also work on SQLite.
+revision, or ``downgrade -1``: ``docs/operations.md``) it connects to ``sqlalchemy.url`` if set,
+else to the service's own database URL; on SQLite with foreign keys off while it migrates (a
+batch ALTER copies and drops a table others refer to), checked before it commits, as
+``service.storage.db.upgrade`` does. Revisions render in batch mode (``render_as_batch``), so
+ALTERs also work on SQLite.
 """
 
 from __future__ import annotations
@@ -48,8 +51,14 @@ def run_online() -> None:
     engine = make_engine(config.get_main_option("sqlalchemy.url") or Settings().db_url, False)
     try:
         with engine.connect() as connection:
-            run(connection)
-            connection.commit()
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
+            with connection.begin():
+                run(connection)
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise RuntimeError("the migration left rows violating foreign keys")
     finally:
         engine.dispose()
 
