@@ -90,12 +90,19 @@ class ServerError(ApiError, Unavailable):
     """5xx: the service or its Ray cluster failed."""
 
 
+class InsufficientStorage(ServerError):
+    """507: the service's disk budget (``SYNCBN_DISK_BUDGET_BYTES``) or its file system is
+    full: uploads and new jobs wait until an operator frees space; reads, cancels and deletes
+    still work."""
+
+
 BY_STATUS: dict[int, type[ApiError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
     409: Conflict,
     429: Busy,
+    507: InsufficientStorage,
 }
 
 

@@ -79,7 +79,11 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
 
 def show_job(console: Console, job: dict[str, Any]) -> None:
     spec, progress = job["spec"], job["progress"]
-    console.print(f"job [bold]{job['id']}[/bold]  {state_text(job['state'])}")
+    owner = f"  by {escape(job['owner'])}" if job.get("owner") else ""
+    pinned = "  [bold]pinned[/bold]" if job.get("pinned") else ""
+    console.print(f"job [bold]{job['id']}[/bold]  {state_text(job['state'])}{owner}{pinned}")
+    if job.get("files_removed_at"):
+        console.print(f"  files removed {job['files_removed_at'][:19]} (retention)")
     if job.get("reason"):
         console.print(f"  reason: {job['reason']}", markup=False)
     code = f" from {spec['code']}" if spec.get("code") else ""

@@ -111,6 +111,8 @@ def logs(args: argparse.Namespace, client: Client, console: Console) -> int:
     out = client.logs(args.job_id, tail=args.tail)
     if not printed_json(args, out):
         print(out.logs)
+        if out.reason:  # e.g. removed by the retention
+            Console(stderr=True).print(f"[dim]{escape(out.reason)}[/dim]")
     return EXIT_OK
 
 
@@ -141,6 +143,16 @@ COMMANDS = {
         call_and_show(lambda client, args: client.cancel(args.job_id), show_job),
     ),
     "logs": Command("a job's Ray logs", logs_arguments, logs),
+    "pin": Command(
+        "keep a job's model files and log past the retention (SYNCBN_RETENTION_DAYS)",
+        positional("job_id"),
+        call_and_show(lambda client, args: client.pin(args.job_id), show_job),
+    ),
+    "unpin": Command(
+        "let the retention remove a job's files when due",
+        positional("job_id"),
+        call_and_show(lambda client, args: client.unpin(args.job_id), show_job),
+    ),
     "delete": Command(
         "delete a job or study that is over, a dataset or a code bundle, with files",
         delete_arguments,

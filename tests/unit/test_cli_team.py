@@ -184,3 +184,27 @@ def test_bad_quota_flags_exit_2(capsys, text):
     with pytest.raises(SystemExit) as exited:
         cli.parse_args(["users", "add", "x", "--max-queued-jobs", text])
     assert exited.value.code == 2 and "max-queued-jobs" in capsys.readouterr().err
+
+
+def test_pin_and_unpin_a_job_only_its_owner_or_an_admin(service, capsys):  # noqa: F811
+    alice, bob = add(capsys, "alice"), add(capsys, "bob")
+    job = submit(capsys, alice)
+    status, out = syncbn(capsys, alice, "pin", job)
+    assert status == cli.EXIT_OK and "pinned" in out and "by alice" in out, out
+    status, out = syncbn(capsys, bob, "unpin", job)
+    assert status == cli.EXIT_REJECTED and "HTTP 403" in out and "belongs to alice" in out, out
+    status, out = syncbn(capsys, TOKEN, "--json", "unpin", job)
+    assert status == cli.EXIT_OK and json.loads(out)["pinned"] is False, out
+
+
+def test_a_507_is_its_own_error_class():
+    import httpx
+
+    from client.errors import InsufficientStorage, ServerError, error_for
+
+    answer = httpx.Response(
+        507, json={"detail": "the home uses 10 bytes (SYNCBN_DISK_BUDGET_BYTES)"}
+    )
+    error = error_for(answer)
+    assert isinstance(error, InsufficientStorage) and isinstance(error, ServerError)
+    assert error.setting == "SYNCBN_DISK_BUDGET_BYTES"
