@@ -3,7 +3,8 @@ generator) against the real service (``python -m service``: uvicorn, SQLite, a R
 
     .venv/bin/python benchmarks/api_load.py [--jobs 1000] [--duration 15] [--connections 16]
 
-Prints p50/p99 latency and requests/s for ``GET /v1/jobs/{id}`` (random ids),
+Prints p50/p99 latency and requests/s for ``GET /v1/jobs/{id}`` (random ids; with the
+service's own token, and with a member's token, found by its digest and then cached),
 ``GET /v1/jobs?state=...`` (first page of 50) and, as the baseline measured in the same run,
 ``GET /healthz`` (the framework's floor: no auth, no database), with ratios to it.
 Needs ``wrk`` (Debian: ``apt-get install wrk``).
@@ -117,11 +118,15 @@ def main() -> int:
         service.start()
         try:
             fixed = LUA_FIXED % service.token
+            member = service.client.post("/v1/users", json={"name": "load", "role": "member"})
+            user_token = member.raise_for_status().json()["token"]["token"]
+            by_id = ",".join(f'"{i}"' for i in ids)
             cases = {
                 "GET /healthz (baseline)": (f"{service.url}/healthz", fixed),
-                "GET /v1/jobs/{id}": (
+                "GET /v1/jobs/{id}": (service.url, LUA_IDS % (by_id, service.token)),
+                "GET /v1/jobs/{id} (a member's token)": (
                     service.url,
-                    LUA_IDS % (",".join(f'"{i}"' for i in ids), service.token),
+                    LUA_IDS % (by_id, user_token),
                 ),
                 "GET /v1/jobs?state=succeeded": (f"{service.url}/v1/jobs?state=succeeded", fixed),
                 "GET /v1/jobs?state=failed": (f"{service.url}/v1/jobs?state=failed", fixed),
