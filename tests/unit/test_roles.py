@@ -4,24 +4,15 @@ everyone signed in; quotas name the quota and the use; fair share in the real sc
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import numpy as np
 import pytest
+import teamkit
 from bundlekit import zip_bytes
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from inprocess import GOOD, LOCAL, tick
-
-NET = b"def build_model(s, n):\n    return None\n"
-
-
-def npz_bytes() -> bytes:
-    buffer = io.BytesIO()
-    rng = np.random.default_rng(0)
-    np.savez(buffer, x=rng.normal(size=(40, 4)).astype(np.float32), y=np.arange(40) % 2)
-    return buffer.getvalue()
+from teamkit import NET, ROLES, ROWS, Member, check_row, npz_bytes
 
 
 def as_token(app: FastAPI, token: str) -> TestClient:
@@ -40,71 +31,18 @@ def add_user(admin: TestClient, app: FastAPI, name: str, role: str, **quotas: in
 @pytest.fixture
 def team(app: FastAPI, client: TestClient) -> dict[str, TestClient]:
     """The bootstrap admin, a second admin, two members and a viewer."""
-    return {
-        "admin": client,
-        "root": add_user(client, app, "root", "admin"),
-        "alice": add_user(client, app, "alice", "member"),
-        "bob": add_user(client, app, "bob", "member"),
-        "vera": add_user(client, app, "vera", "viewer"),
-    }
+    others = {name: add_user(client, app, name, role) for name, role in ROLES.items()}
+    return {"admin": client, **others}
 
 
 def objects_of(user: TestClient) -> dict[str, str]:
-    """A queued job, a study, a dataset and a code bundle made by ``user``."""
-    job = user.post("/v1/jobs", json=GOOD)
-    assert job.status_code == 201, job.text
-    study = user.post("/v1/studies", json={"base": GOOD, "seeds": [0], "arms": ["sync"]})
-    assert study.status_code == 201, study.text
-    dataset = user.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())})
-    assert dataset.status_code == 201, dataset.text
-    bundle = user.post("/v1/code", files={"file": ("b.zip", zip_bytes({"net.py": NET}))})
-    assert bundle.status_code == 201, bundle.text
-    return {
-        "job": job.json()["id"],
-        "study": study.json()["id"],
-        "dataset": dataset.json()["id"],
-        "code": bundle.json()["id"],
-    }
+    return teamkit.objects_of(user, GOOD)
 
 
-WRITES = [
-    ("cancel job", "POST", "/v1/jobs/{job}/cancel", 200),
-    ("cancel study", "POST", "/v1/studies/{study}/cancel", 200),
-    ("delete job", "DELETE", "/v1/jobs/{job}", 204),
-    ("delete study", "DELETE", "/v1/studies/{study}", 204),
-    ("delete dataset", "DELETE", "/v1/datasets/{dataset}", 204),
-    ("delete code", "DELETE", "/v1/code/{code}", 204),
-]
-"""Every write on an existing object, in an order that works (a job is cancelled before it is
-deleted)."""
-
-
-@pytest.mark.parametrize(
-    ("actor", "owner", "allowed"),
-    [
-        ("admin", "alice", True),  # an admin writes everything
-        ("root", "alice", True),  # a second admin too
-        ("alice", "alice", True),  # a member writes their own
-        ("bob", "alice", False),  # ... and nothing of another member
-        ("alice", "admin", False),  # ... nor an admin's
-        ("vera", "alice", False),  # a viewer writes nothing
-    ],
-)
+@pytest.mark.parametrize(("actor", "owner", "allowed"), ROWS)
 def test_each_write_route_by_role_and_owner(team, actor, owner, allowed):
-    ids = objects_of(team[owner])
-    for what, method, path, ok in WRITES:
-        response = team[actor].request(method, path.format(**ids))
-        if allowed:
-            assert response.status_code == ok, f"{what}: {response.text}"
-            continue
-        assert response.status_code == 403, f"{what}: {response.text}"
-        detail = response.json()["detail"]
-        kind_id = next(v for k, v in ids.items() if v in path.format(**ids))
-        assert f"belongs to {owner}" in detail and kind_id in detail, detail
-        assert f"you are {actor}, a " in detail and "only its owner or an admin" in detail
-    if not allowed:  # nothing changed: the owner still can
-        for _, method, path, ok in WRITES:
-            assert team[owner].request(method, path.format(**ids)).status_code == ok
+    members = {name: Member(client, name) for name, client in team.items()}
+    check_row(members, actor, owner, allowed, GOOD)
 
 
 def test_a_viewer_creates_nothing_and_reads_everything(team):
