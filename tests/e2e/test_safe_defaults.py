@@ -4,7 +4,8 @@ embedded Ray head, a real uvicorn, a real SQLite file, real Chromium.
 
 - a fresh home gets a private token file; the log prints a login link with the token in the
   fragment, and nowhere else;
-- the CLI on the same machine works with no flag; the page logs in from the printed link and
+- the CLI on the same machine works with no flag, and so does the Python SDK (a job followed
+  to its model, downloaded, predicting); the page logs in from the printed link and
   drops the token from its address;
 - no token: 401; a rebound Host: 403; a cross-site POST: 403;
 - the hostile requests of issue 20's table that need no trained model, against this very
@@ -27,6 +28,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, expect
 from servicekit import ServiceProcess, made_run
+from sklearn.datasets import load_digits
+
+from client import Client
+from contract.protocol import ReportEvent
 
 MAX_RSS_MIB = 256
 MAX_CPU_S = 5.0
@@ -215,3 +220,37 @@ def test_a_team_through_make_run_roles_revocation_and_the_audit_log(made):
     assert ("bob", "jobs-cancel", 403) in seen and ("vera", "jobs-submit", 403) in seen
     assert ("alice", "jobs-cancel", 200) in seen and ("admin", "users-revoke", 200) in seen
     assert any(e["actor"] is None and e["status"] == 401 for e in entries)  # counted
+
+
+SDK_JOB = {"dataset": "digits", "workers": 2, "batch_size_per_worker": 16, "epochs": 1}
+
+
+@pytest.mark.timeout(300)
+def test_the_sdk_finds_make_runs_service_and_follows_a_job_to_its_model(
+    made, tmp_path, monkeypatch
+):
+    """The Python SDK as the guide's notebook section uses it (issue 30): with only
+    ``SYNCBN_HOME`` set, ``Client()`` finds the service (the URL it recorded) and its token by
+    itself; a real job on the embedded Ray head is followed to its end through the event
+    stream, then its model is downloaded and predicts raw digits. (Every route in process,
+    the guide's study example included: ``tests/unit/test_sdk.py``.)"""
+    for name in ("SYNCBN_URL", "SYNCBN_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SYNCBN_HOME", str(made.home))
+    with Client() as c:
+        assert c.url == made.url  # its random port, from $SYNCBN_HOME/service-url
+        job = c.submit(SDK_JOB)
+        reports: list[ReportEvent] = []
+        done = c.wait(job.id, on_report=reports.append, timeout_s=240)
+        assert done.state == "succeeded", f"{done}\n{made.log_tail()}"
+        assert reports and reports[-1].kind == "epoch" and reports[-1].epoch == 1
+        assert {len(r.workers) for r in reports} == {2}
+        assert done.result is not None and done.result.test_accuracy > 0.3
+
+        models = c.models(job.id)
+        saved = c.download_model(job.id, output=tmp_path)
+        assert saved.path == tmp_path / f"{job.id}-epoch1.safetensors"
+        assert saved.sha256 == models.models[-1].sha256 and saved.epoch == 1
+        out = c.predict(job.id, load_digits().images[:4])
+        assert out.epoch == 1 and len(out.predictions) == 4
+        assert len(out.probabilities) == 4 and len(out.probabilities[0]) == 10

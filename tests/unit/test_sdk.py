@@ -1,7 +1,7 @@
 """The Python SDK (``client.sdk.Client``) against the in-process app: typed answers for every
 route, typed errors (status, field, setting), the version warning, finding a local service's
 URL and token, and the user guide's notebook example run as written. A real ``make run``
-service is in ``tests/e2e/test_sdk_make_run.py``."""
+service is in ``tests/e2e/test_safe_defaults.py`` (``made``: as ``make run`` starts it)."""
 
 from __future__ import annotations
 
