@@ -18,6 +18,7 @@ export function newState() {
     jobRefresh: null,
     modelsRefresh: null,
     cancelling: false,
+    pinning: false,
     ended: false,
   };
 }

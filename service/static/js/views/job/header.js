@@ -1,9 +1,10 @@
-// The job page's header (state, reason, progress), its summary and its timeline.
+// The job page's header (state, pinned, reason, progress), its summary and its timeline.
 
 import { FINAL } from "../../config.js";
 import { $, badge, h, timeEl } from "../../dom.js";
 import { dash, duration, fixed, isNum, parseTime, pct, splitReason, stripAnsi } from "../../format.js";
 import { syncCancel } from "./cancel.js";
+import { syncPin } from "./pin.js";
 
 function renderState(ctx, job) {
   document.title = `${job.id} · ${job.state} · syncbn`;
@@ -105,6 +106,7 @@ export function renderJob(ctx) {
   if (!job) return;
   renderState(ctx, job);
   syncCancel(ctx);
+  syncPin(ctx);
   renderProgress(ctx, job);
   renderSummary(ctx, job);
   renderTimeline(ctx, job);

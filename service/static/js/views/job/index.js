@@ -12,6 +12,7 @@ import { loadAll, newState } from "./data.js";
 import { renderJob } from "./header.js";
 import { loadLogs, setupLogs } from "./logs.js";
 import { loadModels } from "./model.js";
+import { setupPin } from "./pin.js";
 import { follow } from "./stream.js";
 import { renderWorkers } from "./workers.js";
 
@@ -59,6 +60,7 @@ export function jobView(jobId) {
   };
 
   setupCancel(ctx);
+  setupPin(ctx);
   setupLogs(ctx);
   setupBN(ctx);
   let unsubscribe = null;

@@ -33,10 +33,21 @@ async function save(ctx, model, button) {
   }
 }
 
-/** Draw the Model panel (hidden while the job has no model file). */
-function renderModels(ctx, { models, recipe }) {
-  ctx.bind("model-panel").hidden = !models.length;
-  if (!models.length) return;
+/**
+ * Draw the Model panel (hidden while the job has no model file, unless the server says why it
+ * has none: the retention removed them; that reason then stands in place of the list).
+ */
+function renderModels(ctx, { models, recipe, reason }) {
+  const why = ctx.bind("models-reason");
+  why.textContent = !models.length && reason ? reason : "";
+  why.hidden = !why.textContent;
+  ctx.bind("model-panel").hidden = !models.length && !reason && !ctx.v.job?.files_removed_at;
+  if (!models.length) {
+    ctx.bind("models").replaceChildren();
+    ctx.bind("model-recipe").textContent = "";
+    ctx.bind("model-bn").textContent = "";
+    return;
+  }
   const newest = models[models.length - 1];
   ctx.bind("model-recipe").textContent = recipe ? `${recipe.model}, input `
     + `[${recipe.input_shape.join(", ")}], ${recipe.num_classes} classes` : "";
