@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             timeout_graceful_shutdown=5,
             timeout_keep_alive=5,  # an idle connection holds a socket 5 s at most
             h11_max_incomplete_event_size=16 << 10,  # request line and headers, under h11
+            # The client's address is the connection's peer, never X-Forwarded-For: uvicorn
+            # would believe that header from loopback, and the trusted-proxy sign-in and the
+            # audit log's addresses would then be what any local process says they are.
+            proxy_headers=False,
         )
     return 0
 

@@ -28,8 +28,11 @@ from service.teams.audit import SIGN_IN, AuditLog, Entry
 from service.teams.caller import CALLER, Caller
 
 logger = logging.getLogger("service.audit")
-READ_ONLY_POSTS = ("/predict", "/predict/images")
-"""Path endings of the POSTs that only read (a model's predictions)."""
+READ_ONLY_POSTS = re.compile(r"^/v1/jobs/[^/]+/predict(/images)?$")
+"""The POSTs that only read: a model's predictions."""
+REFUSED = "refused"
+"""The action of a write refused before sign-in (the Host or Origin check), whatever its path:
+one counted row per address, status and minute."""
 MAX_BODY_KEPT = 4096
 """Bytes of a refusal's answer read for its message."""
 
@@ -40,7 +43,7 @@ def is_write(method: str, path: str) -> bool:
         method not in SAFE_METHODS
         and path.startswith("/v1/")
         and not path.startswith("/v1/internal/")
-        and not path.endswith(READ_ONLY_POSTS)
+        and not (method == "POST" and READ_ONLY_POSTS.match(path))
     )
 
 
@@ -109,11 +112,11 @@ class AuditMiddleware:
         if status == 401:
             await self.audit.count(address, SIGN_IN, status)
             return
+        if caller is None:  # refused before sign-in (the Host or Origin check)
+            await self.audit.count(address, REFUSED, status)
+            return
         path = scope["path"]
         action, kind, ident = self._operation(scope)
-        if caller is None:  # refused before sign-in (the Host or Origin check)
-            await self.audit.count(address, action, status)
-            return
         location = answer.location
         if location and location.startswith(path + "/"):
             created = location[len(path) + 1 :]

@@ -115,10 +115,20 @@ def test_a_write_refused_before_sign_in_is_counted(client):
     for _ in range(3):
         assert client.post("/v1/jobs", json=GOOD, headers=rebound).status_code == 403
     assert client.get("/v1/jobs", headers=rebound).status_code == 403  # a read: not logged
+    for i in range(3):  # other paths, even unknown ones: the same row (one per address)
+        assert client.post(f"/v1/x{i}", headers=rebound).status_code == 403
     (row,) = entries(client)
     assert (row["actor"], row["action"], row["status"], row["count"]) == (
-        None, "jobs-submit", 403, 3
+        None, "refused", 403, 6
     )  # fmt: skip
+
+
+def test_a_user_named_predict_is_audited_like_any_other(client):
+    """Only the prediction routes' POSTs are reads; a path that merely ends like one is not."""
+    assert client.post("/v1/users", json={"name": "predict"}).status_code == 201
+    assert client.patch("/v1/users/predict", json={"role": "viewer"}).status_code == 200
+    actions = [e["action"] for e in entries(client)]
+    assert actions[:2] == ["users-update", "users-create"]
 
 
 def test_writing_the_log_never_fails_the_request(client, monkeypatch, caplog):
