@@ -369,17 +369,29 @@ USER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
+MAX_COUNT = 2**31 - 1
+"""The largest count a quota takes (a 32-bit column on PostgreSQL)."""
+MAX_BYTES = 2**63 - 1
+"""The largest byte quota (a 64-bit column)."""
+
+
 class Quotas(BaseModel):
     """A user's limits; null: the service's default setting (``SYNCBN_QUOTA_*``)."""
 
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 
-    max_running_workers: int | None = Field(None, ge=0, description="workers running at once")
-    max_queued_jobs: int | None = Field(None, ge=0, description="jobs waiting in the queue")
-    max_upload_bytes: int | None = Field(
-        None, ge=0, description="bytes of datasets and code bundles kept"
+    max_running_workers: int | None = Field(
+        None, ge=0, le=MAX_COUNT, strict=True, description="workers running at once"
     )
-    max_model_bytes: int | None = Field(None, ge=0, description="bytes of trained model files")
+    max_queued_jobs: int | None = Field(
+        None, ge=0, le=MAX_COUNT, strict=True, description="jobs waiting in the queue"
+    )
+    max_upload_bytes: int | None = Field(
+        None, ge=0, le=MAX_BYTES, strict=True, description="bytes of datasets and code bundles kept"
+    )
+    max_model_bytes: int | None = Field(
+        None, ge=0, le=MAX_BYTES, strict=True, description="bytes of trained model files"
+    )
 
 
 class UserIn(BaseModel):

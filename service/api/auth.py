@@ -57,7 +57,7 @@ AUTHENTICATED = "syncbn.authenticated"
 """The ASGI scope key the middleware sets once a request's token is checked."""
 OPEN_PATHS = frozenset({"/healthz", "/", "/openapi.json", "/docs", "/redoc", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/",)
-INGEST_PATH = re.compile(r"^/v1/internal/jobs/([^/]{1,200})/events$")
+INGEST_PATH = re.compile(r"^/v1/internal/jobs/([^/]+)/events$")
 MISSING = "missing bearer token (Authorization: Bearer <token>)"
 INVALID = "invalid token"
 USER_NAME = re.compile(USER_NAME_PATTERN)
@@ -94,9 +94,15 @@ class SignIn:
 
     caller: Caller | None = None
     refusal: str | None = None
+    credential: str | None = None
+    """What signed the request in: ``INGEST`` (a job's ingest token), ``proxy:<name>`` (the
+    trusted proxy's header), else the token's SHA-256: per-credential caps count by it."""
 
 
 PASS = SignIn()
+INGEST = "ingest"
+CREDENTIAL = "syncbn.credential"
+"""The ASGI scope key of ``SignIn.credential``."""
 
 
 class TrustedProxy:
@@ -169,9 +175,9 @@ class Authenticator:
             return await self._proxied(named, self.proxy)
         if given is None:
             return SignIn(refusal=MISSING)
-        if _same(self.api_token, given):
-            return SignIn(BOOTSTRAP)
         digest = token_digest(given)
+        if _same(self.api_token, given):
+            return SignIn(BOOTSTRAP, credential=digest)
         caller = self._callers.get(digest)
         if caller is None:
             generation = self._generation
@@ -180,16 +186,16 @@ class Authenticator:
                 return SignIn(refusal=INVALID)
             self._remember(digest, caller, generation)
         self._note_use(digest)
-        return SignIn(caller)
+        return SignIn(caller, credential=digest)
 
     async def _ingest(self, job_id: str, given: str | None) -> SignIn:
         if given is None:
             return SignIn(refusal=MISSING)
         expected = await self.db.read(lambda session: _ingest_digest(session, job_id))
         # no such job, or not handed to Ray yet: no token exists
-        return (
-            PASS if expected and _same(expected, token_digest(given)) else SignIn(refusal=INVALID)
-        )
+        if expected and _same(expected, token_digest(given)):
+            return SignIn(credential=INGEST)
+        return SignIn(refusal=INVALID)
 
     async def _proxied(self, name: str, proxy: TrustedProxy) -> SignIn:
         if not USER_NAME.fullmatch(name):
@@ -210,7 +216,7 @@ class Authenticator:
             if caller is None:
                 return SignIn(refusal=f"user {name} is revoked")
             self._remember(key, caller, generation)
-        return SignIn(caller)
+        return SignIn(caller, credential=key)
 
     def _proxy_user(self, name: str, role: Role) -> Caller | None:
         try:
@@ -287,10 +293,16 @@ async def _signed_in(request: Request) -> Caller | None:
         outcome = await authenticator.sign_in(scope)
         if outcome.refusal is not None:
             raise _unauthorized(outcome.refusal)
-        scope[AUTHENTICATED] = True
-        if outcome.caller is not None:
-            scope[CALLER] = outcome.caller
+        signed_in(scope, outcome)
     return scope.get(CALLER)
+
+
+def signed_in(scope: Scope, outcome: SignIn) -> None:
+    """Leave who signed the request in (and with what) in its scope."""
+    scope[AUTHENTICATED] = True
+    scope[CREDENTIAL] = outcome.credential
+    if outcome.caller is not None:
+        scope[CALLER] = outcome.caller
 
 
 async def require_api_token(request: Request, credentials: Credentials) -> None:
@@ -312,5 +324,8 @@ CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
 async def require_ingest_token(request: Request, credentials: Credentials) -> None:
-    """Dependency: the per-job ingest token of the path's job (401 for an unknown job too)."""
+    """Dependency: the per-job ingest token of the path's job (401 for an unknown job too,
+    and for any other credential)."""
     await _signed_in(request)
+    if request.scope.get(CREDENTIAL) != INGEST:
+        raise _unauthorized(INVALID)

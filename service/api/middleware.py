@@ -13,7 +13,9 @@
   cap on heavy requests served at once (429 with ``Retry-After``), answered before the body is
   read.
 - ``DiskGuardMiddleware``: an upload, a new job or a new study is a 507 while the disk of
-  ``$SYNCBN_HOME`` has no room (``service.operations.disk``), before its body is read.
+  ``$SYNCBN_HOME`` has no room (``service.operations.disk``), before its body is read (an
+  upload without ``Content-Length`` counted at its route's limit); what an upload stores is
+  checked before it is published, and counted once it is.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.layout import LOOPBACK_NAMES
-from service.api.auth import AUTHENTICATED, Authenticator
+from service.api.auth import Authenticator, signed_in
 from service.errors import InsufficientStorage
+from service.files.uploads import DISK_METER
 from service.operations.disk import DiskMeter
 from service.settings import Settings
-from service.teams.caller import CALLER
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HOST_EXEMPT = frozenset({"/healthz"})
@@ -160,9 +162,7 @@ class AuthMiddleware:
                 send, 401, outcome.refusal, {"WWW-Authenticate": "Bearer", "Connection": "close"}
             )
             return
-        scope[AUTHENTICATED] = True
-        if outcome.caller is not None:
-            scope[CALLER] = outcome.caller
+        signed_in(scope, outcome)
         await self.app(scope, receive, send)
         await self.authenticator.write_last_used()
 
@@ -303,13 +303,19 @@ DISK_GUARDED = {
     "/v1/studies": "a new study",
 }
 """The ``POST`` paths that add data under ``$SYNCBN_HOME``, and what each adds."""
+UPLOAD_LIMITS = {"/v1/datasets": "max_upload_bytes", "/v1/code": "max_code_bytes"}
+"""The setting that bounds an upload of each path: what one without ``Content-Length`` (a
+chunked body) is counted as before it is read."""
 
 
 class DiskGuardMiddleware:
     """507 before the body of a request that adds data under ``$SYNCBN_HOME`` (an upload, a new
     job or study) while its disk has no room (``service.operations.disk.DiskMeter``): past the
-    budget, the file system full, or too full for the upload's ``Content-Length``. A
-    successful upload's bytes are counted until the next walk of the home."""
+    budget, the file system full, or too full for the upload's ``Content-Length`` (without one,
+    a chunked body, for its route's limit). What an upload stores (a decoded ``.npz``, an
+    unpacked bundle: it may be larger than the bytes sent) is checked again before it is
+    published, and counted once it is (``service.files.uploads.DISK_METER``), until the next
+    walk of the home."""
 
     def __init__(self, app: ASGIApp, meter: DiskMeter) -> None:
         self.app, self.meter = app, meter
@@ -319,8 +325,7 @@ class DiskGuardMiddleware:
         if what is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        incoming = int(length) if what == "an upload" and length.isdigit() else 0
+        what, incoming = self._incoming(scope, what)
         try:
             if self.meter.fresh:  # a statvfs: inline
                 self.meter.check_room(what, incoming)
@@ -329,14 +334,23 @@ class DiskGuardMiddleware:
         except InsufficientStorage as exc:
             await send_error(send, 507, str(exc), {"Connection": "close"})
             return
-        created = False
+        token = DISK_METER.set(self.meter)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            DISK_METER.reset(token)
 
-        async def watch(message: Message) -> None:
-            nonlocal created
-            if message["type"] == "http.response.start":
-                created = message["status"] == 201
-            await send(message)
-
-        await self.app(scope, receive, watch)
-        if created and incoming:
-            self.meter.added(incoming)
+    def _incoming(self, scope: Scope, what: str) -> tuple[str, int]:
+        """What the request adds, and the bytes counted for it before its body is read: an
+        upload's ``Content-Length``, else its route's limit."""
+        setting = UPLOAD_LIMITS.get(scope["path"])
+        if setting is None:
+            return what, 0
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit():
+            return what, int(length)
+        limit = getattr(self.meter.settings, setting)
+        return (
+            f"{what} without Content-Length (counted as {Settings.env_name(setting)}={limit})",
+            limit,
+        )

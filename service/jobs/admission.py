@@ -6,7 +6,9 @@ running; ties go to the user who has waited longest since one of their jobs last
 user's jobs start in their order (FIFO within a user). A job that does not fit the free
 resources stops the queue: nothing overtakes it, so a big job is not starved by small ones,
 and every job behind it is told why. A user at their running-workers quota waits while the
-others go on. A job the cluster (or the user's quota) can never run is rejected. With one
+others go on (and a job wider than its owner's quota, lowered since it was queued, waits for
+the quota to rise: an admin may pause a user that way). A job the cluster can never run is
+rejected. With one
 user this is the FIFO queue it always was.
 """
 
@@ -103,16 +105,16 @@ def admit(
         except InfeasibleJobError as exc:
             decisions[index] = Reject(str(exc))
             continue
-        if quota is not None and job.spec.workers > quota:
-            decisions[index] = Reject(_over_quota(job, quota))
-            continue
         if quota is not None and workers[owner] + job.spec.workers > quota:
             reason = (
                 f"waiting: {owner} runs {workers[owner]} worker(s), and their quota is {quota} "
                 "(max_running_workers)"
             )
-            for waiting in [index, *lines.pop(owner, [])]:
+            for waiting in lines.pop(owner, []):
                 decisions[waiting] = Wait(reason)
+            if job.spec.workers > quota:  # the quota was lowered after it was queued
+                reason = _over_quota(job, quota)
+            decisions[index] = Wait(reason)
             continue
         needs = demand(job.spec)
         free = {r: capacity.total.get(r, 0.0) - used.get(r, 0.0) for r in needs}
@@ -143,8 +145,8 @@ def admit(
 
 def _over_quota(job: Queued, quota: int) -> str:
     return (
-        f"{job.spec.workers} workers are over {job.owner}'s quota of {quota} running workers "
-        "(max_running_workers): ask an admin, or use fewer workers"
+        f"waiting: {job.spec.workers} workers are over {job.owner}'s quota of {quota} running "
+        "workers (max_running_workers): it starts if an admin raises the quota, or cancel it"
     )
 
 

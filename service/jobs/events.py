@@ -228,9 +228,10 @@ class StreamSlots:
             )  # fmt: skip
 
     @contextmanager
-    def slot(self, token: str | None) -> Iterator[None]:
-        """A stream's slot, for the caller's API ``token`` (kept only as its SHA-256)."""
-        digest = hashlib.sha256((token or "").encode()).hexdigest()
+    def slot(self, credential: str | None) -> Iterator[None]:
+        """A stream's slot, for the ``credential`` that signed the caller in (a token's
+        SHA-256, or ``proxy:<name>``; kept only as its SHA-256)."""
+        digest = hashlib.sha256((credential or "").encode()).hexdigest()
         with self._lock:
             mine = self._by_token.get(digest, 0)
             if mine >= self.per_token:

@@ -31,6 +31,7 @@ from service.studies.summary import ArmSummary, JobFigures
 from service.studies.verdict import verdict
 from service.teams.access import check_write
 from service.teams.caller import Caller
+from service.teams.quotas import check_model_quota
 
 
 @dataclass
@@ -123,6 +124,7 @@ def create_study(
         except FieldError as exc:
             raise FieldError(_field_of(arm, index, exc.field), str(exc), exc.setting) from None
     task = next(iter(checked.values())).task
+    check_model_quota(db, settings, caller.name)
     with lifecycle.queue_lock, db.session() as session:
         every = [spec for spec in specs.values() for _ in seeds]
         check_queue_room(session, settings, every, caller.name)

@@ -7,6 +7,7 @@ A study's jobs are its owner's.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
@@ -18,7 +19,9 @@ from contract.api import Quotas, Usage
 from contract.spec import JobSpec
 from contract.states import ACTIVE_STATES, JobState
 from service.errors import FieldError, QuotaExceeded
+from service.files.trained_models import CHECKPOINTS
 from service.settings import Settings
+from service.storage.db import Database
 from service.storage.tables import CodeBundle, Dataset, Job, User
 
 QUOTA_SETTINGS = {name: f"SYNCBN_QUOTA_{name.upper()}" for name in Quotas.model_fields}
@@ -83,7 +86,9 @@ def _model_bytes(job_dir: Path) -> int:
         return 0
     for folder in folders:
         try:
-            if folder.is_symlink() or not folder.is_dir():
+            if not fnmatch.fnmatchcase(folder.name, CHECKPOINTS) or folder.is_symlink():
+                continue
+            if not folder.is_dir():
                 continue
             for file in islice(folder.iterdir(), MAX_ENTRIES):
                 if file.suffix == ".safetensors" and not file.is_symlink():
@@ -97,9 +102,9 @@ def check_job_quotas(
     session: Session, settings: Settings, owner: str, specs: Sequence[JobSpec]
 ) -> None:
     """Refuse new jobs of ``owner`` past their quotas: a job with more workers than they may
-    run at once (``FieldError`` on ``workers``), more queued jobs than they may queue, or
-    model files already over their bytes (``QuotaExceeded``, 429). Call it under the queue
-    lock, with the check of the service's own queue."""
+    run at once (``FieldError`` on ``workers``), or more queued jobs than they may queue
+    (``QuotaExceeded``, 429). Call it under the queue lock, with the check of the service's
+    own queue (the model bytes: ``check_model_quota``, before the lock)."""
     quotas = quotas_in_force(settings, session.get(User, owner))
     workers = quotas.max_running_workers
     widest = max(spec.workers for spec in specs)
@@ -117,13 +122,22 @@ def check_job_quotas(
                 f"{owner} has {queued} job(s) queued and may queue {quotas.max_queued_jobs} "
                 f"(max_queued_jobs); this asks for {len(specs)}: wait for some to start"
             )
-    if quotas.max_model_bytes is not None:
+
+
+def check_model_quota(db: Database, settings: Settings, owner: str) -> None:
+    """``QuotaExceeded`` (429) when ``owner``'s model files already use their
+    ``max_model_bytes``. It reads their run folders: call it before taking the queue lock, so
+    that one user's history never holds up another's submit."""
+    with db.session() as session:
+        quota = quotas_in_force(settings, session.get(User, owner)).max_model_bytes
+        if quota is None:
+            return
         used = model_bytes(session, settings.layout.runs, owner)
-        if used >= quotas.max_model_bytes:
-            raise QuotaExceeded(
-                f"{owner}'s trained models use {used} bytes, at their quota of "
-                f"{quotas.max_model_bytes} (max_model_bytes): delete old jobs first"
-            )
+    if used >= quota:
+        raise QuotaExceeded(
+            f"{owner}'s trained models use {used} bytes, at their quota of {quota} "
+            "(max_model_bytes): delete old jobs first"
+        )
 
 
 def check_upload_quota(session: Session, settings: Settings, owner: str, size: int) -> None:

@@ -97,12 +97,14 @@ def test_a_user_at_their_worker_quota_waits_while_others_go_on():
     assert decisions == [Wait(reason), Wait(reason), Admit()]
 
 
-def test_a_job_over_its_owners_worker_quota_is_rejected():
-    (decision,) = admit(
-        [Queued("a0", spec(4), "alice")], cluster(8), [], worker_quotas={"alice": 2}
-    )
-    assert isinstance(decision, Reject)
-    assert "over alice's quota of 2 running workers" in decision.reason
+def test_a_job_over_its_owners_lowered_quota_waits_and_others_go_on():
+    """An admin lowered alice's quota below her queued job (to pause her): it waits, it is not
+    failed, and bob's job starts."""
+    queued = [Queued("a0", spec(4), "alice"), Queued("b0", spec(1), "bob")]
+    decisions = admit(queued, cluster(8), [], worker_quotas={"alice": 2})
+    assert isinstance(decisions[0], Wait) and decisions[1] == Admit()
+    assert "over alice's quota of 2 running workers" in decisions[0].reason
+    assert "starts if an admin raises the quota" in decisions[0].reason
 
 
 def test_with_room_for_one_job_users_take_turns():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 from inprocess import GOOD, LOCAL
 from test_users import add_user, as_user
@@ -175,3 +176,10 @@ def test_a_write_refused_before_it_was_routed_is_named_after_its_route(client):
     (row,) = entries(client)
     assert summary([row]) == [("admin", "jobs-cancel", "job", "j-1", 413)]
     assert "SYNCBN_MAX_BODY_BYTES" in row["detail"]
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_since_out_of_range_in_utc_is_a_422(client, since):
+    response = client.get("/v1/audit", params={"since": since})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "since"]

@@ -154,3 +154,27 @@ def test_the_scheduler_shares_fairly_between_users(team, app):
     waiting = admin.get(f"/v1/jobs/{a_jobs[1]}").json()
     assert waiting["state"] == "queued"
     assert waiting["reason"] == "waiting for resources: needs 2 CPU, 0 of 2 free"  # next
+
+
+def test_past_the_model_bytes_quota_the_next_submit_is_a_429_naming_it(team, app, tmp_path):
+    """Counted: the ``.safetensors`` files of the user's checkpoint folders; a link planted by
+    a job, or a file outside a checkpoint folder, is not."""
+    admin = team["admin"]
+    erin = add_user(admin, app, "erin", "member", max_model_bytes=1000)
+    job = erin.post("/v1/jobs", json=GOOD).json()["id"]
+    run = app.state.settings.layout.runs / job
+    (run / "checkpoint_000000").mkdir(parents=True)
+    (run / "checkpoint_000000" / "model.safetensors").write_bytes(b"x" * 600)
+    (run / "stray.safetensors").write_bytes(b"x" * 5000)  # not in a checkpoint folder
+    elsewhere = tmp_path / "big"
+    elsewhere.mkdir()
+    (elsewhere / "model.safetensors").write_bytes(b"x" * 5000)
+    (run / "checkpoint_000001").symlink_to(elsewhere)  # a link: not followed
+    assert erin.post("/v1/jobs", json=GOOD).status_code == 201  # 600 of 1000
+    assert erin.get("/v1/me").json()["usage"]["model_bytes"] == 600
+    (run / "checkpoint_000000" / "model.safetensors").write_bytes(b"x" * 1000)
+    refused = erin.post("/v1/jobs", json=GOOD)
+    assert refused.status_code == 429
+    assert "erin's trained models use 1000 bytes, at their quota of 1000" in refused.text
+    assert "(max_model_bytes)" in refused.text
+    assert team["alice"].post("/v1/jobs", json=GOOD).status_code == 201  # others go on

@@ -6,6 +6,7 @@ proxy. Who may change whose jobs and uploads is in the lead's access tests; the 
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 from inprocess import GOOD, LOCAL, local_client
@@ -264,3 +265,58 @@ def test_the_proxy_header_is_off_by_default(client):
 def test_a_bad_proxy_setting_fails_at_start_naming_it(settings, named):
     with pytest.raises(ValidationError, match=named):
         Settings(**settings)
+
+
+def test_the_credential_is_the_proxys_user_whatever_bearer_token_comes_along(make_app):
+    """Per-credential caps (event streams) count a proxy user by name: junk bearer tokens
+    beside the header do not make new credentials."""
+    app = make_app(**PROXIED)
+    authenticator: auth.Authenticator = app.state.authenticator
+    credentials = set()
+    for junk in ("a", "b", "c"):
+        scope = {
+            "type": "http",
+            "path": "/v1/jobs/j-1/events",
+            "client": ("10.0.0.5", 50000),
+            "headers": [
+                (b"x-forwarded-user", b"carol"),
+                (b"authorization", f"Bearer {junk}".encode()),
+            ],
+        }
+        outcome = anyio.run(authenticator.sign_in, scope)
+        assert outcome.refusal is None and outcome.caller.name == "carol"
+        credentials.add(outcome.credential)
+    assert credentials == {"proxy:carol"}
+
+
+def test_only_a_jobs_ingest_token_reaches_the_ingest_route_whatever_the_id(client):
+    """A user's token is no ingest token, for a job id of any length."""
+    token = add_user(client, "alice")
+    alice = as_user(client, token)
+    for job_id in ("j-1", "a" * 201, "a" * 5000):
+        response = alice.post(f"/v1/internal/jobs/{job_id}/events", json={"type": "report"})
+        assert response.status_code == 401, (len(job_id), response.text)
+
+
+@pytest.mark.parametrize(
+    "quotas",
+    [{"max_queued_jobs": 2**31}, {"max_running_workers": 3_000_000_000},
+     {"max_upload_bytes": 10**30}, {"max_model_bytes": 2**63}, {"max_queued_jobs": True},
+     {"max_queued_jobs": "5"}],
+)  # fmt: skip
+def test_a_quota_out_of_range_or_not_an_integer_is_a_422_naming_it(client, quotas):
+    (name,) = quotas
+    for response in (
+        client.post("/v1/users", json={"name": "q", "quotas": quotas}),
+        client.patch("/v1/users/admin", json={"quotas": quotas}),
+    ):
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][-1] == name
+
+
+def test_a_token_added_without_a_body_gets_a_name_of_its_own(client):
+    add_user(client, "gus")  # its first token: default
+    for n in (2, 3):
+        created = client.post("/v1/users/gus/tokens")
+        assert created.status_code == 201, created.text
+        assert created.json()["name"] == f"token-{n}"

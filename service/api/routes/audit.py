@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Query
+from fastapi.exceptions import RequestValidationError
 
 from contract.api import AuditList
 from service.api.auth import CallerDep
@@ -34,7 +35,12 @@ async def list_audit(
     """The audit log, newest first; failed sign-ins are one row per client address and minute
     (``count``)."""
     require_admin(caller, "read the audit log")
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
+    if since is not None:
+        since = since.replace(tzinfo=UTC) if since.tzinfo is None else since
+        try:
+            since = since.astimezone(UTC)
+        except OverflowError:
+            error = {"loc": ("query", "since"), "msg": "out of range in UTC", "type": "value_error"}
+            raise RequestValidationError([error]) from None
     query = AuditQuery(limit, offset, actor, action, object_id, status, since)
     return await services.db.read(query.page)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Response, status
+from fastapi import Depends, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -26,7 +26,7 @@ from contract.api import (
 from contract.spec import JobSpec
 from contract.states import FINAL_STATES, JobState
 from service.api import views
-from service.api.auth import CallerDep, bearer_token
+from service.api.auth import CREDENTIAL, CallerDep
 from service.api.deps import OwnerQuery, Services, ServicesDep, api_router, created
 from service.errors import ClusterUnavailable
 from service.jobs import logs
@@ -36,6 +36,7 @@ from service.jobs.retention import removed_reason, set_pinned
 from service.jobs.submission import check_queue_room, check_submission, cluster_capacity
 from service.storage import store
 from service.teams.caller import Caller
+from service.teams.quotas import check_model_quota
 
 logger = logging.getLogger("service.jobs")
 router = api_router("/v1/jobs", "jobs")
@@ -61,6 +62,7 @@ def submit_job(
     """Submit a training job; it starts when the cluster has room (fair share between users,
     FIFO within one)."""
     checked = check_submission(services.db, spec, cluster_capacity(services.ray), caller)
+    check_model_quota(services.db, services.settings, caller.name)
     with services.lifecycle.queue_lock, services.db.session() as session:
         check_queue_room(session, services.settings, [spec], caller.name)
         steps = checked.steps_per_epoch
@@ -197,15 +199,12 @@ def job_logs(
 
 
 async def _stream_slot(
-    services: ServicesDep,
-    caller: CallerDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    services: ServicesDep, caller: CallerDep, request: Request
 ) -> AsyncIterator[None]:
     """A slot among the open event streams (429 past a cap), held until the response is over:
-    the stream ended or the client went away. Counted per token; a user signed in by the
-    trusted proxy (no token) is counted by name."""
-    token = bearer_token(authorization) or f"user:{caller.name}"
-    with services.events.slots.slot(token):
+    the stream ended or the client went away. Counted per credential that signed the request
+    in: a token (by its digest), or a user of the trusted proxy (by name)."""
+    with services.events.slots.slot(request.scope.get(CREDENTIAL)):
         yield
 
 

@@ -101,14 +101,19 @@ def revoke_user(name: str, caller: CallerDep, services: ServicesDep, request: Re
     responses={**NOT_FOUND, **CONFLICT},
 )
 def add_token(
-    name: str, body: TokenIn, caller: CallerDep, services: ServicesDep, response: Response
+    name: str,
+    caller: CallerDep,
+    services: ServicesDep,
+    response: Response,
+    body: TokenIn | None = None,
 ) -> TokenCreated:
     """Add a named token to a user, shown here once (to rotate: add one, switch to it, revoke
-    the old one)."""
+    the old one); without a body, it is named ``token-<n>``, the user's n-th token."""
     require_admin(caller)
     with services.db.session() as session:
-        created = users.add_token(session, name, body.name)
-    response.headers["Location"] = f"/v1/users/{name}/tokens/{body.name}"
+        token_name = body.name if body else f"token-{len(users.tokens_of(session, name)) + 1}"
+        created = users.add_token(session, name, token_name)
+    response.headers["Location"] = f"/v1/users/{name}/tokens/{token_name}"
     return created
 
 
