@@ -6,7 +6,9 @@
    unpacked), raising ``FieldError`` on the ``file`` field;
 3. ``publish_then_record``: the result is flushed and renamed into place, then its row is
    inserted; if the insert fails the file goes again (no file without its row). The staging
-   folder goes in every case.
+   folder goes in every case. The bytes it stores (the decoded ``.npz``, the unpacked bundle:
+   not the bytes sent) are checked against the room on the disk first (507), and counted
+   once published, by the request's ``DISK_METER`` (set by the disk guard).
 
 ``delete_upload`` removes a row, then its files: 404 when unknown, 409 while a job that is not
 over uses it.
@@ -21,9 +23,10 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -40,6 +43,20 @@ from service.teams.quotas import check_upload_quota
 CHUNK = 1 << 20
 STAGING_PREFIX = ".upload-"
 """Staging folders are named so (``housekeeping.sweep`` removes those a crash left)."""
+
+
+class Meter(Protocol):
+    """The disk of ``$SYNCBN_HOME`` (``service.operations.disk.DiskMeter``)."""
+
+    def check_room(self, what: str, incoming: int = 0) -> None: ...
+
+    def added(self, size: int) -> None: ...
+
+
+DISK_METER: ContextVar[Meter | None] = ContextVar("disk_meter", default=None)
+"""The meter an upload of this request checks its stored bytes with before it is published
+(``InsufficientStorage``: 507) and reports them to after (set by
+``service.api.middleware.DiskGuardMiddleware``)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +107,12 @@ def publish_then_record(
     built: Path, final: Path, db: Database, row: Dataset | CodeBundle, settings: Settings
 ) -> None:
     """Move ``built`` (a file or a folder) to ``final`` durably, then insert its ``row`` if
-    its owner's upload quota allows it; remove ``final`` again if that fails."""
+    its owner's upload quota allows it; remove ``final`` again if that fails. The request's
+    ``DISK_METER`` checks there is room for it first, and counts it once published."""
+    meter = DISK_METER.get()
+    stored = stored_bytes(built)
+    if meter is not None:
+        meter.check_room("an upload", stored)
     publish(built, final)
     try:
         with db.session() as session:
@@ -102,6 +124,14 @@ def publish_then_record(
         else:
             final.unlink(missing_ok=True)
         raise
+    if meter is not None:
+        meter.added(stored)
+
+
+def stored_bytes(path: Path) -> int:
+    """The bytes ``path`` (a file, or a folder and what it holds) takes on disk."""
+    paths = [path] if not path.is_dir() else [path, *path.rglob("*")]
+    return sum(item.lstat().st_blocks * 512 for item in paths)
 
 
 def new_id(prefix: str) -> str:

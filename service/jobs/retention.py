@@ -7,18 +7,25 @@ the kept log, ``stats.jsonl``) once it ended that many days ago, unless the job 
 (``set_pinned``); its rows stay (state, statistics, evaluations, result) and it records when
 (``files_removed_at``): its models list is then empty, with the reason. Unset, nothing is
 removed.
+
+A job is claimed before its files go: one conditional ``UPDATE`` sets ``files_removed_at`` only
+while it is still expired and not pinned, so a pin wins or loses as a whole (a pin after the
+claim is a 409: ``set_pinned`` is conditional too). A folder that could not be wholly removed
+takes the claim back (logged; the next sweep tries again); what a sweep killed between its
+claim and the removal left is removed by the next one (``Retention.leftovers``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, select, update
 
 from contract.states import FINAL_STATES
-from service.errors import Conflict
+from service.errors import Conflict, NotFound
 from service.files.housekeeping import remove_job_files
 from service.jobs.lifecycle import job_or_404, why_kept
 from service.settings import Settings
@@ -30,6 +37,8 @@ from service.teams.caller import Caller
 logger = logging.getLogger("service.jobs.retention")
 SWEEP_BATCH = 500
 """Jobs one sweep removes the files of, at most (the oldest first; the next sweep goes on)."""
+MAX_LEFTOVER_ENTRIES = 100_000
+"""Entries of ``runs/`` one sweep looks at for the folders of jobs already marked removed."""
 
 
 def delete_job(db: Database, settings: Settings, job_id: str, caller: Caller) -> None:
@@ -54,13 +63,23 @@ def set_pinned(db: Database, job_id: str, pinned: bool, caller: Caller) -> None:
     ``NotFound``; ``Forbidden`` unless ``caller`` may change it; ``Conflict`` when pinning a
     job whose files the retention already removed."""
     with db.session() as session:
-        job = job_or_404(session, job_id, writer=caller)
-        if pinned and job.files_removed_at is not None:
+        job_or_404(session, job_id, writer=caller)  # then one conditional UPDATE: the
+        # retention may claim the job meanwhile (it sets files_removed_at)
+        where = [Job.id == job_id, *([Job.files_removed_at.is_(None)] if pinned else [])]
+        changed = session.execute(
+            update(Job)
+            .where(*where)
+            .values(pinned=pinned)
+            .execution_options(synchronize_session=False)
+        )
+        if not changed.rowcount:
+            removed_at = session.scalar(select(Job.files_removed_at).where(Job.id == job_id))
+            if removed_at is None:
+                raise NotFound("job", job_id)
             raise Conflict(
                 f"job {job_id}'s checkpoints and log were already removed by the retention on "
-                f"{job.files_removed_at:%Y-%m-%d %H:%M} UTC: there is nothing left to keep"
+                f"{removed_at:%Y-%m-%d %H:%M} UTC: there is nothing left to keep"
             )
-        job.pinned = pinned
     logger.info("job pinned" if pinned else "job unpinned", extra={"job_id": job_id})
 
 
@@ -96,7 +115,8 @@ class Retention:
 
     def sweep(self, now: datetime | None = None) -> int:
         """Remove the run folders of jobs that ended ``retention_days`` before ``now`` (not
-        pinned, not removed yet, not still stopping on Ray); how many."""
+        pinned, not removed yet, not still stopping on Ray), and what an interrupted sweep
+        left; how many jobs' files went."""
         days = self.settings.retention_days
         if days is None:
             return 0
@@ -110,6 +130,10 @@ class Retention:
                 removed += int(self._remove(job_id, cutoff, now))
             except Exception:
                 logger.exception("job %s: the retention could not remove its files", job_id)
+        try:
+            self.leftovers()
+        except Exception:
+            logger.exception("the retention could not look for the files of removed jobs")
         if removed:
             logger.info(
                 "the retention removed the files of %d job(s) that ended before %s "
@@ -121,33 +145,78 @@ class Retention:
         return removed
 
     def _remove(self, job_id: str, cutoff: datetime, now: datetime) -> bool:
-        """Remove the job's files if it is still expired (checked again: it may have been
-        pinned since), then record when: files first, so a full database does not keep
-        them."""
+        """Claim the job (one conditional ``UPDATE``: still expired, not pinned, not claimed),
+        then remove its files; a folder not wholly removed gives the claim back."""
         with self.db.session() as session:
-            if session.scalar(_expired(cutoff).where(Job.id == job_id)) is None:
-                return False
             job = store.get_job(session, job_id)
             if job is None or why_kept(job):
                 return False
-        remove_job_files(self.settings, job_id)
-        with self.db.session() as session:
-            job = store.get_job(session, job_id)
-            if job is not None:
-                job.files_removed_at = now
+            claimed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, *_expiry(cutoff))
+                .values(files_removed_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if not claimed.rowcount:
+                return False  # pinned (or claimed) meanwhile
+        if not remove_job_files(self.settings, job_id):
+            with self.db.session() as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.files_removed_at == now)
+                    .values(files_removed_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+            logger.warning(
+                "job %s: the retention could not remove all its files: it tries again at its "
+                "next sweep",
+                job_id,
+            )
+            return False
         logger.info("job files removed by the retention", extra={"job_id": job_id})
         return True
+
+    def leftovers(self) -> int:
+        """Remove the run folders of jobs the retention already marked removed (a sweep was
+        stopped between its claim and the removal); how many went. At most
+        ``MAX_LEFTOVER_ENTRIES`` entries of ``runs/`` are looked at, ``SWEEP_BATCH`` removed."""
+        names = []
+        try:
+            with os.scandir(self.settings.runs_dir) as entries:
+                for count, entry in enumerate(entries):
+                    if count == MAX_LEFTOVER_ENTRIES:
+                        break
+                    names.append(entry.name)
+        except FileNotFoundError:
+            return 0
+        marked: list[str] = []
+        for start in range(0, len(names), SWEEP_BATCH):
+            if len(marked) >= SWEEP_BATCH:
+                break
+            with self.db.session() as session:
+                marked += session.scalars(
+                    select(Job.id).where(
+                        Job.id.in_(names[start : start + SWEEP_BATCH]),
+                        Job.files_removed_at.is_not(None),
+                    )
+                )
+        gone = sum(remove_job_files(self.settings, job_id) for job_id in marked[:SWEEP_BATCH])
+        if marked:
+            logger.info("the retention removed what was left of %d removed job(s)", gone)
+        return gone
+
+
+def _expiry(cutoff: datetime) -> list[ColumnElement[bool]]:
+    """What makes a job's files the retention's to remove: it ended before ``cutoff``, is not
+    pinned, and its files are not removed yet."""
+    return [
+        Job.state.in_([state.value for state in FINAL_STATES]),
+        Job.finished_at < cutoff,
+        Job.pinned.is_(False),
+        Job.files_removed_at.is_(None),
+    ]
 
 
 def _expired(cutoff: datetime) -> Select[tuple[str]]:
     """The ids of the jobs whose files the retention removes, the longest ended first."""
-    return (
-        select(Job.id)
-        .where(
-            Job.state.in_([state.value for state in FINAL_STATES]),
-            Job.finished_at < cutoff,
-            Job.pinned.is_(False),
-            Job.files_removed_at.is_(None),
-        )
-        .order_by(Job.finished_at, Job.id)
-    )
+    return select(Job.id).where(*_expiry(cutoff)).order_by(Job.finished_at, Job.id)

@@ -20,13 +20,23 @@ refer to (an upload still being staged, a job made after the copy) is not in the
 API token (``api-token``) is not either: it is a secret, and a restored home keeps its own
 (users' tokens are in the database, as digests, and keep working). Job output is untrusted:
 every file is opened relative to the folder opened before it, never through a link
-(``O_NOFOLLOW``); a link or a special file is skipped and named in the manifest and the output.
+(``O_NOFOLLOW``), and one job's bad output is skipped, never the whole backup, which stays
+bounded: a link or a special file, a file or folder that cannot be read, a job file that
+shrinks while it is read (each is copied aside first) or is over the bound the service reads
+it with (``stats.jsonl``, ``outcome.json``, ``driver.log``; a model file: a valid header and
+the size it declares), checkpoints past the ``MAX_CHECKPOINTS`` newest, a code bundle's
+folders past ``MAX_TREE_DEPTH``. What is skipped is named in the manifest (at most
+``MAX_SKIPPED_PER_ENTRY`` paths per job, dataset or code bundle, then how many more) and in
+the output (escaped); the manifest never outgrows ``MAX_MANIFEST_BYTES``, what restore reads.
 
 A restore goes into an empty home (no database, nothing in ``datasets/``, ``code/``, ``runs/``;
 an ``api-token`` there is kept). The archive is unpacked into a staging folder of the home
 first: only plain files, under relative paths without ``..``, each one listed in the manifest
 with its size and SHA-256, all checked, and the database's integrity and schema revision too,
-before anything is moved into place. A bad archive leaves the home as it was.
+before anything is moved into place: the database first (copied beside its file, flushed,
+linked to its name), then the folders; a failure on the way moves them back. A bad archive,
+or an error of the file system, leaves the home as it was (``OperationError``, never a
+traceback); what a killed restore left is removed by the next one.
 
 With PostgreSQL (``DATABASE_URL``), ``pg_dump`` backs up the database and ``backup
 --files-only`` the files (``docs/operations.md#postgresql``).
@@ -40,18 +50,21 @@ import fnmatch
 import gzip
 import hashlib
 import io
+import itertools
 import json
+import math
 import os
 import re
 import shutil
 import sqlite3
 import stat
+import struct
 import sys
 import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,14 +72,14 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from contract.protocol import OUTCOME_FILE, STATS_FILE
-from contract.recipe import MODEL_FILE
+from contract.protocol import MAX_OUTCOME_BYTES, OUTCOME_FILE, STATS_FILE
+from contract.recipe import MODEL_FILE, RecipeError, _data_end, recipe_from
 from contract.version import package_version
-from service.files.housekeeping import fsync_dir
-from service.files.trained_models import CHECKPOINTS
+from service.files.housekeeping import fsync_dir, restore_leftovers, sqlite_file
+from service.files.trained_models import CHECKPOINTS, MAX_CHECKPOINTS, MAX_RUN_ENTRIES
 from service.jobs.logs import LOG_FILE
 from service.settings import Settings
-from service.storage.db import SchemaTooNew, check_known, is_memory_url
+from service.storage.db import SchemaTooNew, check_known
 
 FORMAT = "syncbn-backup"
 FORMAT_VERSION = 1
@@ -78,6 +91,18 @@ FOLDERS = ("datasets", "code", "runs")
 RUN_FILES = (LOG_FILE, OUTCOME_FILE, STATS_FILE)
 """The files of a job's run folder a backup holds, besides its checkpoints' model files."""
 MAX_MANIFEST_BYTES = 64 << 20
+"""The largest manifest a restore reads, and so a backup writes."""
+MAX_SKIPPED_PER_ENTRY = 20
+"""Skipped paths named per dataset, code bundle or job, at most: then how many more."""
+MAX_SHOWN_SKIPPED = 50
+"""Skipped paths printed at most (the manifest names them)."""
+MAX_TREE_DEPTH = 32
+"""Folders deep a code bundle is backed up, at most."""
+MAX_STATS_BYTES = 256 << 20
+"""The largest ``stats.jsonl`` backed up: what the service reads of one at most
+(``contract.protocol.read_events``)."""
+MAX_MTIME = 8**11 - 1
+"""The latest modification time a tar member gets (a ustar header's; a job may set any)."""
 CHUNK = 1 << 20
 PROGRESS_EVERY_S = 1.0
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -103,13 +128,6 @@ class Ids:
     jobs: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
     code_bundles: list[str] = field(default_factory=list)
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite database URL; None for another database or an in-memory one."""
-    if not url.startswith("sqlite") or is_memory_url(url):
-        return None
-    return Path(url.split("///", 1)[-1].split("?", 1)[0]).absolute()
 
 
 def _mb(size: int) -> str:
@@ -143,7 +161,7 @@ class _Progress:
 # -- reading the home without following links ---------------------------------------------
 def _open_at(dir_fd: int, name: str, flags: int) -> int:
     """``name`` in the folder ``dir_fd``, not followed if it is a link (``_Skip``);
-    ``FileNotFoundError`` when it is not there."""
+    ``FileNotFoundError`` when it is not there; another ``OSError`` when it cannot be read."""
     try:
         return os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
@@ -170,26 +188,56 @@ def _open_path(home_fd: int, path: PurePosixPath, flags: int) -> int:
             os.close(fd)
 
 
-def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
+def _unreadable(exc: OSError) -> str:
+    """The skip reason of a path that cannot be read (``EACCES``: its owner's mode)."""
+    return f"cannot be read: {exc.strerror or exc}"
+
+
+def shown(text: object) -> str:
+    """``text`` fit for a line of output: a control character, or a byte of a file name that is
+    not UTF-8, escaped (a job chooses its file names)."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
+def _owner(path: PurePosixPath | str) -> str:
+    """The dataset, code bundle or job folder a path of the home belongs to."""
+    return "/".join(str(path).split("/")[:2])
 
 
 @dataclass
 class _Plan:
-    """The files to copy (relative path, size when planned) and what is skipped, why."""
+    """The files to copy (relative path, size when planned) and what is skipped, why: at most
+    ``MAX_SKIPPED_PER_ENTRY`` paths of each dataset, code bundle or job are named, then how
+    many more (``summary``)."""
 
     files: list[tuple[PurePosixPath, int]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def skip(self, path: PurePosixPath | str, reason: str) -> None:
-        self.skipped.append({"path": str(path), "reason": reason})
+        owner = _owner(path)
+        self.counts[owner] = count = self.counts.get(owner, 0) + 1
+        if count <= MAX_SKIPPED_PER_ENTRY:
+            self.skipped.append({"path": str(path), "reason": reason})
+
+    def summary(self, listed: bool = True) -> list[dict[str, str]]:
+        """The skipped paths (``listed``: each, up to the bound; else none), then for each
+        dataset, code bundle or job with more, how many."""
+        bound = MAX_SKIPPED_PER_ENTRY if listed else 0
+        more = [
+            {"path": owner, "reason": f"{count - bound} more skipped, not listed"}
+            for owner, count in self.counts.items()
+            if count > bound
+        ]
+        return (self.skipped if listed else []) + more
 
     def entry(self, dir_fd: int, name: str, path: PurePosixPath) -> os.stat_result | None:
         """``name``'s status, or None (skipped, or not there) unless a plain file or folder."""
-        info = _lstat(dir_fd, name)
+        try:
+            info = _lstat(dir_fd, name)
+        except OSError as exc:
+            self.skip(path, _unreadable(exc))
+            return None
         if info is None:
             return None
         if stat.S_ISLNK(info.st_mode):
@@ -207,20 +255,54 @@ class _Plan:
         elif info is not None:
             self.skip(path, "a folder where a file was expected")
 
-    def tree(self, dir_fd: int, path: PurePosixPath) -> None:
-        """Every plain file under the folder ``dir_fd`` (at ``path``), links skipped."""
-        with os.scandir(dir_fd) as entries:
-            names = sorted(entry.name for entry in entries)
-        for name in names:
-            info = self.entry(dir_fd, name, path / name)
-            if info is None:
-                continue
-            if stat.S_ISREG(info.st_mode):
-                self.files.append((path / name, info.st_size))
-                continue
-            with self.folder(dir_fd, name, path / name) as sub:
-                if sub.fd is not None:
-                    self.tree(sub.fd, path / name)
+    def tree(self, root_fd: int, root: PurePosixPath, max_entries: int) -> None:
+        """Every plain file under the folder ``root_fd`` (at ``root``), links skipped: at most
+        ``MAX_TREE_DEPTH`` folders deep and ``max_entries`` entries looked at (then the rest is
+        skipped, noted). Iterative: as many folders open as it is deep."""
+        stack: list[tuple[int, PurePosixPath, Iterator[str]]] = []
+        left = max_entries
+
+        def enter(fd: int, path: PurePosixPath) -> bool:
+            nonlocal left
+            try:
+                with os.scandir(fd) as entries:
+                    names = sorted(e.name for e in itertools.islice(entries, left + 1))
+            except OSError as exc:
+                self.skip(path, _unreadable(exc))
+                return False
+            if len(names) > left:
+                self.skip(root, f"over {max_entries} entries: the rest is not backed up")
+                names, left = names[:left], 0
+            else:
+                left -= len(names)
+            stack.append((fd, path, iter(names)))
+            return True
+
+        enter(root_fd, root)
+        try:
+            while stack:
+                fd, path, names = stack[-1]
+                name = next(names, None)
+                if name is None:
+                    stack.pop()
+                    if fd != root_fd:
+                        os.close(fd)
+                    continue
+                info = self.entry(fd, name, path / name)
+                if info is None:
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    self.files.append((path / name, info.st_size))
+                elif len(stack) > MAX_TREE_DEPTH:
+                    self.skip(path / name, f"over {MAX_TREE_DEPTH} folders deep: not backed up")
+                else:
+                    with _Folder(self, fd, name, path / name) as sub:
+                        if sub.fd is not None and enter(sub.fd, path / name):
+                            sub.fd = None  # the stack closes it
+        finally:
+            for fd, _, _ in stack:
+                if fd != root_fd:
+                    os.close(fd)
 
     def folder(self, dir_fd: int | None, name: str, path: PurePosixPath) -> _Folder:
         return _Folder(self, dir_fd, name, path)
@@ -228,7 +310,8 @@ class _Plan:
 
 class _Folder:
     """``with plan.folder(fd, name, path) as sub``: ``sub.fd``, the folder opened; None when
-    it is ``missing`` (or its parent, ``dir_fd`` None, is), or skipped (a link: noted)."""
+    it is ``missing`` (or its parent, ``dir_fd`` None, is), or skipped (a link, or it cannot
+    be read: noted)."""
 
     def __init__(self, plan: _Plan, dir_fd: int | None, name: str, path: PurePosixPath) -> None:
         self.fd: int | None = None
@@ -241,6 +324,8 @@ class _Folder:
             self.missing = True
         except _Skip as exc:
             plan.skip(path, str(exc))
+        except OSError as exc:
+            plan.skip(path, _unreadable(exc))
 
     def __enter__(self) -> _Folder:
         return self
@@ -250,9 +335,10 @@ class _Folder:
             os.close(self.fd)
 
 
-def _plan(home_fd: int, ids: Ids) -> _Plan:
-    """What the backup of ``ids``' files copies from the home, and what it skips. A queued
-    job has no run folder yet; a dataset or code bundle without its file is noted."""
+def _plan(home_fd: int, ids: Ids, max_code_entries: int) -> _Plan:
+    """What the backup of ``ids``' files copies from the home, and what it skips (a code
+    bundle: at most ``max_code_entries`` entries looked at). A queued job has no run folder
+    yet; a dataset or code bundle without its file is noted."""
     plan = _Plan()
     datasets, code, runs = (PurePosixPath(name) for name in FOLDERS)
 
@@ -266,7 +352,7 @@ def _plan(home_fd: int, ids: Ids) -> _Plan:
     with plan.folder(home_fd, "datasets", datasets) as top:
         for dataset in safe(ids.datasets, datasets):
             name = f"{dataset}.npz"
-            if top.fd is not None and _lstat(top.fd, name) is not None:
+            if top.fd is not None and _exists(top.fd, name):
                 plan.file(top.fd, name, datasets / name)
             elif top.fd is not None or top.missing:
                 plan.skip(datasets / name, "missing: its row has no file")
@@ -274,7 +360,7 @@ def _plan(home_fd: int, ids: Ids) -> _Plan:
         for bundle in safe(ids.code_bundles, code):
             with plan.folder(top.fd, bundle, code / bundle) as sub:
                 if sub.fd is not None:
-                    plan.tree(sub.fd, code / bundle)
+                    plan.tree(sub.fd, code / bundle, max_code_entries)
                 elif sub.missing and (top.fd is not None or top.missing):
                     plan.skip(code / bundle, "missing: its row has no folder")
     with plan.folder(home_fd, "runs", runs) as top:
@@ -285,16 +371,58 @@ def _plan(home_fd: int, ids: Ids) -> _Plan:
     return plan
 
 
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        return _lstat(dir_fd, name) is not None
+    except OSError:
+        return True  # there, unreadable: the plan says why
+
+
 def _plan_run(plan: _Plan, job_fd: int, path: PurePosixPath) -> None:
-    """A job's log, outcome and reports, and each checkpoint's model file."""
+    """A job's log, outcome and reports, and the model file of each checkpoint the service
+    reads (``_checkpoints``)."""
     for name in RUN_FILES:
         plan.file(job_fd, name, path / name)
-    with os.scandir(job_fd) as entries:
-        folders = sorted(e.name for e in entries if fnmatch.fnmatchcase(e.name, CHECKPOINTS))
-    for name in folders:
+    for name in _checkpoints(plan, job_fd, path):
         with plan.folder(job_fd, name, path / name) as sub:
             if sub.fd is not None:
                 plan.file(sub.fd, MODEL_FILE, path / name / MODEL_FILE)
+
+
+def _checkpoints(plan: _Plan, job_fd: int, path: PurePosixPath) -> list[str]:
+    """The checkpoint folders of a run folder the service reads, so backs up: among its first
+    ``MAX_RUN_ENTRIES`` entries, at most the ``MAX_CHECKPOINTS`` newest by name (links
+    skipped); the rest is noted (``service.files.trained_models``)."""
+    folders = []
+    try:
+        with os.scandir(job_fd) as entries:
+            for count, entry in enumerate(entries):
+                if count == MAX_RUN_ENTRIES:
+                    plan.skip(path, f"over {MAX_RUN_ENTRIES} entries: the rest is not looked at")
+                    break
+                if not fnmatch.fnmatchcase(entry.name, CHECKPOINTS):
+                    continue
+                if entry.is_symlink():
+                    plan.skip(path / entry.name, LINK)
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.name)
+    except OSError as exc:
+        plan.skip(path, _unreadable(exc))
+    folders.sort()
+    if len(folders) > MAX_CHECKPOINTS:
+        plan.skip(
+            path,
+            f"{len(folders)} checkpoint folders: only the newest {MAX_CHECKPOINTS} by name are "
+            "backed up (the service reads no more)",
+        )
+    return folders[-MAX_CHECKPOINTS:]
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 # -- writing the archive ---------------------------------------------------------------------
@@ -310,29 +438,95 @@ class _Reader:
         n = self.left if n < 0 else min(n, self.left)
         data = self.handle.read(n) if n else b""
         if len(data) < n:
-            raise OperationError(f"{self.path} shrank while it was read: run the backup again")
+            raise OperationError(
+                f"{shown(self.path)} shrank while it was read: run the backup again"
+            )
         self.left -= len(data)
         self.sha.update(data)
         return data
 
 
-def _add(tar: tarfile.TarFile, name: str, handle: Any, info: os.stat_result) -> dict[str, Any]:
-    """Add the open plain file ``handle`` as ``name``; its manifest entry."""
+def _add(tar: tarfile.TarFile, name: str, handle: Any, size: int, mtime: float) -> dict[str, Any]:
+    """Add ``size`` bytes of the open plain file ``handle`` as ``name``; its manifest entry.
+    The time is kept within what a tar header and a restore take (a job may set any)."""
     member = tarfile.TarInfo(name)
-    member.size, member.mtime, member.mode = info.st_size, info.st_mtime, 0o644
-    reader = _Reader(handle, info.st_size, name)
+    member.size, member.mtime, member.mode = size, min(max(mtime, 0), MAX_MTIME), 0o644
+    reader = _Reader(handle, size, name)
     tar.addfile(member, reader)
-    return {"path": name, "size": info.st_size, "sha256": reader.sha.hexdigest()}
+    return {"path": name, "size": size, "sha256": reader.sha.hexdigest()}
 
 
-def _add_from_home(tar: tarfile.TarFile, home_fd: int, path: PurePosixPath) -> dict[str, Any]:
-    fd = _open_path(home_fd, path, _FILE)
+def _add_from_home(
+    tar: tarfile.TarFile, home_fd: int, path: PurePosixPath, scratch: Path, settings: Settings
+) -> dict[str, Any]:
+    """Add the home's file at ``path``: a dataset as it is read (the service's: written once,
+    never changed); another file through a copy in ``scratch`` first, so that one a job
+    changes, cannot read or made too large is skipped (``_Skip``), never a torn archive."""
+    try:
+        fd = _open_path(home_fd, path, _FILE)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _Skip(_unreadable(exc)) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise _Skip("not a plain file")
         os.set_blocking(fd, True)
-        return _add(tar, str(path), handle, info)
+        if path.parts[0] == "datasets":
+            return _add(tar, str(path), handle, info.st_size, info.st_mtime)
+        size = _size_to_copy(handle, path, info.st_size, settings)
+        copy = scratch / "file"
+        with open(copy, "w+b") as out:
+            _copy(handle, out, size)
+            out.seek(0)
+            return _add(tar, str(path), out, size, info.st_mtime)
+
+
+def _size_to_copy(handle: Any, path: PurePosixPath, size: int, settings: Settings) -> int:
+    """The bytes of a job's file (or a code bundle's) that are backed up: all of them, within
+    the bound the service reads it with (``_Skip`` past it); a model file's header must be
+    valid and declare its size."""
+    if path.parts[0] != "runs":
+        return size
+    if path.name == MODEL_FILE:
+        try:
+            recipe_from(handle)
+            handle.seek(0)
+            (header,) = struct.unpack("<Q", handle.read(8))
+            declared = 8 + header + _data_end(json.loads(handle.read(header)))
+        except RecipeError as exc:
+            raise _Skip(f"not a model file the service serves: {exc}") from None
+        except OSError as exc:
+            raise _Skip(_unreadable(exc)) from None
+        handle.seek(0)
+        if size > declared:
+            raise _Skip(f"{size} bytes, more than the {declared} its header declares")
+        return size
+    cap, setting = {
+        LOG_FILE: (settings.max_job_log_bytes, Settings.env_name("max_job_log_bytes")),
+        OUTCOME_FILE: (MAX_OUTCOME_BYTES, "the most the service reads"),
+        STATS_FILE: (MAX_STATS_BYTES, "the most the service reads"),
+    }.get(path.name, (size, ""))
+    if size > cap:
+        raise _Skip(f"{size} bytes, over {cap} ({setting}): not backed up")
+    return size
+
+
+def _copy(handle: Any, out: Any, size: int) -> None:
+    """``size`` bytes of ``handle`` to ``out``: ``_Skip`` if it cannot be read or has fewer
+    (it shrank while it was read); an error writing ``out`` is the backup's."""
+    left = size
+    while left:
+        try:
+            block = handle.read(min(CHUNK, left))
+        except OSError as exc:
+            raise _Skip(_unreadable(exc)) from None
+        if not block:
+            raise _Skip(f"shrank while it was read ({size - left} of {size} bytes)")
+        out.write(block)
+        left -= len(block)
+    out.flush()
 
 
 def _snapshot(database: Path, copy: Path) -> tuple[str | None, Ids]:
@@ -394,8 +588,18 @@ def backup(
     out: TextIO = sys.stderr,
 ) -> dict[str, Any]:
     """Write the backup of ``settings.home`` (and its database) to ``target``; its manifest.
-    ``files_only``: no database (PostgreSQL's is backed up with ``pg_dump``)."""
+    ``files_only``: no database (PostgreSQL's is backed up with ``pg_dump``). A file of the
+    home that cannot be read, changes while it is read or is over its bound is skipped (named
+    in the manifest); an error writing the archive or reading the database fails the backup
+    (``OperationError``), and nothing is left at ``target``."""
     target = Path(target).absolute()
+    try:
+        return _backup(settings, target, files_only, out)
+    except (OSError, sqlite3.Error) as exc:
+        raise OperationError(f"the backup failed, {shown(target)} was not written: {exc}") from None
+
+
+def _backup(settings: Settings, target: Path, files_only: bool, out: TextIO) -> dict[str, Any]:
     if target.exists() or target.is_symlink():
         raise OperationError(f"{target} exists: give a new file name (a backup never overwrites)")
     if not target.parent.is_dir():
@@ -422,7 +626,7 @@ def backup(
             print(f"backup: database {database}: {_mb(copy_size)}, schema {revision}", file=out)
         home_fd = os.open(home, _DIR)
         try:
-            plan = _plan(home_fd, ids)
+            plan = _plan(home_fd, ids, 2 * settings.max_code_files)
             files = len(plan.files) + (0 if files_only else 1)
             total = sum(size for _, size in plan.files)
             progress = _Progress(out, "backup", files, total + (0 if files_only else copy_size))
@@ -437,14 +641,15 @@ def backup(
             ) as tar:
                 if not files_only:
                     with open(copy, "rb") as handle:
-                        entries.append(_add(tar, DATABASE, handle, os.fstat(handle.fileno())))
+                        info = os.fstat(handle.fileno())
+                        entries.append(_add(tar, DATABASE, handle, info.st_size, info.st_mtime))
                     progress.add(entries[-1]["size"])
                 for path, _ in plan.files:
                     try:
-                        entries.append(_add_from_home(tar, home_fd, path))
+                        entries.append(_add_from_home(tar, home_fd, path, Path(scratch), settings))
                     except FileNotFoundError:
                         plan.skip(path, "removed while the backup ran")
-                    except _Skip as exc:
+                    except _Skip as exc:  # an error writing the archive is not: it fails
                         plan.skip(path, str(exc))
                     else:
                         progress.add(entries[-1]["size"])
@@ -457,9 +662,9 @@ def backup(
                     "database": None if files_only else DATABASE,
                     "home": str(home),
                     "files": entries,
-                    "skipped": plan.skipped,
+                    "skipped": plan.summary(),
                 }
-                data = json.dumps(manifest, indent=1).encode()
+                data = _manifest_bytes(manifest, plan)
                 info = tarfile.TarInfo(MANIFEST)
                 info.size, info.mtime, info.mode = len(data), time.time(), 0o644
                 tar.addfile(info, io.BytesIO(data))
@@ -467,20 +672,67 @@ def backup(
             os.close(home_fd)
         with open(unfinished, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(unfinished, target)
+        _publish_new(unfinished, target, "backup")
         fsync_dir(target.parent)
     progress.show()
-    for item in plan.skipped:
-        progress.say(f"skipped {item['path']}: {item['reason']}")
+    _say_skipped(progress, manifest["skipped"])
     stored = sum(entry["size"] for entry in entries)
+    skipped = sum(plan.counts.values())
     print(
         f"backup: wrote {target} ({_mb(target.stat().st_size)}): {len(entries)} files, "
-        f"{_mb(stored)}, schema {revision}, {len(plan.skipped)} skipped"
+        f"{_mb(stored)}, schema {revision}, {skipped} skipped"
         + (" (no database: --files-only)" if files_only else ""),
         file=out,
         flush=True,
     )
     return manifest
+
+
+def _manifest_bytes(manifest: dict[str, Any], plan: _Plan) -> bytes:
+    """The manifest's JSON, within ``MAX_MANIFEST_BYTES`` (what a restore reads): indented, else
+    compact, else with the skipped paths counted, not listed; else the backup fails (so it
+    never writes an archive its restore refuses)."""
+    data = json.dumps(manifest, indent=1).encode()
+    if len(data) > MAX_MANIFEST_BYTES:
+        data = json.dumps(manifest, separators=(",", ":")).encode()
+    if len(data) > MAX_MANIFEST_BYTES:
+        manifest["skipped"] = plan.summary(listed=False)
+        data = json.dumps(manifest, separators=(",", ":")).encode()
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise OperationError(
+            f"the manifest of {len(manifest['files'])} files would be {len(data)} bytes, over "
+            f"the {MAX_MANIFEST_BYTES} a restore reads: nothing was written"
+        )
+    return data
+
+
+def _say_skipped(progress: _Progress, skipped: list[dict[str, str]]) -> None:
+    """The first ``MAX_SHOWN_SKIPPED`` skipped paths, escaped; then how many more."""
+    for item in skipped[:MAX_SHOWN_SKIPPED]:
+        progress.say(f"skipped {shown(item['path'])}: {shown(item['reason'])}")
+    if len(skipped) > MAX_SHOWN_SKIPPED:
+        progress.say(f"... and {len(skipped) - MAX_SHOWN_SKIPPED} more lines: see {MANIFEST}")
+
+
+def _publish_new(source: Path, target: Path, doing: str) -> None:
+    """Move ``source`` to ``target`` (in the same folder), never over a file made there
+    meanwhile, while ``doing`` ran (a hard link, then the source's name removed; a file
+    system without hard links: ``target`` reserved with ``O_EXCL``, then replaced)."""
+    made = OperationError(f"{target} was made while the {doing} ran: not overwritten")
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise made from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            raise made from None
+        os.replace(source, target)
+        return
+    os.unlink(source)
 
 
 def _level(gzipped: bool) -> dict[str, Any]:
@@ -532,16 +784,19 @@ def _manifest(data: bytes) -> dict[str, Any]:
         manifest = json.loads(data)
         assert isinstance(manifest, dict) and manifest.get("format") == FORMAT
         version = manifest["version"]
-        assert isinstance(version, int) and isinstance(manifest["files"], list)
+        assert type(version) is int and isinstance(manifest["files"], list)
+        assert manifest.get("database") in (None, DATABASE)
         for entry in manifest["files"]:
-            assert isinstance(entry["path"], str) and isinstance(entry["size"], int)
+            assert isinstance(entry["path"], str) and type(entry["size"]) is int
+            assert entry["size"] >= 0 and isinstance(entry["sha256"], str)
             assert re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
-    except (ValueError, AssertionError, KeyError, TypeError):
+    except (ValueError, AssertionError, KeyError, TypeError, RecursionError):
         raise OperationError(f"{MANIFEST} is not a syncbn backup's manifest") from None
     if version > FORMAT_VERSION:
         raise OperationError(
             f"the archive's format version {version} is newer than this release's "
-            f"({FORMAT_VERSION}): restore it with syncbn-service {manifest.get('service_version')}"
+            f"({FORMAT_VERSION}): restore it with syncbn-service "
+            f"{shown(manifest.get('service_version'))}"
         )
     return manifest
 
@@ -557,6 +812,10 @@ def _unpack(source: Path, staging: Path, progress: _Progress) -> tuple[dict, dic
                 name = _checked_name(member)
                 if name in found or (name == MANIFEST and manifest is not None):
                     raise OperationError(f"the archive holds {name!r} twice: refused")
+                if not (math.isfinite(member.mtime) and 0 <= member.mtime <= MAX_MTIME):
+                    raise OperationError(
+                        f"the archive's member {name!r} has the time {member.mtime}: refused"
+                    )
                 handle = tar.extractfile(member)
                 assert handle is not None
                 if name == MANIFEST:
@@ -564,24 +823,37 @@ def _unpack(source: Path, staging: Path, progress: _Progress) -> tuple[dict, dic
                         raise OperationError(f"{MANIFEST} is over {MAX_MANIFEST_BYTES} bytes")
                     manifest = _manifest(handle.read())
                     continue
-                path = staging.joinpath(*name.split("/"))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                sha, size = hashlib.sha256(), 0
-                with open(path, "xb") as out:
-                    for block in iter(partial(handle.read, CHUNK), b""):
-                        sha.update(block)
-                        out.write(block)
-                        size += len(block)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.utime(path, (member.mtime, member.mtime))
-                found[name] = (size, sha.hexdigest())
-                progress.add(size)
+                found[name] = _unpack_file(handle, staging, name, member.mtime)
+                progress.add(found[name][0])
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise OperationError(f"{source} is not a readable archive: {exc}") from None
     if manifest is None:
         raise OperationError(f"{source} holds no {MANIFEST}: not a whole syncbn backup")
     return manifest, found
+
+
+def _unpack_file(handle: Any, staging: Path, name: str, mtime: float) -> tuple[int, str]:
+    """The member ``name`` (open as ``handle``) written under ``staging``, flushed; its size
+    and SHA-256. A file and a folder at one path is a refusal."""
+    path = staging.joinpath(*name.split("/"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise OperationError(
+            f"the archive's member {name!r} is at the path of another member's folder, or "
+            "under another member's file: refused"
+        ) from None
+    sha, size = hashlib.sha256(), 0
+    with os.fdopen(fd, "wb") as out:
+        for block in iter(partial(handle.read, CHUNK), b""):
+            sha.update(block)
+            out.write(block)
+            size += len(block)
+        out.flush()
+        os.fsync(out.fileno())
+    os.utime(path, (mtime, mtime))
+    return size, sha.hexdigest()
 
 
 def _verify(manifest: dict[str, Any], found: dict[str, tuple[int, str]]) -> None:
@@ -606,15 +878,20 @@ def _verify(manifest: dict[str, Any], found: dict[str, tuple[int, str]]) -> None
 def _check_database(path: Path, manifest: dict[str, Any]) -> str | None:
     """The unpacked database passes SQLite's integrity check and its revision is known here;
     its revision."""
-    with closing(sqlite3.connect(path)) as connection:
-        check = connection.execute("PRAGMA integrity_check").fetchone()[0]
-        if check != "ok":
-            raise OperationError(f"the archive's database fails SQLite's check: {check}")
-        try:
-            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-        except sqlite3.OperationalError:
-            row = None
+    try:
+        with closing(sqlite3.connect(path)) as connection:
+            check = connection.execute("PRAGMA integrity_check").fetchone()[0]
+            if check != "ok":
+                raise OperationError(f"the archive's database fails SQLite's check: {check}")
+            try:
+                row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            except sqlite3.OperationalError:
+                row = None
+    except sqlite3.DatabaseError as exc:
+        raise OperationError(f"the archive's database is not a SQLite database: {exc}") from None
     revision = row[0] if row else None
+    if revision is not None and not isinstance(revision, str):
+        raise OperationError(f"the archive's database has the schema revision {revision!r}")
     try:
         check_known(revision)
     except SchemaTooNew as exc:
@@ -628,8 +905,17 @@ def _check_database(path: Path, manifest: dict[str, Any]) -> str | None:
 
 def restore(settings: Settings, source: str | os.PathLike, out: TextIO = sys.stderr) -> dict:
     """Restore the backup ``source`` into ``settings.home`` (which holds no database and no
-    files), every checksum verified before anything is moved into place; its manifest."""
+    files), every checksum verified before anything is moved into place; its manifest. Any
+    failure (a bad archive, an error of the file system) is an ``OperationError`` and leaves
+    the home as it was."""
     source = Path(source)
+    try:
+        return _restore(settings, source, out)
+    except (OSError, sqlite3.Error) as exc:
+        raise OperationError(f"the restore failed, nothing was restored: {exc}") from None
+
+
+def _restore(settings: Settings, source: Path, out: TextIO) -> dict:
     if not source.is_file():
         raise OperationError(f"{source} is not a file")
     home = settings.home.absolute()
@@ -642,11 +928,17 @@ def restore(settings: Settings, source: str | os.PathLike, out: TextIO = sys.std
             f"{home} (SYNCBN_HOME) is not empty: it holds {', '.join(in_use)}. Restore into an "
             "empty home: set SYNCBN_HOME to a new folder, or move these away"
         )
+    progress = _Progress(out, "restore", 0, 0)
+    for stale in restore_leftovers(home, database):
+        progress.say(f"removing {shown(stale)}, left by an interrupted restore")
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
     made = not home.exists()
     home.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=home))
     try:
-        progress = _Progress(out, "restore", 0, 0)
         progress.say(f"unpacking {source} into {staging} ...")
         manifest, found = _unpack(source, staging, progress)
         _verify(manifest, found)
@@ -660,21 +952,11 @@ def restore(settings: Settings, source: str | os.PathLike, out: TextIO = sys.std
                     "database: unset DATABASE_URL to restore into SYNCBN_HOME's SQLite, or "
                     f"restore PostgreSQL with pg_restore ({DOCS}#postgresql)"
                 )
-            revision = _check_database(staging / manifest["database"], manifest)
+            revision = _check_database(staging / DATABASE, manifest)
         in_use = occupied(home, database)
         if in_use:
             raise OperationError(f"{home} was written to meanwhile: it holds {', '.join(in_use)}")
-        for name in FOLDERS:
-            if (staging / name).exists():
-                if (home / name).is_dir():
-                    (home / name).rmdir()  # empty: checked
-                os.rename(staging / name, home / name)
-        if manifest.get("database"):
-            assert database is not None
-            database.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(staging / manifest["database"], database)
-            fsync_dir(database.parent)
-        fsync_dir(home)
+        _move_into_place(staging, home, database if manifest.get("database") else None)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if made:
@@ -683,8 +965,9 @@ def restore(settings: Settings, source: str | os.PathLike, out: TextIO = sys.std
     shutil.rmtree(staging, ignore_errors=True)
     size = sum(entry["size"] for entry in manifest["files"])
     print(
-        f"restore: restored {len(found)} files ({_mb(size)}) into {home}: schema {revision}, "
-        f"backed up {manifest.get('created')} by syncbn-service {manifest.get('service_version')}",
+        f"restore: restored {len(found)} files ({_mb(size)}) into {home}: schema "
+        f"{shown(revision)}, backed up {shown(manifest.get('created'))} by syncbn-service "
+        f"{shown(manifest.get('service_version'))}",
         file=out,
     )
     if not manifest.get("database"):
@@ -701,6 +984,46 @@ def restore(settings: Settings, source: str | os.PathLike, out: TextIO = sys.std
         flush=True,
     )
     return manifest
+
+
+def _move_into_place(staging: Path, home: Path, database: Path | None) -> None:
+    """The checked database (when ``database``) and folders of ``staging`` into place: the
+    database first, copied beside its file (which may be on another file system), flushed,
+    then linked to its name (never over a file made meanwhile); then each folder renamed. On
+    any failure what was moved is moved back, and the database copy removed."""
+    moved: list[str] = []
+    copy: Path | None = None
+    placed = False
+    try:
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{database.name}.restore-", dir=database.parent)
+            copy = Path(name)
+            with os.fdopen(fd, "wb") as target, open(staging / DATABASE, "rb") as handle:
+                shutil.copyfileobj(handle, target, CHUNK)
+                target.flush()
+                os.fsync(target.fileno())
+            _publish_new(copy, database, "restore")
+            placed, copy = True, None
+            fsync_dir(database.parent)
+        for name in FOLDERS:
+            if (staging / name).exists():
+                if (home / name).is_dir():
+                    (home / name).rmdir()  # empty: checked
+                os.rename(staging / name, home / name)
+                moved.append(name)
+        fsync_dir(home)
+    except BaseException:
+        for name in reversed(moved):
+            with suppress(OSError):
+                os.rename(home / name, staging / name)
+        if placed and database is not None:
+            with suppress(OSError):
+                database.unlink()
+        if copy is not None:
+            with suppress(OSError):
+                copy.unlink()
+        raise
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -744,7 +1067,7 @@ def main(argv: list[str], settings: Settings | None = None) -> int:
             backup(settings, args.file, files_only=args.files_only)
         else:
             restore(settings, args.file)
-    except OperationError as exc:
-        print(f"syncbn-service {args.command}: {exc}", file=sys.stderr, flush=True)
+    except (OperationError, OSError) as exc:
+        print(f"syncbn-service {args.command}: {shown(exc)}", file=sys.stderr, flush=True)
         return 2
     return 0

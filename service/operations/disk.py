@@ -1,7 +1,8 @@
 """The disk of ``$SYNCBN_HOME``: what it holds, the room left, and a 507 when there is none.
 
-- ``DiskMeter.state()``: the bytes under the home (a walk of at most ``MAX_ENTRIES`` entries,
-  no link followed, reused for ``SYNCBN_DISK_CHECK_INTERVAL_S``), the file system's free space
+- ``DiskMeter.state()``: the bytes under the home on disk (a walk of at most ``MAX_ENTRIES``
+  entries, no link followed, allocated blocks, a hard-linked file once, ``runs/`` last; reused
+  for ``SYNCBN_DISK_CHECK_INTERVAL_S``), the file system's free space
   (``shutil.disk_usage``: one ``statvfs``, every time), the budget
   (``SYNCBN_DISK_BUDGET_BYTES``) and the level: ``ok``, ``warning`` from ``WARN_AT`` (90 %) of
   the budget or of the file system, ``full`` at 100 % of the budget, or when the file system's
@@ -25,8 +26,10 @@ import logging
 import math
 import os
 import shutil
+import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -127,13 +130,19 @@ def _kind(parts: tuple[str, ...]) -> tuple[str, tuple[str, str] | None]:
 
 
 def walk(home: Path, limit: int = MAX_ENTRIES) -> Walk:
-    """The bytes under ``home`` (no link followed; at most ``limit`` entries looked at)."""
+    """The bytes under ``home`` on disk (no link followed; at most ``limit`` entries looked
+    at). A file's allocated blocks count, not its size (a sparse file takes little), and a
+    file with several hard links once. Breadth first, ``runs/`` last: the folders the service
+    writes (the database, ``datasets/``, ``code/``) are counted before the jobs' output, so a
+    job with millions of files cannot leave them uncounted."""
     by_kind = dict.fromkeys(KINDS, 0)
     by_entry: dict[tuple[str, str], dict[str, int]] = {}
     entries, complete = 0, True
-    stack: list[tuple[str, tuple[str, ...]]] = [(str(home), ())]
-    while stack and complete:
-        folder, where = stack.pop()
+    linked: set[tuple[int, int]] = set()
+    service: deque[tuple[str, tuple[str, ...]]] = deque([(str(home), ())])
+    jobs: deque[tuple[str, tuple[str, ...]]] = deque()
+    while (service or jobs) and complete:
+        folder, where = (service or jobs).popleft()
         try:
             listing = os.scandir(folder)
         except OSError:
@@ -144,14 +153,19 @@ def walk(home: Path, limit: int = MAX_ENTRIES) -> Walk:
                     complete = False
                     break
                 entries += 1
+                parts = (*where, entry.name)
                 try:
                     info = entry.stat(follow_symlinks=False)
                     if entry.is_dir(follow_symlinks=False):
-                        stack.append((entry.path, (*where, entry.name)))
+                        (jobs if parts[0] == "runs" else service).append((entry.path, parts))
                 except OSError:
                     continue
-                size = getattr(info, "st_blocks", 0) * 512 or info.st_size
-                kind, top = _kind((*where, entry.name))
+                if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+                    if (info.st_dev, info.st_ino) in linked:
+                        continue
+                    linked.add((info.st_dev, info.st_ino))
+                size = getattr(info, "st_blocks", 0) * 512
+                kind, top = _kind(parts)
                 by_kind[kind] += size
                 if top is not None:
                     kinds = by_entry.setdefault(top, {})

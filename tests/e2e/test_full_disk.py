@@ -31,6 +31,8 @@ from contract.spec import JobSpec
 from service.files import uploads
 
 SIZE = "64m"
+UPLOAD_LIMIT = 8 << 20
+"""``SYNCBN_MAX_UPLOAD_BYTES``: what a chunked upload is counted as before its body is read."""
 BOUNDARY = "syncbn-full-disk"
 
 
@@ -145,7 +147,7 @@ def test_a_full_disk_is_507_keeps_reads_corrupts_nothing_and_recovers(
     tmpfs_home: Path, tmp_path: Path, monkeypatch
 ):
     home, filler = tmpfs_home, Filler(tmpfs_home)
-    app = app_on(home)
+    app = app_on(home, max_upload_bytes=UPLOAD_LIMIT)
     client = local_client(app)
     job = client.post("/v1/jobs", json=GOOD)
     assert job.status_code == 201, job.text
@@ -154,9 +156,16 @@ def test_a_full_disk_is_507_keeps_reads_corrupts_nothing_and_recovers(
     assert first.status_code == 201, first.text
     kept = sorted(p.name for p in (home / "datasets").iterdir())
 
-    # 1. An upload that fills the disk while it is written: 507, nothing of it left.
+    # 1. A chunked upload (no Content-Length) is counted as its limit before its body is
+    # read: 507 then. One that fills the disk while it is written anyway (the check passed,
+    # then something else wrote): 507, nothing of it left.
     filler.fill(leave=3 << 20)
     response = upload_chunked(client, npz(6))
+    assert response.status_code == 507, response.text
+    assert "without Content-Length (counted as SYNCBN_MAX_UPLOAD_BYTES" in response.text
+    with monkeypatch.context() as passed:
+        passed.setattr(app.state.services.disk, "check_room", lambda *args: None)
+        response = upload_chunked(client, npz(6))
     assert response.status_code == 507, response.text
     detail = response.json()["detail"]
     assert "disk" in detail and "No space left on device" in detail
@@ -218,7 +227,7 @@ def test_a_full_disk_is_507_keeps_reads_corrupts_nothing_and_recovers(
     (home / "datasets" / ".upload-crashed" / "upload").write_bytes(b"partial")
     (home / "code").mkdir(exist_ok=True)
     (home / "code" / ".upload-crashed").mkdir()
-    restarted = app_on(home)
+    restarted = app_on(home, max_upload_bytes=UPLOAD_LIMIT)
     with local_client(restarted) as again:
         assert leftovers(home) == []
         assert again.get("/readyz").json()["checks"]["disk"].startswith("ok: ")

@@ -9,6 +9,7 @@ training while it is backed up: ``tests/e2e/test_backup_e2e.py``.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -194,19 +195,22 @@ def crafted(
     members: dict[str, bytes],
     listed: dict[str, bytes] | None = None,
     link: str = "",
-    database: str | None = None,
+    database: Any = None,
+    pax: dict[str, str] | None = None,
 ) -> Path:
     """A tar of ``members`` with a manifest of ``listed`` (default: the members), and a link
-    member named ``link``."""
+    member named ``link``; ``pax``: the members' PAX headers."""
     entries = [
         {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for name, data in (members if listed is None else listed).items()
     ]
     manifest = {"format": "syncbn-backup", "version": 1, "database": database, "files": entries}
-    with tarfile.open(path, "w") as tar:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in {**members, MANIFEST: json.dumps(manifest).encode()}.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
+            if pax and name != MANIFEST:
+                info.pax_headers = pax
             tar.addfile(info, io.BytesIO(data))
         if link:
             info = tarfile.TarInfo(link)
@@ -231,6 +235,11 @@ BAD_ARCHIVES = {
     "a file not in the manifest": "runs/j-x/driver.log: not in manifest.json",
     "a file missing": "datasets/d.npz: listed in manifest.json, missing",
     "a newer schema": "schema revision '9999_from_the_future' is newer than this release",
+    "a file and a folder at one path": "'runs/j-x/driver.log' is at the path of another",
+    "a manifest's database of another type": "manifest.json is not a syncbn backup's manifest",
+    "a manifest's database at a dataset's path": "manifest.json is not a syncbn backup's",
+    "a database that is not SQLite": "the archive's database is not a SQLite database",
+    "an absurd time": "'datasets/d.npz' has the time inf: refused",
 }
 
 
@@ -257,6 +266,16 @@ def bad_archive(kind: str, source: dict[str, Any], tmp_path: Path) -> Path:
         return crafted(path, good, link="runs/j-x/model.safetensors")
     if kind == "a file not in the manifest":
         return crafted(path, good, listed={"datasets/d.npz": b"npz"})
+    if kind == "a file and a folder at one path":
+        return crafted(path, {"runs/j-x": b"x", "runs/j-x/driver.log": b"log"})
+    if kind == "a manifest's database of another type":
+        return crafted(path, good, database=["syncbn.db"])
+    if kind == "a manifest's database at a dataset's path":
+        return crafted(path, good, database="datasets/d.npz")
+    if kind == "a database that is not SQLite":
+        return crafted(path, {"syncbn.db": b"not a database " * 100}, database="syncbn.db")
+    if kind == "an absurd time":
+        return crafted(path, good, pax={"mtime": "1e400"})
     database = newer_database(tmp_path / "newer.db")
     return crafted(path, {"syncbn.db": database}, database="syncbn.db")
 
@@ -312,3 +331,219 @@ def test_files_only_holds_the_files_of_the_databases_rows_and_no_database(source
     restore(home_settings(target), archive, out=out)
     assert not (target / "syncbn.db").exists() and "pg_restore" in out.getvalue()
     assert (target / "runs" / source["trained"] / "driver.log").read_text() == "epoch 1 done\n"
+
+
+# -- a job's output is untrusted: its bad files are skipped, never the whole backup -------------
+@pytest.fixture
+def hostile(source, tmp_path) -> dict[str, Any]:
+    """A home whose jobs wrote what they should not: a link per checkpoint name (thousands),
+    too many checkpoints, a model file longer than its header says, a sparse ``stats.jsonl``
+    over the bound, files that cannot be read; and a code bundle nested too deep."""
+    home = tmp_path / "home"
+    app = new_app(home, database_url=None)
+    client = local_client(app)
+    bundle = client.post("/v1/code", files={"file": ("b.zip", zip_bytes({"net.py": NETWORK}))})
+    links, many, sparse, locked = (client.post("/v1/jobs", json=GOOD).json()["id"] for _ in "1234")
+    runs = home / "runs"
+    model = (source["home"] / "runs" / source["trained"] / CHECKPOINT / MODEL_FILE).read_bytes()
+    (runs / links).mkdir(parents=True)
+    for i in range(1500):  # more than the service looks at (MAX_RUN_ENTRIES)
+        (runs / links / f"checkpoint_{i:06d}").symlink_to("/")
+    for i in range(12):  # more than the service reads (MAX_CHECKPOINTS): the newest 8
+        (runs / many / f"checkpoint_{i:06d}").mkdir(parents=True)
+        (runs / many / f"checkpoint_{i:06d}" / MODEL_FILE).write_bytes(model)
+    (runs / many / "checkpoint_000011" / MODEL_FILE).write_bytes(model + b"more")
+    (runs / many / "driver.log").write_text("epoch 1\n")
+    (runs / sparse).mkdir(parents=True)
+    with open(runs / sparse / "stats.jsonl", "wb") as handle:
+        handle.truncate(300 << 20)  # on disk: nothing; backed up it would be 300 MB
+    (runs / sparse / "outcome.json").write_text("{}")
+    (runs / locked / "checkpoint_000001").mkdir(parents=True)
+    (runs / locked / "checkpoint_000001" / MODEL_FILE).write_bytes(model)
+    (runs / locked / "driver.log").write_text("log\n")
+    (runs / locked / "stats.jsonl").write_text('{"type": "report"}\n' * 1000)
+    deep = home / "code" / bundle.json()["id"]
+    for _ in range(40):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "x.py").write_text("")
+    return {"home": home, "links": links, "many": many, "sparse": sparse, "locked": locked}
+
+
+def test_a_jobs_bad_output_is_skipped_with_its_reason_never_the_whole_backup(
+    hostile, tmp_path, monkeypatch
+) -> None:
+    from service.operations import backup as module
+
+    home, locked = hostile["home"], hostile["locked"]
+    real_open, real_size = os.open, module._size_to_copy
+
+    def no_permission(path, flags, *args, **kwargs):  # chmod 000, as a user without root
+        if path in ("driver.log", "checkpoint_000001") and f"/{locked}" in os.readlink(
+            f"/proc/self/fd/{kwargs['dir_fd']}"
+        ):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def shrinking(handle, path, size, settings):  # the job starts its file over meanwhile
+        copied = real_size(handle, path, size, settings)
+        if path.name == "stats.jsonl" and locked in str(path):
+            os.truncate(home / path, 10)
+        return copied
+
+    monkeypatch.setattr(os, "open", no_permission)
+    monkeypatch.setattr(module, "_size_to_copy", shrinking)
+    out = io.StringIO()
+    manifest = backup(home_settings(home), tmp_path / "b.tar", out=out)
+    monkeypatch.undo()
+
+    paths = {entry["path"] for entry in manifest["files"]}
+    skipped = [(item["path"], item["reason"]) for item in manifest["skipped"]]
+    runs = lambda job: f"runs/{hostile[job]}"  # noqa: E731
+    # links: 20 named, then how many more; the run folder is looked at no further than the
+    # service does, so one job cannot make the manifest (or the backup) unbounded
+    named = [p for p, _ in skipped if p.startswith(runs("links") + "/")]
+    assert len(named) == 20
+    assert (runs("links"), "981 more skipped, not listed") in skipped
+    assert len(json.dumps(manifest)) < 20_000
+    # the newest 8 checkpoints, one of them refused: longer than its header declares
+    models = sorted(p for p in paths if p.startswith(runs("many")) and p.endswith(MODEL_FILE))
+    assert [p.split("/")[2] for p in models] == [f"checkpoint_{i:06d}" for i in range(4, 11)]
+    longer = f"{runs('many')}/checkpoint_000011/{MODEL_FILE}"
+    assert any(p == longer and "more than the" in r and "header declares" in r for p, r in skipped)
+    assert any(p == runs("many") and "only the newest 8" in r for p, r in skipped)
+    # over the bound the service reads; unreadable; shrunk while read
+    assert (
+        f"{runs('sparse')}/stats.jsonl",
+        f"{300 << 20} bytes, over {256 << 20} (the most the service reads): not backed up",
+    ) in skipped
+    assert f"{runs('sparse')}/outcome.json" in paths
+    reasons = dict(skipped)
+    assert reasons[f"{runs('locked')}/driver.log"] == "cannot be read: Permission denied"
+    assert reasons[f"{runs('locked')}/checkpoint_000001"] == "cannot be read: Permission denied"
+    assert reasons[f"{runs('locked')}/stats.jsonl"].startswith("shrank while it was read")
+    # a code bundle nested deeper than backed up: noted, no RecursionError
+    assert any("over 32 folders deep" in r for _, r in skipped)
+    # the output names at most 50 skipped paths, then says where the rest is
+    lines = out.getvalue().splitlines()
+    assert sum(line.startswith("backup: skipped ") for line in lines) == len(skipped) < 50
+    many_lines = io.StringIO()
+    module._say_skipped(
+        module._Progress(many_lines, "backup", 0, 0), [{"path": "p", "reason": "r"}] * 60
+    )
+    lines = many_lines.getvalue().splitlines()
+    assert len(lines) == 51 and lines[-1] == "backup: ... and 10 more lines: see manifest.json"
+
+    restored = tmp_path / "restored"
+    restore(home_settings(restored), tmp_path / "b.tar", out=io.StringIO())
+    assert (restored / longer).exists() is False
+    assert (restored / models[-1]).read_bytes() == (home / models[-1]).read_bytes()
+
+
+def test_the_manifest_never_outgrows_what_a_restore_reads(hostile, tmp_path, monkeypatch):
+    """Too large indented: compact, then the skipped paths counted, not named; still too
+    large: the backup fails and writes nothing (never an archive its restore refuses)."""
+    from service.operations import backup as module
+
+    full = backup(home_settings(hostile["home"]), tmp_path / "full.tar", out=io.StringIO())
+    listed = len(json.dumps(full, separators=(",", ":")))
+    monkeypatch.setattr(module, "MAX_MANIFEST_BYTES", listed - 100)
+    small = backup(home_settings(hostile["home"]), tmp_path / "small.tar", out=io.StringIO())
+    assert all(item["reason"].endswith("more skipped, not listed") for item in small["skipped"])
+    restore(home_settings(tmp_path / "restored"), tmp_path / "small.tar", out=io.StringIO())
+    monkeypatch.setattr(module, "MAX_MANIFEST_BYTES", 1000)
+    with pytest.raises(OperationError, match="over the 1000 a restore reads"):
+        backup(home_settings(hostile["home"]), tmp_path / "none.tar", out=io.StringIO())
+    assert not (tmp_path / "none.tar").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "full.tar",
+        "home",
+        "restored",
+        "small.tar",
+    ]
+
+
+def test_job_chosen_names_are_escaped_and_a_target_made_meanwhile_is_kept(
+    source, tmp_path, monkeypatch
+) -> None:
+    from service.operations import backup as module
+
+    home = tmp_path / "home"
+    client = local_client(new_app(home, database_url=None))
+    job = client.post("/v1/jobs", json=GOOD).json()["id"]
+    (home / "runs" / job / "checkpoint_a\nb\x1b[31m").mkdir(parents=True)
+    (home / "runs" / job / "checkpoint_a\nb\x1b[31m" / MODEL_FILE).symlink_to("/")
+    out = io.StringIO()
+    backup(home_settings(home), tmp_path / "b.tar", out=out)
+    assert "skipped runs/" + job + "/checkpoint_a\\nb\\x1b[31m/model.safetensors" in out.getvalue()
+    assert "\x1b" not in out.getvalue()
+
+    real = module._manifest_bytes
+
+    def someone_writes_the_target(manifest, plan):
+        (tmp_path / "late.tar").write_text("someone else's")
+        return real(manifest, plan)
+
+    monkeypatch.setattr(module, "_manifest_bytes", someone_writes_the_target)
+    with pytest.raises(OperationError, match="was made while the backup ran: not overwritten"):
+        backup(home_settings(home), tmp_path / "late.tar", out=io.StringIO())
+    assert (tmp_path / "late.tar").read_text() == "someone else's"
+    assert not list(tmp_path.glob(".syncbn-backup-*"))
+
+    # an error writing (a full disk) is the backup's, never a skipped file
+    def full(handle, out, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module, "_copy", full)
+    with pytest.raises(OperationError, match=r"the backup failed, .*No space left on device"):
+        backup(home_settings(source["home"]), tmp_path / "full.tar", out=io.StringIO())
+    assert not (tmp_path / "full.tar").exists() and not list(tmp_path.glob(".syncbn-backup-*"))
+
+
+# -- a restore is all or nothing ------------------------------------------------------------------
+def test_a_restore_that_fails_while_moving_into_place_leaves_the_home_as_it_was(
+    source, tmp_path, monkeypatch
+) -> None:
+    """The database is copied beside its file and linked first; a failure after that (a
+    folder rename) moves everything back; a failure while copying it (a full disk) leaves no
+    copy. Neither is a traceback: the command exits 2."""
+    home = tmp_path / "home"
+    home.mkdir()
+    real_rename = os.rename
+
+    def rename(source_path, target_path, *args, **kwargs):
+        if str(target_path).endswith("/runs"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(target_path))
+        return real_rename(source_path, target_path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OperationError, match=r"nothing was restored: .*cross-device"):
+        restore(home_settings(home), source["archive"], out=io.StringIO())
+    assert os.listdir(home) == []
+    monkeypatch.undo()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("shutil.copyfileobj", full)
+    monkeypatch.setenv("SYNCBN_HOME", str(home))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert service_main(["restore", str(source["archive"])]) == 2
+    assert os.listdir(home) == []
+    monkeypatch.undo()
+
+    # a killed restore's staging (in the home, and the database copy beside its file) goes
+    (home / ".restore-killed" / "runs").mkdir(parents=True)
+    (home / ".syncbn.db.restore-killed").write_bytes(b"half a database")
+    restore(home_settings(home), source["archive"], out=io.StringIO())
+    assert sorted(os.listdir(home)) == ["code", "datasets", "runs", "syncbn.db"]
+
+
+def test_the_service_sweeps_a_killed_restores_staging_at_start(tmp_path) -> None:
+    from service.files import housekeeping
+
+    (tmp_path / ".restore-abc" / "runs").mkdir(parents=True)
+    (tmp_path / ".syncbn.db.restore-abc").write_bytes(b"x")
+    settings = home_settings(tmp_path)
+    assert housekeeping.sweep(settings) == 2
+    assert not list(tmp_path.glob(".*restore-*"))

@@ -132,6 +132,92 @@ def test_an_upload_that_would_pass_the_budget_is_refused_by_its_length(make_app,
     assert "this request brings" in response.json()["detail"]
 
 
+def multipart(data: bytes) -> tuple[bytes, dict[str, str]]:
+    """A multipart body with one file field, ``file``, and its content type."""
+    body = (
+        b'--XB\r\nContent-Disposition: form-data; name="file"; filename="d.npz"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--XB--\r\n"
+    )
+    return body, {"content-type": "multipart/form-data; boundary=XB"}
+
+
+def test_an_upload_without_a_length_is_counted_at_its_limit(make_app, tmp_path):
+    """A chunked body has no ``Content-Length``: it is counted as the route's limit
+    (``SYNCBN_MAX_UPLOAD_BYTES``) before it is read, so it cannot pass the budget unseen."""
+    app = make_app(max_upload_bytes=1 << 20)
+    client = local_client(app)
+    used = app.state.services.disk.state(refresh=True).used
+    app.state.settings.disk_budget_bytes = used + (512 << 10)
+    body, headers = multipart(npz_bytes())
+
+    def chunked():
+        yield from (body[i : i + 4096] for i in range(0, len(body), 4096))
+
+    response = client.post("/v1/datasets", content=chunked(), headers=headers)
+    assert response.status_code == 507, response.text
+    detail = response.json()["detail"]
+    assert "an upload without Content-Length (counted as SYNCBN_MAX_UPLOAD_BYTES=1048576)" in detail
+    assert not any((tmp_path / "datasets").glob("*.npz"))
+    assert client.post("/v1/datasets", content=body, headers=headers).status_code == 201
+    app.state.settings.disk_budget_bytes = None
+    assert client.post("/v1/datasets", content=chunked(), headers=headers).status_code == 201
+
+
+def test_what_an_upload_stores_is_checked_before_and_counted_after_it_is_published(
+    make_app, tmp_path
+):
+    """An image folder decodes to more bytes than were sent: the decoded ``.npz`` is checked
+    against the room left before it is published (507, nothing kept), and counted once it is,
+    not the bytes sent."""
+    from imagekit import make_zip, solid
+
+    members = {
+        f"{c}/{i}.png": solid("RGB", (i, 0, 0), size=(64, 64)) for c in "ab" for i in range(60)
+    }
+    archive = make_zip(members)
+    app = make_app()
+    client = local_client(app)
+    meter = app.state.services.disk
+    used = meter.state(refresh=True).used
+    upload = client.post(
+        "/v1/datasets", files={"file": ("d.zip", archive)}, data={"image_size": "64"}
+    )
+    assert upload.status_code == 201, upload.text
+    stored = (tmp_path / "datasets" / f"{upload.json()['id']}.npz").stat().st_blocks * 512
+    assert stored > 5 * len(archive)
+    assert meter.state().used == used + stored  # counted before the next walk
+    assert meter.state(refresh=True).used >= used + stored
+
+    app.state.settings.disk_budget_bytes = meter.state().used + 3 * len(archive)
+    refused = client.post(
+        "/v1/datasets", files={"file": ("d.zip", archive)}, data={"image_size": "64"}
+    )
+    assert refused.status_code == 507, refused.text
+    assert f"this request brings {stored} more" in refused.json()["detail"]
+    assert len(list((tmp_path / "datasets").iterdir())) == 1
+    assert len(client.get("/v1/datasets").json()["datasets"]) == 1
+
+
+def test_the_walk_counts_blocks_on_disk_each_file_once_and_runs_last(tmp_path):
+    """A sparse file counts what it takes on disk, a file with many hard links once; a job
+    with more files than the walk looks at leaves the datasets counted."""
+    (tmp_path / "runs" / "j-1").mkdir(parents=True)
+    with open(tmp_path / "runs" / "j-1" / "stats.jsonl", "wb") as handle:
+        handle.truncate(1 << 40)
+    big = tmp_path / "runs" / "j-1" / "big"
+    big.write_bytes(b"x" * (1 << 20))
+    for i in range(100):
+        (tmp_path / "runs" / "j-1" / f"link{i}").hardlink_to(big)
+    found = disk.walk(tmp_path)
+    assert (1 << 20) <= found.total < 2 << 20
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "ds-1.npz").write_bytes(b"d" * 5000)
+    for i in range(200):
+        (tmp_path / "runs" / "j-1" / f"f{i}").touch()
+    partial = disk.walk(tmp_path, limit=50)
+    assert not partial.complete and partial.by_kind["datasets"] >= 5000
+
+
 def test_at_90_percent_a_warning_the_gauges_and_a_degraded_readiness(make_app, tmp_path, caplog):
     filler(tmp_path)
     app = make_app()

@@ -7,6 +7,8 @@ its own low rate; migration 0007 adds the columns and takes them back."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +20,7 @@ from test_users import add_user, as_user
 
 from contract.spec import JobSpec
 from service import app as service_app
+from service.jobs import retention
 from service.jobs.logs import LOG_FILE
 from service.storage.db import head_revision, make_engine, upgrade
 from workers.data.builtin import load_digits
@@ -84,6 +87,69 @@ def test_pinned_active_and_recent_jobs_keep_their_files(app, client, digits):
     assert sweep(app) == 1
     refused = client.post(f"/v1/jobs/{pinned}/pin")
     assert refused.status_code == 409 and "nothing left to keep" in refused.json()["detail"]
+
+
+def test_a_pin_wins_or_loses_against_a_running_sweep_as_a_whole(app, client, digits, monkeypatch):
+    """The sweep claims a job with one conditional UPDATE before its files go: a pin before
+    the claim keeps them; a pin after it is a 409 (nothing is pinned whose files go)."""
+    early, late = ended_job(client, app, digits), ended_job(client, app, digits)
+    real_kept, real_remove = retention.why_kept, retention.remove_job_files
+    pins = {}
+
+    def pinned_before_the_claim(job):
+        if job.id == early:
+            pins[early] = client.post(f"/v1/jobs/{early}/pin").status_code
+        return real_kept(job)
+
+    def pinned_after_the_claim(settings, job_id):
+        pins[job_id] = client.post(f"/v1/jobs/{job_id}/pin").status_code
+        return real_remove(settings, job_id)
+
+    monkeypatch.setattr(retention, "why_kept", pinned_before_the_claim)
+    monkeypatch.setattr(retention, "remove_job_files", pinned_after_the_claim)
+    assert sweep(app) == 1
+    assert pins == {early: 200, late: 409}
+    kept, removed = (client.get(f"/v1/jobs/{job}").json() for job in (early, late))
+    assert kept["pinned"] is True and kept["files_removed_at"] is None
+    assert (app.state.settings.runs_dir / early / LOG_FILE).exists()
+    assert removed["pinned"] is False and removed["files_removed_at"] is not None
+    assert not (app.state.settings.runs_dir / late).exists()
+
+
+def test_only_what_was_removed_is_marked_and_leftovers_go_later(app, client, digits, monkeypatch):
+    """A folder that could not be removed is not marked (the next sweep tries again); a link
+    is removed, never followed; a job marked removed whose folder is still there (a sweep
+    stopped between its claim and the removal) loses it at the next sweep."""
+    stuck, linked, left = (ended_job(client, app, digits) for _ in range(3))
+    runs = app.state.settings.runs_dir
+    important = runs.parent / "important"
+    important.mkdir()
+    (important / "keep").write_text("not the job's")
+    (runs / linked / "outside").symlink_to(important)
+    (runs / stuck / "locked").write_text("")
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):  # a file the service may not remove (root may)
+        if os.path.basename(path) == "locked":
+            raise PermissionError(13, "Permission denied", path)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert sweep(app) == 2  # linked and left; stuck stays, unmarked
+    assert client.get(f"/v1/jobs/{stuck}").json()["files_removed_at"] is None
+    assert (runs / stuck).exists() and sorted(os.listdir(important)) == ["keep"]
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    (runs / left / "checkpoint_000000").mkdir(parents=True)  # as if the removal never ran
+    assert sweep(app) == 1
+    assert not (runs / stuck).exists() and not (runs / left).exists()
+    assert client.get(f"/v1/jobs/{stuck}").json()["files_removed_at"] is not None
+
+    # a run folder that is a link: the link goes, not what it points to
+    other = ended_job(client, app, digits)
+    shutil.rmtree(runs / other)
+    (runs / other).symlink_to(important)
+    assert sweep(app) == 1 and not os.path.lexists(runs / other)
+    assert (important / "keep").read_text() == "not the job's"
 
 
 def test_unset_nothing_is_removed(make_app, digits):
