@@ -373,7 +373,7 @@ def hostile(source, tmp_path) -> dict[str, Any]:
 def test_a_jobs_bad_output_is_skipped_with_its_reason_never_the_whole_backup(
     hostile, tmp_path, monkeypatch
 ) -> None:
-    from service.operations import backup as module
+    from service.operations.backup import take as module
 
     home, locked = hostile["home"], hostile["locked"]
     real_open, real_size = os.open, module._size_to_copy
@@ -443,7 +443,7 @@ def test_a_jobs_bad_output_is_skipped_with_its_reason_never_the_whole_backup(
 def test_the_manifest_never_outgrows_what_a_restore_reads(hostile, tmp_path, monkeypatch):
     """Too large indented: compact, then the skipped paths counted, not named; still too
     large: the backup fails and writes nothing (never an archive its restore refuses)."""
-    from service.operations import backup as module
+    from service.operations.backup import take as module
 
     full = backup(home_settings(hostile["home"]), tmp_path / "full.tar", out=io.StringIO())
     listed = len(json.dumps(full, separators=(",", ":")))
@@ -466,7 +466,7 @@ def test_the_manifest_never_outgrows_what_a_restore_reads(hostile, tmp_path, mon
 def test_job_chosen_names_are_escaped_and_a_target_made_meanwhile_is_kept(
     source, tmp_path, monkeypatch
 ) -> None:
-    from service.operations import backup as module
+    from service.operations.backup import take as module
 
     home = tmp_path / "home"
     client = local_client(new_app(home, database_url=None))
