@@ -30,10 +30,8 @@ from client.errors import WaitTimeout
 from client.events import EndEvent, JobEvent, messages, typed
 from client.http import UPLOAD_TIMEOUT_S, Download, Transport, local_token, output_path
 from contract.api import (
-    AuditList,
     CodeBundleList,
     CodeBundleOut,
-    CreatedUser,
     DatasetList,
     DatasetOut,
     DiskUsageOut,
@@ -41,22 +39,26 @@ from contract.api import (
     JobList,
     JobOut,
     LogsOut,
-    MeOut,
     MetricsOut,
     ModelsOut,
     PredictOut,
-    Quotas,
     StudyList,
     StudyOut,
-    TokenCreated,
-    TokenOut,
-    UserList,
-    UserOut,
     WorkersOut,
 )
 from contract.layout import local_service_url
 from contract.protocol import ReportEvent
 from contract.spec import JobSpec
+from contract.team import (
+    AuditList,
+    CreatedUser,
+    MeOut,
+    Quotas,
+    TokenCreated,
+    TokenOut,
+    UserList,
+    UserOut,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV, TOKEN_ENV = "SYNCBN_URL", "SYNCBN_API_TOKEN"

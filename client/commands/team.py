@@ -21,7 +21,7 @@ from client.commands.base import (
 )
 from client.render import audit_table, show_me, show_user, users_table
 from client.sdk import Client
-from contract.api import Quotas, Role
+from contract.team import Quotas, Role
 
 ROLES = get_args(Role)
 DEFAULT = "default"

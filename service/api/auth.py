@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.types import Scope
 
-from contract.api import USER_NAME_PATTERN, Role
+from contract.team import USER_NAME_PATTERN, Role
 from service.jobs.ingest_tokens import token_digest
 from service.settings import Settings
 from service.storage import store

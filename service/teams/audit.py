@@ -22,7 +22,7 @@ import anyio.to_thread
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from contract.api import AuditList, AuditOut
+from contract.team import AuditList, AuditOut
 from service.operations.disk import disk_full
 from service.storage.db import Database
 from service.storage.tables import AuditEntry, utcnow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contract.api import Role
+from contract.team import Role
 from service.errors import Forbidden
 from service.storage.tables import BOOTSTRAP_USER
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from contract.api import Quotas, Usage
 from contract.spec import JobSpec
 from contract.states import ACTIVE_STATES, JobState
+from contract.team import Quotas, Usage
 from service.errors import FieldError, QuotaExceeded
 from service.files.trained_models import CHECKPOINTS
 from service.settings import Settings

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from contract.api import Quotas, Role, TokenCreated, TokenOut, UserIn, UserOut, UserPatch
+from contract.team import Quotas, Role, TokenCreated, TokenOut, UserIn, UserOut, UserPatch
 from service.errors import Conflict, NotFound
 from service.jobs.ingest_tokens import token_digest
 from service.storage.tables import BOOTSTRAP_USER, ApiToken, User, utcnow

@@ -34,23 +34,20 @@ from client.errors import (
 )
 from client.events import EndEvent, StateEvent
 from client.http import Download
-from contract.api import (
+from contract.api import JobList, JobOut, PredictOut, StudyOut
+from contract.layout import Layout
+from contract.protocol import ReportEvent
+from contract.spec import JobSpec
+from contract.team import (
     AuditList,
     CreatedUser,
-    JobList,
-    JobOut,
     MeOut,
-    PredictOut,
     Quotas,
-    StudyOut,
     TokenCreated,
     TokenOut,
     UserList,
     UserOut,
 )
-from contract.layout import Layout
-from contract.protocol import ReportEvent
-from contract.spec import JobSpec
 from contract.version import package_version
 from workers.data.builtin import load_digits
 

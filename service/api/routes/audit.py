@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Query
 from fastapi.exceptions import RequestValidationError
 
-from contract.api import AuditList
+from contract.team import AuditList
 from service.api.auth import CallerDep
 from service.api.deps import ServicesDep, api_router
 from service.teams.audit import AuditQuery

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from fastapi import Request, Response, status
 
-from contract.api import (
+from contract.api import ErrorOut
+from contract.team import (
     CreatedUser,
-    ErrorOut,
     MeOut,
     TokenCreated,
     TokenIn,
