@@ -9,7 +9,7 @@ from fastapi import Query
 from contract.api import DiskUsageOut
 from service.api.auth import CallerDep
 from service.api.deps import ServicesDep, api_router
-from service.operations import disk
+from service.operations.usage import usage as home_usage
 from service.teams.caller import require_admin
 
 router = api_router("/v1/admin", "admin")
@@ -28,4 +28,4 @@ def usage(
     free space."""
     require_admin(caller, "see the disk usage")
     state = services.disk.state(refresh=refresh)
-    return disk.usage(services.db, services.settings, state)
+    return home_usage(services.db, services.settings, state)
