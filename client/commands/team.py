@@ -19,7 +19,7 @@ from client.commands.base import (
     positional,
     printed_json,
 )
-from client.render import audit_table, show_me, show_user, users_table
+from client.render_team import audit_table, show_me, show_user, users_table
 from client.sdk import Client
 from contract.team import Quotas, Role
 
