@@ -13,6 +13,7 @@ The app is ``make_app`` of ``conftest.py`` with the service's own defaults; limi
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -20,8 +21,9 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 from hostile import zip_bytes
-from inprocess import GOOD, LOCAL, SERVICE_DEFAULTS
+from inprocess import GOOD, LOCAL, SERVICE_DEFAULTS, local_client
 
+from service.api import auth
 from service.api.credentials import (
     UnsafeStart,
     check_exposure,
@@ -170,3 +172,47 @@ def test_host_names_are_parsed_like_browsers_send_them():
     assert host_name("Example.COM:8000") == "example.com"
     assert host_name("[::1]:8000") == "::1" and host_name("::1") == "::1"
     assert host_name("localhost.") == "localhost" and host_name("[broken") == ""
+
+
+def every_operation(app) -> list[tuple[str, str]]:
+    """Every (method, path) of the API but the open ones, path parameters filled in."""
+    out = []
+    for path, operations in app.openapi()["paths"].items():
+        if auth.is_open(path):
+            continue
+        filled = re.sub(r"\{[^}]+\}", "x-1", path)
+        out += [(method.upper(), filled) for method in operations]
+    return out
+
+
+def test_every_route_without_a_token_or_with_a_foreign_host_is_refused_before_its_body(app):
+    """No token: 401; a foreign Host: 403, on every route of the OpenAPI document (the ingest
+    route included), before the body is read (the body here never arrives)."""
+    operations = every_operation(app)
+    assert len(operations) >= 40
+    anonymous = TestClient(app, base_url=LOCAL)
+    foreign = local_client(app, Host="rebound.attacker.example")
+    for method, path in operations:
+        assert anonymous.request(method, path).status_code == 401, (method, path)
+        assert foreign.request(method, path).status_code == 403, (method, path)
+
+
+def test_every_admin_route_refuses_a_member_naming_the_role(app, client):
+    """The routes of the ``users``, ``audit`` and ``admin`` tags, each with a valid request:
+    a member's token gets 403 naming the role (their writes on objects: ``test_roles.py``)."""
+    token = client.post("/v1/users", json={"name": "mia", "role": "member"}).json()["token"]
+    mia = TestClient(app, base_url=LOCAL, headers={"Authorization": f"Bearer {token['token']}"})
+    bodies = {"/v1/users": {"name": "eve"}, "/v1/users/mia": {"role": "admin"}}
+    admin_only = [
+        (method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        for method, operation in operations.items()
+        if operation["tags"][0] in ("users", "audit", "admin") and path != "/v1/me"
+    ]
+    assert len(admin_only) >= 9
+    for method, path in admin_only:
+        path = path.replace("{name}", "mia").replace("{token}", "default")
+        response = mia.request(method, path, json=bodies.get(path))
+        assert response.status_code == 403, (method, path, response.text)
+        assert "only an admin may" in response.json()["detail"]
+        assert "(you are mia, a member)" in response.json()["detail"]
