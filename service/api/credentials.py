@@ -18,6 +18,7 @@ import secrets
 from pathlib import Path
 
 from contract.layout import read_token_file
+from service.jobs.ingest_tokens import new_token
 from service.settings import Settings
 
 MIN_TOKEN_LENGTH = 24
@@ -56,9 +57,7 @@ def ensure_api_token(settings: Settings) -> str:
     ``settings`` and returns it."""
     if not settings.api_token:
         path = settings.api_token_file
-        settings.api_token = read_token_file(path) or write_secret_once(
-            path, secrets.token_urlsafe(32)
-        )
+        settings.api_token = read_token_file(path) or write_secret_once(path, new_token())
     return settings.api_token
 
 

@@ -1,15 +1,14 @@
 """Users and their API tokens (the database side; ``service.api.routes.users`` serves them).
 
-A user has a role, optional quota overrides and named tokens. A token is
-``secrets.token_urlsafe(32)``, shown once when it is made; only its SHA-256 is kept. Users are
-never deleted, only revoked (with all their tokens): their jobs, studies and uploads keep them
-as owner, and a revoked user's name is never given to someone else. The bootstrap ``admin``
-(the user of the service's own token) cannot be revoked or demoted.
+A user has a role, optional quota overrides and named tokens. A token is a random secret
+(``service.jobs.ingest_tokens.new_token``), shown once when it is made; only its SHA-256 is
+kept. Users are never deleted, only revoked (with all their tokens): their jobs, studies and
+uploads keep them as owner, and a revoked user's name is never given to someone else. The
+bootstrap ``admin`` (the user of the service's own token) cannot be revoked or demoted.
 """
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -18,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from contract.team import Quotas, Role, TokenCreated, TokenOut, UserIn, UserOut, UserPatch
 from service.errors import Conflict, NotFound
-from service.jobs.ingest_tokens import token_digest
+from service.jobs.ingest_tokens import new_token, token_digest
 from service.storage.tables import BOOTSTRAP_USER, ApiToken, User, utcnow
 from service.teams.caller import Caller
 
@@ -108,7 +107,7 @@ def add_token(session: Session, name: str, token_name: str) -> TokenCreated:
     )
     if taken is not None:
         raise Conflict(f"user {name} has a token named {token_name} already: pick another name")
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     session.add(ApiToken(user=name, name=token_name, sha256=token_digest(token)))
     try:
         session.flush()

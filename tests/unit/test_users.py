@@ -320,3 +320,13 @@ def test_a_token_added_without_a_body_gets_a_name_of_its_own(client):
         created = client.post("/v1/users/gus/tokens")
         assert created.status_code == 201, created.text
         assert created.json()["name"] == f"token-{n}"
+
+
+def test_no_token_the_service_makes_starts_with_a_dash(monkeypatch):
+    """``syncbn --token -abc`` would be read as an option: a token starting with ``-`` is drawn
+    again (the service's own, users' and ingest tokens share ``new_token``)."""
+    from service.jobs import ingest_tokens
+
+    draws = iter(["-first", "second"])
+    monkeypatch.setattr(ingest_tokens.secrets, "token_urlsafe", lambda n: next(draws))
+    assert ingest_tokens.new_token() == "second"
