@@ -46,6 +46,7 @@ export async function apiFetch(path, init = {}) {
     // answer to the old token would reopen the dialog the user just closed).
     if (getToken() !== token) continue;
     const body = await readBody(res);
+    if (getToken() !== token) continue;  // saved while the body was read: the same race
     const detail = body && typeof body === "object" ? body.detail : body;
     await requestToken(token
       ? `The server rejected the stored token (${detail || "401"}). Enter the current one.`
