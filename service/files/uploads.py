@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -43,6 +44,9 @@ from service.teams.quotas import check_upload_quota
 CHUNK = 1 << 20
 STAGING_PREFIX = ".upload-"
 """Staging folders are named so (``housekeeping.sweep`` removes those a crash left)."""
+RECORDING = threading.Lock()
+"""Held from an upload's quota check to its row's commit: two uploads at once never both pass
+the check on the same use (the service is one process)."""
 
 
 class Meter(Protocol):
@@ -107,15 +111,16 @@ def publish_then_record(
     built: Path, final: Path, db: Database, row: Dataset | CodeBundle, settings: Settings
 ) -> None:
     """Move ``built`` (a file or a folder) to ``final`` durably, then insert its ``row`` if
-    its owner's upload quota allows it; remove ``final`` again if that fails. The request's
-    ``DISK_METER`` checks there is room for it first, and counts it once published."""
+    its owner's upload quota allows it (checked and inserted under ``RECORDING``); remove
+    ``final`` again if that fails. The request's ``DISK_METER`` checks there is room for it
+    first, and counts it once published."""
     meter = DISK_METER.get()
     stored = stored_bytes(built)
     if meter is not None:
         meter.check_room("an upload", stored)
     publish(built, final)
     try:
-        with db.session() as session:
+        with RECORDING, db.session() as session:
             check_upload_quota(session, settings, row.owner, row.size_bytes)
             store.add_row(session, row)
     except BaseException:

@@ -4,6 +4,8 @@ everyone signed in; quotas name the quota and the use; fair share in the real sc
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -13,6 +15,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from inprocess import GOOD, LOCAL, tick
 from teamkit import NET, ROLES, ROWS, Member, check_row, npz_bytes
+
+from service.files import uploads
 
 
 def as_token(app: FastAPI, token: str) -> TestClient:
@@ -136,6 +140,32 @@ def test_quotas_name_the_quota_and_the_use(team, app):
         error["loc"][-1] == "file" and "over their quota of 100 (max_upload_bytes)" in error["msg"]
     )
     assert admin.get("/v1/datasets").json()["datasets"] == []  # nothing kept
+
+
+def test_two_uploads_at_once_never_both_pass_the_upload_quota(team, app, monkeypatch):
+    """The quota check and the row's insert are one step: the second upload sees the first."""
+    admin = team["admin"]
+    sent = admin.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())}).json()
+    size = sent["size_bytes"]
+    erin = add_user(admin, app, "erin", "member", max_upload_bytes=size * 3 // 2)
+    checked = uploads.check_upload_quota
+
+    def slow_check(*args: Any) -> None:  # both uploads are checked before either is inserted
+        checked(*args)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(uploads, "check_upload_quota", slow_check)
+    token = erin.headers["Authorization"]
+    clients = [TestClient(app, base_url=LOCAL, headers={"Authorization": token}) for _ in "ab"]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(
+                lambda c: c.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())}), clients
+            )
+        )
+    assert sorted(a.status_code for a in answers) == [201, 422]
+    owners = [d["owner"] for d in admin.get("/v1/datasets").json()["datasets"]]
+    assert sorted(owners) == ["admin", "erin"]
 
 
 def test_the_scheduler_shares_fairly_between_users(team, app):
