@@ -6,7 +6,8 @@ A write is a request under ``/v1/`` other than GET, HEAD and OPTIONS, but a job'
 ``Caller`` the auth middleware left in the scope), the action (the route's operation id, like
 ``jobs-submit``; else the method and path), the object (the route's kind, like ``job``, and
 its path parameters, or for a create the ``Location`` it answers with), the status, and for a
-refusal its message. A 401 (no one signed in) on any path, and a write refused before sign-in,
+refusal its message, else what the route says it changed (``AUDIT_DETAIL``) or the new
+object's ``Location``. A 401 (no one signed in) on any path, and a write refused before sign-in,
 are counted per client address and minute instead.
 """
 
@@ -24,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import operation_id, singular
 from service.api.middleware import SAFE_METHODS
-from service.teams.audit import SIGN_IN, AuditLog, Entry
+from service.teams.audit import AUDIT_DETAIL, SIGN_IN, AuditLog, Entry
 from service.teams.caller import CALLER, Caller
 
 logger = logging.getLogger("service.audit")
@@ -121,7 +122,7 @@ class AuditMiddleware:
         if location and location.startswith(path + "/"):
             created = location[len(path) + 1 :]
             ident = f"{ident}/{created}" if ident else created
-        detail = answer.message() if status >= 400 else location
+        detail = answer.message() if status >= 400 else scope.get(AUDIT_DETAIL) or location
         await self.audit.record(Entry(caller.name, action, kind, ident, status, detail))
 
     def _operation(self, scope: Scope) -> tuple[str, str | None, str | None]:

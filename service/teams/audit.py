@@ -34,6 +34,9 @@ CLIENT = "client"
 """The object kind of counted rows: their object is the client's address."""
 MANY = "*"
 """The address counted rows share past ``MAX_COUNTED`` keys in a minute."""
+AUDIT_DETAIL = "syncbn.audit_detail"
+"""The request scope's key where a route leaves what its write changed (e.g. a user's role and
+quotas, before and after) for its audit entry."""
 MAX_COUNTED = 4096
 MAX_DETAIL = 500
 

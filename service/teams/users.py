@@ -116,18 +116,28 @@ def add_token(session: Session, name: str, token_name: str) -> TokenCreated:
     return TokenCreated(user=name, name=token_name, token=token)
 
 
-def update_user(session: Session, name: str, patch: UserPatch) -> User:
-    """Change a user's role and/or replace their quota overrides."""
+def update_user(session: Session, name: str, patch: UserPatch) -> tuple[User, str | None]:
+    """Change a user's role and/or replace their quota overrides; the user, and what changed
+    (``role member -> viewer; max_queued_jobs default -> 5``; None: nothing) for the audit log."""
     user = _active(session, name)
+    changes = []
     if patch.role is not None and patch.role != user.role:
         if name == BOOTSTRAP_USER:
             raise Conflict(
                 f"{BOOTSTRAP_USER} is the user of the service's own token: it stays an admin"
             )
+        changes.append(f"role {user.role} -> {patch.role}")
         user.role = patch.role
     if patch.quotas is not None:
+        for quota, value in patch.quotas.model_dump().items():
+            if getattr(user, quota) != value:
+                changes.append(f"{quota} {_limit(getattr(user, quota))} -> {_limit(value)}")
         _set_quotas(user, patch.quotas)
-    return user
+    return user, "; ".join(changes) or None
+
+
+def _limit(value: int | None) -> str:
+    return "default" if value is None else str(value)
 
 
 def revoke_user(session: Session, name: str) -> User:

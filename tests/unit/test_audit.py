@@ -77,6 +77,23 @@ def test_token_writes_are_logged_under_the_user_and_token(client):
     ]
 
 
+def test_a_users_update_says_what_changed(client):
+    add_user(client, "alice")
+    patches = [
+        {"role": "viewer", "quotas": {"max_queued_jobs": 5}},
+        {"quotas": {"max_queued_jobs": None, "max_upload_bytes": 1000}},
+        {"role": "viewer"},
+    ]
+    for patch in patches:
+        assert client.patch("/v1/users/alice", json=patch).status_code == 200
+    details = [row["detail"] for row in entries(client, action="users-update")]
+    assert details == [
+        "nothing changed",
+        "max_queued_jobs 5 -> default; max_upload_bytes default -> 1000",
+        "role member -> viewer; max_queued_jobs default -> 5",
+    ]
+
+
 def test_failed_sign_ins_are_counted_per_address_and_minute_without_the_token(client, app):
     secret = "not-a-token-0123456789"
     for _ in range(7):

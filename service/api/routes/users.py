@@ -21,6 +21,7 @@ from service.api.auth import Authenticator, CallerDep
 from service.api.deps import ServicesDep, api_router
 from service.storage.tables import User
 from service.teams import users
+from service.teams.audit import AUDIT_DETAIL
 from service.teams.caller import require_admin
 from service.teams.quotas import quotas_in_force, usage
 
@@ -78,7 +79,9 @@ def update_user(
     """Change a user's role, or replace their quota overrides (null: the default setting)."""
     require_admin(caller)
     with services.db.session() as session:
-        out = users.user_out(session, users.update_user(session, name, patch))
+        user, changes = users.update_user(session, name, patch)
+        out = users.user_out(session, user)
+    request.scope[AUDIT_DETAIL] = changes or "nothing changed"
     _forget_callers(request)
     return out
 
