@@ -30,6 +30,8 @@ from service.storage.tables import AuditEntry, utcnow
 logger = logging.getLogger("service.audit")
 SIGN_IN = "sign-in"
 """The action of a failed sign-in (a 401)."""
+PROXY_CREATE = "users-create-by-proxy"
+"""The action of a user made when a trusted proxy first names them."""
 CLIENT = "client"
 """The object kind of counted rows: their object is the client's address."""
 MANY = "*"

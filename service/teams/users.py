@@ -19,6 +19,7 @@ from contract.team import Quotas, Role, TokenCreated, TokenOut, UserIn, UserOut,
 from service.errors import Conflict, NotFound
 from service.jobs.ingest_tokens import new_token, token_digest
 from service.storage.tables import BOOTSTRAP_USER, ApiToken, User, utcnow
+from service.teams.audit import PROXY_CREATE, Entry
 from service.teams.caller import Caller
 
 FIRST_TOKEN = "default"
@@ -187,12 +188,15 @@ def caller_of_token(session: Session, digest: str) -> Caller | None:
 
 
 def proxy_caller(session: Session, name: str, role: Role) -> Caller | None:
-    """The user a trusted proxy names, made with ``role`` when first seen; None: revoked."""
+    """The user a trusted proxy names, made with ``role`` when first seen (and the audit log
+    says so, with the new user as actor); None: revoked."""
     user = session.get(User, name)
     if user is None:
         user = User(name=name, role=role)
         session.add(user)
         session.flush()
+        made = f"first signed in through the trusted proxy: made a {role}"
+        session.add(Entry(name, PROXY_CREATE, "user", name, 201, made).row())
     return Caller(user.name, user.role) if user.revoked_at is None else None  # type: ignore[arg-type]
 
 

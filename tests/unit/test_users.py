@@ -215,6 +215,9 @@ def test_a_trusted_proxys_header_names_the_user(make_app):
     assert proxy.post("/v1/jobs", json=GOOD).json()["owner"] == "carol"
     admin = local_client(app)
     assert admin.get("/v1/users/carol").json()["tokens"] == []
+    (made,) = admin.get("/v1/audit", params={"action": "users-create-by-proxy"}).json()["entries"]
+    assert (made["actor"], made["object_id"], made["status"]) == ("carol", "carol", 201)
+    assert made["detail"] == "first signed in through the trusted proxy: made a member"
     admin.patch("/v1/users/carol", json={"role": "viewer"})
     assert proxy.get("/v1/me").json()["role"] == "viewer"
     admin.delete("/v1/users/carol")
