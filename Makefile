@@ -41,7 +41,7 @@ test: $(VENV)/.installed-dev
 # The unit tier alone (tests/unit: no Ray, no browser, no spawned ranks), for the edit-test loop.
 test-fast: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/unit -q -n auto --maxprocesses 4
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

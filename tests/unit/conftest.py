@@ -3,8 +3,8 @@ built with it.
 
 - ``make_app(home=None, ray=None, **settings)``: ``inprocess.new_app`` on ``home``
   (``tmp_path`` unless given) with ``ray`` (a new ``FakeRay(cpus=2)`` unless given); the
-  settings are ``inprocess.DEFAULTS`` (in-memory SQLite, ``inprocess.TOKEN``, the workers'
-  ``python``), then the module's ``app_settings``, then ``settings``.
+  settings are ``inprocess.DEFAULTS`` (a migrated SQLite file of its own, ``inprocess.TOKEN``,
+  the workers' ``python``), then the module's ``app_settings``, then ``settings``.
 - ``app_settings``: ``{}``; a module overrides it to change every app it makes (e.g.
   ``inprocess.SERVICE_DEFAULTS``: a SQLite file and a token made in the home).
 - ``ray``: the ``FakeRay`` of ``app`` (2 CPUs; a module overrides it for more).
