@@ -11,7 +11,8 @@ ones the end-to-end tests assert on. Unless ``--skip-models``, two small jobs ar
 first for the prediction rows: an image-folder model of 256x256 images (row 4) and a code
 bundle's model (row 8: 45 concurrent predictions while ``/healthz`` is timed). Rows 27.x are
 issue 27's: bodies without the token, made-up methods, the API pages, and (with models) a job
-that prints a look-alike outcome and 24 MiB of log, and bodies held open. Needs Linux
+that prints a look-alike outcome and 24 MiB of log, and bodies held open. Rows 28.x are issue
+28's: hostile user bodies, the audit log's filters, 2,000 guessed tokens. Needs Linux
 (``/proc``); runs from a fresh clone with an empty ``HOME`` (nothing is read from ``~``).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import statistics
 import sys
 import tempfile
@@ -144,6 +146,42 @@ def uploads(bench: Bench) -> None:
     bench.row("13", "events, Last-Event-ID of 5000 digits", "-", 5000, lambda: client.get(
         f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "9" * 5000}))  # fmt: skip
     client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def team(bench: Bench) -> None:
+    """Issue 28: hostile user bodies, the audit log's filters, and a flood of guessed tokens
+    (each a 401, counted in one audit row per address and minute)."""
+    service, client = bench.service, bench.service.client
+    json_type = {"Content-Type": "application/json"}
+    bench.baseline("users", lambda: client.post("/v1/users", json={"name": "alice"}))
+    unknown = {f"k{i:06d}": 0 for i in range(70_000)}
+    for what, body in (
+        ("user name of 900 kB", json.dumps({"name": "a" * 900_000}).encode()),
+        ("a quota of 10^5000", b'{"name": "bob", "quotas": {"max_upload_bytes": 1'
+         + b"0" * 5000 + b"}}"),
+        ("70,000 unknown quotas", json.dumps({"name": "bob", "quotas": unknown}).encode()),
+        ("quotas nested 50,000 deep", b'{"name": "bob", "quotas": ' + b'{"a":' * 50_000 + b"1"
+         + b"}" * 50_000 + b"}"),
+    ):  # fmt: skip
+        bench.row("28.1", what, "users", len(body), lambda body=body: client.post(
+            "/v1/users", content=body, headers=json_type))  # fmt: skip
+    for what, query in (
+        ("audit since 9999-12-31T23:59:59-23:59", {"since": "9999-12-31T23:59:59-23:59"}),
+        ("audit status of 5,000 digits", {"status": "9" * 5000}),
+        ("audit actor of 60 kB", {"actor": "a" * 60_000}),
+    ):
+        bench.row("28.2", what, "-", len(str(query)), lambda query=query: client.get(
+            "/v1/audit", params=query))  # fmt: skip
+    stranger = httpx.Client(base_url=service.url, timeout=60)
+
+    def guesses() -> Any:
+        for i in range(2000):
+            stranger.get("/v1/jobs", headers={"Authorization": f"Bearer guess-{i:040d}"})
+        rows = client.get("/v1/audit", params={"action": "sign-in"}).json()["entries"]
+        counts = sorted(row["count"] for row in rows)
+        return httpx.Response(401, json={"detail": f"{len(rows)} audit row(s), counts {counts}"})
+
+    bench.row("28.3", "2,000 guessed tokens from one address", "-", 2000 * 60, guesses)
 
 
 def trained(service: ServiceProcess, spec: dict[str, Any]) -> str:
@@ -324,6 +362,7 @@ def main() -> int:
         bench = Bench(service)
         uploads(bench)
         strangers(bench)
+        team(bench)
         if not args.skip_models:
             predictions(bench)
             jobs_output(bench)
