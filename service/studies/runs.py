@@ -29,7 +29,7 @@ from service.storage.tables import Job, Study
 from service.studies.recommendation import Recommendation, recommend
 from service.studies.summary import ArmSummary, JobFigures
 from service.studies.verdict import verdict
-from service.teams.access import check_write
+from service.teams.access import check_create, check_write
 from service.teams.caller import Caller
 from service.teams.quotas import check_model_quota
 
@@ -103,6 +103,7 @@ def create_study(
 ) -> StudyState:
     """Queue one job per arm and seed of ``caller``, after checking each arm as a submission
     (the study's jobs are its owner's: they count against their quotas)."""
+    check_create(caller, "create studies")
     defaulted = not arms
     arms = arms or [Arm(name) for name in DEFAULT_ARMS]
     specs = _arm_specs(base, arms, seeds[0], defaulted)

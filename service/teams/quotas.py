@@ -38,6 +38,16 @@ def quotas_in_force(settings: Settings, user: User | None) -> Quotas:
     return Quotas(**values)
 
 
+def default_setting(user: User | None, name: str) -> str | None:
+    """The setting that ``name``'s limit comes from for ``user`` (its ``Settings`` field, for a
+    422 to name), or None when it is the user's own, set by an admin (the message says so)."""
+    return None if getattr(user, name, None) is not None else f"quota_{name}"
+
+
+def _own(setting: str | None) -> str:
+    return "" if setting else ", set for them by an admin"
+
+
 def worker_quotas(session: Session, settings: Settings, owners: set[str]) -> dict[str, int | None]:
     """Each owner's most workers running at once (None: no limit)."""
     users = {u.name: u for u in session.scalars(select(User).where(User.name.in_(owners)))}
@@ -105,15 +115,18 @@ def check_job_quotas(
     run at once (``FieldError`` on ``workers``), or more queued jobs than they may queue
     (``QuotaExceeded``, 429). Call it under the queue lock, with the check of the service's
     own queue (the model bytes: ``check_model_quota``, before the lock)."""
-    quotas = quotas_in_force(settings, session.get(User, owner))
+    user = session.get(User, owner)
+    quotas = quotas_in_force(settings, user)
     workers = quotas.max_running_workers
     widest = max(spec.workers for spec in specs)
     if workers is not None and widest > workers:
+        setting = default_setting(user, "max_running_workers")
         raise FieldError(
             "workers",
             f"{widest} workers are over {owner}'s quota of {workers} running at once "
-            "(max_running_workers): use fewer workers or ask an admin",
-            "quota_max_running_workers",
+            f"(max_running_workers{_own(setting)}; {running_workers(session, owner)} running "
+            "now): use fewer workers or ask an admin",
+            setting,
         )
     if quotas.max_queued_jobs is not None:
         queued = queued_jobs(session, owner)
@@ -143,17 +156,19 @@ def check_model_quota(db: Database, settings: Settings, owner: str) -> None:
 def check_upload_quota(session: Session, settings: Settings, owner: str, size: int) -> None:
     """``FieldError`` on ``file`` when ``size`` more bytes of uploads would put ``owner`` over
     their quota (``max_upload_bytes``)."""
-    quota = quotas_in_force(settings, session.get(User, owner)).max_upload_bytes
+    user = session.get(User, owner)
+    quota = quotas_in_force(settings, user).max_upload_bytes
     if quota is None:
         return
     used = upload_bytes(session, owner)
     if used + size > quota:
+        setting = default_setting(user, "max_upload_bytes")
         raise FieldError(
             "file",
             f"{owner}'s datasets and code bundles use {used} bytes; with this upload "
-            f"({size} bytes) they would be over their quota of {quota} (max_upload_bytes): "
-            "delete some first",
-            "quota_max_upload_bytes",
+            f"({size} bytes) they would be over their quota of {quota} "
+            f"(max_upload_bytes{_own(setting)}): delete some first",
+            setting,
         )
 
 

@@ -119,8 +119,14 @@ def add_token(session: Session, name: str, token_name: str) -> TokenCreated:
 
 def update_user(session: Session, name: str, patch: UserPatch) -> tuple[User, str | None]:
     """Change a user's role and/or replace their quota overrides; the user, and what changed
-    (``role member -> viewer; max_queued_jobs default -> 5``; None: nothing) for the audit log."""
-    user = _active(session, name)
+    (``role member -> viewer; max_queued_jobs default -> 5``; None: nothing) for the audit log.
+    A revoked user's quotas still change (their queued jobs wait on them); their role does not."""
+    user = get_user(session, name)
+    if user.revoked_at is not None and patch.role is not None:
+        raise Conflict(
+            f"user {name} is revoked: their role cannot change (their quotas can, for the "
+            "jobs of theirs still queued)"
+        )
     changes = []
     if patch.role is not None and patch.role != user.role:
         if name == BOOTSTRAP_USER:

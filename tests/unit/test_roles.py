@@ -13,7 +13,7 @@ import teamkit
 from bundlekit import zip_bytes
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from inprocess import GOOD, LOCAL, tick
+from inprocess import GOOD, LOCAL, local_client, tick
 from teamkit import NET, ROLES, ROWS, Member, check_row, npz_bytes
 
 from service.files import uploads
@@ -58,9 +58,10 @@ def test_a_viewer_creates_nothing_and_reads_everything(team):
         vera.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())}),
         vera.post("/v1/code", files={"file": ("b.zip", zip_bytes({"net.py": NET}))}),
     ]
-    for response in refusals:
+    what = ["submit jobs", "create studies", "upload files", "upload files"]
+    for response, action in zip(refusals, what, strict=True):
         assert response.status_code == 403, response.text
-        assert "a viewer may not" in response.json()["detail"]
+        assert f"a viewer may not {action}" in response.json()["detail"]
         assert "a member or an admin may (you are vera, a viewer)" in response.json()["detail"]
     reads = [
         f"/v1/jobs/{ids['job']}",
@@ -124,7 +125,10 @@ def test_quotas_name_the_quota_and_the_use(team, app):
     assert wide.status_code == 422
     (error,) = wide.json()["detail"]
     assert error["loc"][-1] == "workers"
-    assert "over carol's quota of 1 running at once (max_running_workers)" in error["msg"]
+    assert (
+        "over carol's quota of 1 running at once (max_running_workers, set for them by an "
+        "admin; 0 running now)" in error["msg"]
+    )
     narrow = {**GOOD, "workers": 1}
     assert capped.post("/v1/jobs", json=narrow).status_code == 201
     full = capped.post("/v1/jobs", json=narrow)
@@ -136,9 +140,8 @@ def test_quotas_name_the_quota_and_the_use(team, app):
     upload = small.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())})
     assert upload.status_code == 422
     (error,) = upload.json()["detail"]
-    assert (
-        error["loc"][-1] == "file" and "over their quota of 100 (max_upload_bytes)" in error["msg"]
-    )
+    assert error["loc"][-1] == "file"
+    assert "over their quota of 100 (max_upload_bytes, set for them by an admin)" in error["msg"]
     assert admin.get("/v1/datasets").json()["datasets"] == []  # nothing kept
 
 
@@ -184,6 +187,38 @@ def test_the_scheduler_shares_fairly_between_users(team, app):
     waiting = admin.get(f"/v1/jobs/{a_jobs[1]}").json()
     assert waiting["state"] == "queued"
     assert waiting["reason"] == "waiting for resources: needs 2 CPU, 0 of 2 free"  # next
+
+
+def test_a_paused_then_revoked_users_queued_job_starts_when_an_admin_raises_the_quota(team, app):
+    """Pause (a workers quota of 0), revoke: the job waits; a revoked user's quotas still
+    change (their role does not), so the admin can let it run instead of cancelling it."""
+    admin, alice = team["admin"], team["alice"]
+    job = alice.post("/v1/jobs", json=GOOD).json()["id"]
+    quotas = {"max_running_workers": 0}
+    assert admin.patch("/v1/users/alice", json={"quotas": quotas}).status_code == 200
+    assert admin.delete("/v1/users/alice").status_code == 200
+    tick(app)
+    waiting = admin.get(f"/v1/jobs/{job}").json()
+    assert waiting["state"] == "queued" and "raises the quota" in waiting["reason"]
+    demote = admin.patch("/v1/users/alice", json={"role": "viewer"})
+    assert demote.status_code == 409 and "their quotas can" in demote.json()["detail"]
+    raised = admin.patch("/v1/users/alice", json={"quotas": {"max_running_workers": None}})
+    assert raised.status_code == 200 and raised.json()["revoked_at"] is not None
+    tick(app)
+    assert admin.get(f"/v1/jobs/{job}").json()["state"] == "pending"
+    assert alice.get("/v1/me").status_code == 401  # still revoked
+
+
+def test_a_quota_refusal_names_the_setting_or_the_users_own_quota(make_app):
+    admin = local_client(make_app(quota_max_running_workers=1))
+    error = admin.post("/v1/jobs", json=GOOD).json()["detail"][0]  # the default applies
+    assert "(max_running_workers; 0 running now)" in error["msg"]
+    assert error["msg"].endswith("(set by SYNCBN_QUOTA_MAX_RUNNING_WORKERS)")
+    patch = {"quotas": {"max_running_workers": 1}}
+    assert admin.patch("/v1/users/admin", json=patch).status_code == 200
+    error = admin.post("/v1/jobs", json=GOOD).json()["detail"][0]  # now admin's own
+    assert "(max_running_workers, set for them by an admin; 0 running now)" in error["msg"]
+    assert "SYNCBN_" not in error["msg"]
 
 
 def test_past_the_model_bytes_quota_the_next_submit_is_a_429_naming_it(team, app, tmp_path):
