@@ -436,9 +436,10 @@ class Client:
         """Revoke a user and every token of theirs (admin); what they made stays theirs."""
         return self._call(UserOut, "DELETE", paths.item(paths.USERS, name))
 
-    def add_token(self, user: str, name: str = "default") -> TokenCreated:
-        """Add a named token to ``user`` (admin): ``.token``, shown only in this answer. To
-        rotate one: add a new one, switch to it, revoke the old one."""
+    def add_token(self, user: str, name: str | None = None) -> TokenCreated:
+        """Add a token to ``user`` (admin), named ``name`` (None: ``token-<n>``, the first n
+        not taken): ``.token``, shown only in this answer. To rotate one: add a new one,
+        switch to it, revoke the old one."""
         path = paths.item(paths.USERS, user, "tokens")
         return self._post(TokenCreated, path, json={"name": name})
 

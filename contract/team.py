@@ -81,7 +81,11 @@ class UserList(BaseModel):
 class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("default", pattern=TOKEN_NAME_PATTERN, description="unique per user")
+    name: str | None = Field(
+        None,
+        pattern=TOKEN_NAME_PATTERN,
+        description="unique per user; null or left out: token-<n>, the first n not taken",
+    )
 
 
 class TokenCreated(BaseModel):

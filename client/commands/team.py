@@ -106,14 +106,17 @@ def show_revoked(console: Console, out: dict[str, Any]) -> None:
 
 
 def token_arguments(named: bool) -> Callable[[argparse.ArgumentParser], None]:
-    """A token's user and name: positional (``named``), else ``--name`` (default ``default``)."""
+    """A token's user and name: positional (``named``), else ``--name`` (unset: the service
+    names it ``token-<n>``)."""
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("user", metavar="USER", help="whose token")
         if named:
             parser.add_argument("name", metavar="NAME", help="the token's name (users list)")
         else:
-            parser.add_argument("--name", default=DEFAULT, help="the token's name, unique per user")
+            parser.add_argument(
+                "--name", help="the token's name, unique per user (default: token-<n>)"
+            )
 
     return add_arguments
 

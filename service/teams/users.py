@@ -100,6 +100,16 @@ def _active(session: Session, name: str) -> User:
     return user
 
 
+def next_token_name(session: Session, name: str) -> str:
+    """``token-<n>`` for the user ``name``'s next token: the first n from their token count
+    plus one that none of theirs is named."""
+    taken = {token.name for token in tokens_of(session, name)}
+    n = len(taken) + 1
+    while f"token-{n}" in taken:
+        n += 1
+    return f"token-{n}"
+
+
 def add_token(session: Session, name: str, token_name: str) -> TokenCreated:
     """A new token ``token_name`` of the user ``name`` (the only time it is shown)."""
     _active(session, name)

@@ -116,6 +116,9 @@ def test_a_token_is_rotated_add_switch_revoke_the_old(service, capsys):  # noqa:
     assert re.search(r"bob\s+│\s+viewer\s+│.*│\s+default \(revoked\), laptop\s+│", out), out
     status, out = syncbn(capsys, TOKEN, "--json", "tokens", "add", "bob", "--name", "laptop")
     assert status == cli.EXIT_REJECTED and "HTTP 409" in out
+    for n in (3, 4):  # without --name: the service names it
+        status, out = syncbn(capsys, TOKEN, "tokens", "add", "bob")
+        assert status == cli.EXIT_OK and f"its name: token-{n} " in out, out
 
 
 def test_users_set_changes_the_role_and_only_the_quotas_given(service, capsys):  # noqa: F811

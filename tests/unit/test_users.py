@@ -317,12 +317,15 @@ def test_a_quota_out_of_range_or_not_an_integer_is_a_422_naming_it(client, quota
         assert response.json()["detail"][0]["loc"][-1] == name
 
 
-def test_a_token_added_without_a_body_gets_a_name_of_its_own(client):
+def test_a_token_added_without_a_name_gets_one_of_its_own(client):
     add_user(client, "gus")  # its first token: default
-    for n in (2, 3):
-        created = client.post("/v1/users/gus/tokens")
+    assert client.post("/v1/users/gus/tokens", json={"name": "token-3"}).status_code == 201
+    for body, n in (({}, 4), (None, 5), ({"name": None}, 6)):  # token-3 is taken
+        created = client.post("/v1/users/gus/tokens", json=body)
         assert created.status_code == 201, created.text
         assert created.json()["name"] == f"token-{n}"
+    client.delete("/v1/users/gus/tokens/default")
+    assert client.post("/v1/users/gus/tokens").json()["name"] == "token-7"  # revoked: kept
 
 
 def test_no_token_the_service_makes_starts_with_a_dash(monkeypatch):

@@ -111,10 +111,10 @@ def add_token(
     body: TokenIn | None = None,
 ) -> TokenCreated:
     """Add a named token to a user, shown here once (to rotate: add one, switch to it, revoke
-    the old one); without a body, it is named ``token-<n>``, the user's n-th token."""
+    the old one); without a name, it is named ``token-<n>``, the first n not taken."""
     require_admin(caller)
     with services.db.session() as session:
-        token_name = body.name if body else f"token-{len(users.tokens_of(session, name)) + 1}"
+        token_name = body.name if body and body.name else users.next_token_name(session, name)
         created = users.add_token(session, name, token_name)
     response.headers["Location"] = f"/v1/users/{name}/tokens/{token_name}"
     return created
