@@ -317,6 +317,17 @@ def test_a_home_with_data_is_not_restored_into_and_the_command_says_why(
     assert "pg_dump" in capsys.readouterr().err and not (tmp_path / "pg.tar").exists()
 
 
+def test_the_archives_folder_is_made_when_missing(source, tmp_path) -> None:
+    """``python -m service backup backups/…`` on a fresh checkout (``docs/operations.md``)."""
+    settings = home_settings(source["home"])
+    target = tmp_path / "backups" / "2026" / "syncbn.tar"
+    manifest = backup(settings, target, out=io.StringIO())
+    assert target.is_file() and manifest["files"] == source["manifest"]["files"]
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OperationError, match=r"cannot make the folder .*a-file"):
+        backup(settings, tmp_path / "a-file" / "syncbn.tar", out=io.StringIO())
+
+
 def test_files_only_holds_the_files_of_the_databases_rows_and_no_database(source, tmp_path):
     """``--files-only`` (PostgreSQL's database is ``pg_dump``'s): the same files, no
     ``syncbn.db``; restored, the home has the files and waits for ``pg_restore``."""

@@ -232,8 +232,6 @@ def backup(
 def _backup(settings: Settings, target: Path, files_only: bool, out: TextIO) -> dict[str, Any]:
     if target.exists() or target.is_symlink():
         raise OperationError(f"{target} exists: give a new file name (a backup never overwrites)")
-    if not target.parent.is_dir():
-        raise OperationError(f"{target.parent} is not a folder")
     home = settings.home.resolve()
     if not home.is_dir():
         raise OperationError(f"{home} (SYNCBN_HOME) is not a folder: nothing to back up")
@@ -244,6 +242,10 @@ def _backup(settings: Settings, target: Path, files_only: bool, out: TextIO) -> 
             "pg_dump, then the files with `python -m service backup --files-only FILE` "
             f"({DOCS}#postgresql)"
         )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # e.g. backups/ on the first backup
+    except OSError as exc:
+        raise OperationError(f"cannot make the folder {target.parent}: {exc}") from None
     gzipped = target.name.endswith((".gz", ".tgz"))
     with tempfile.TemporaryDirectory(prefix=".syncbn-backup-", dir=target.parent) as scratch:
         copy = Path(scratch) / DATABASE
