@@ -30,6 +30,9 @@ from contract.protocol import MAX_EPOCH
 from contract.spec import BUILTIN_MODELS, CODE_ID_RE, JobSpec
 
 MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+"""Beside a checkpoint's model file: rank 0's training state (model, optimizer, position), what
+a resumed job continues from (``workers.checkpoint``); never served, never backed up."""
 RECIPE_KEY = "syncbn.recipe"
 RECIPE_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20

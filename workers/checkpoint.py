@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from contract.recipe import STATE_FILE
+
 if TYPE_CHECKING:
     import ray.train
-
-
-STATE_FILE = "state.pt"
 
 
 def bn_buffers_file(rank: int) -> str:

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from contract.recipe import MAX_HEADER_BYTES, MODEL_FILE, RecipeError, recipe_from
+from contract.recipe import MAX_HEADER_BYTES, MODEL_FILE, STATE_FILE, RecipeError, recipe_from
 from service.cluster import Cluster, is_terminal, predict_entrypoint
 from service.errors import Conflict
 from service.files.lru import LRU
@@ -235,6 +235,23 @@ def model_files(runs_dir: Path, job_id: str) -> KeptModels:
     except Refusal as exc:
         return KeptModels({}, (Refused(f"the run folder {job_id}", str(exc)),))
     return KeptModels(dict(sorted(found.items())), tuple(refused))
+
+
+def has_training_state(runs_dir: Path, job_id: str) -> bool:
+    """Whether a checkpoint of the job's run folder holds its training state (``STATE_FILE``):
+    what a resumed job continues from. A restored backup has none (only the model files)."""
+    try:
+        with _run_folder(runs_dir / job_id) as job_fd:
+            for folder in _checkpoint_folders(job_fd, []):
+                try:
+                    found = os.stat(f"{folder}/{STATE_FILE}", dir_fd=job_fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(found.st_mode):
+                    return True
+    except (OSError, Refusal):
+        pass
+    return False
 
 
 def _checkpoint_folders(job_fd: int, refused: list[Refused]) -> list[str]:

@@ -33,6 +33,7 @@ from contract.states import JobState
 from service.cluster import Cluster, entrypoint, is_terminal
 from service.errors import ClusterUnavailable, NotFound
 from service.files.code_bundles import runtime_env
+from service.files.trained_models import has_training_state
 from service.jobs import logs
 from service.jobs.ingest_tokens import new_ingest_token
 from service.settings import Settings
@@ -178,12 +179,19 @@ class Lifecycle:
             cancelled = JobState(job.state).is_final or job.cancel_requested
             if not cancelled:
                 job.ray_status = "PENDING"
-                reason = f"{RESUBMITTED}; resuming from the last checkpoint"
-                self._move(session, job, JobState.PENDING, reason if resume else SUBMITTED)
+                self._move(
+                    session, job, JobState.PENDING, self._resumed(job_id) if resume else SUBMITTED
+                )
         if cancelled:
             self.ray.stop(job_id)
             return
         logger.info("submitted job %s to Ray%s", job_id, " (resume)" if resume else "")
+
+    def _resumed(self, job_id: str) -> str:
+        """A resubmitted job's reason: whether it has a checkpoint to continue from."""
+        if has_training_state(self.settings.runs_dir, job_id):
+            return f"{RESUBMITTED}; resuming from the last checkpoint"
+        return f"{RESUBMITTED}; it has no checkpoint to resume from: training starts again"
 
     def runtime_env(self, session: Session, spec: JobSpec) -> dict[str, Any] | None:
         """A code bundle's ``working_dir`` (and ``pip``) for the job's Ray Jobs (training and

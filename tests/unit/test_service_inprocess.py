@@ -15,6 +15,7 @@ from fakeray import FakeRay
 from inprocess import GOOD, tick
 
 from contract.protocol import INGEST_TOKEN_ENV, JobOutcome, WorkerReport, write_outcome
+from contract.recipe import STATE_FILE
 from contract.states import FINAL_STATES, JobState
 from service.jobs.lifecycle import MAX_RESUBMISSIONS, RESUBMITTED
 
@@ -139,11 +140,18 @@ def test_a_job_the_restarted_cluster_lost_is_resubmitted_to_resume_then_fails(cl
     job = client.post("/v1/jobs", json=GOOD).json()
     tick(app)
     report(client, job["id"], "step", 1, 16)
+    checkpoint = app.state.settings.runs_dir / job["id"] / "checkpoint_000000"
     for attempt in range(1, MAX_RESUBMISSIONS + 1):
+        if attempt == 2:  # the reason says whether there is a checkpoint to continue from
+            checkpoint.mkdir(parents=True)
+            (checkpoint / STATE_FILE).write_bytes(b"state")
         ray.restart()
         tick(app)
         current = client.get(f"/v1/jobs/{job['id']}").json()
         assert current["state"] == "pending" and current["reason"].startswith(RESUBMITTED)
+        assert current["reason"].endswith(
+            "resuming from the last checkpoint" if attempt >= 2 else "training starts again"
+        )
         assert "--resume" in ray.jobs[job["id"]].entrypoint, attempt
     ray.restart()
     tick(app)
