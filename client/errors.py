@@ -13,8 +13,9 @@ from typing import Any
 
 import httpx
 
-SETTING = re.compile(r"SYNCBN_[A-Z0-9_]+")
-"""A setting of the service, as its limits name them in an error (``SYNCBN_MAX_UPLOAD_BYTES``)."""
+SETTING = re.compile(r"(?<![$\w])SYNCBN_[A-Z0-9_]+")
+"""A setting of the service, as its limits name them in an error (``SYNCBN_MAX_UPLOAD_BYTES``);
+``$SYNCBN_HOME`` names a folder, not a limit."""
 
 
 class SyncbnError(Exception):

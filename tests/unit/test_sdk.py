@@ -25,6 +25,7 @@ from client.errors import (
     Busy,
     Conflict,
     Forbidden,
+    InsufficientStorage,
     NotFound,
     Rejected,
     SyncbnError,
@@ -135,6 +136,11 @@ def test_a_limit_names_its_setting(make_app, tmp_path):
     with pytest.raises(Busy) as full:  # a full queue: no Retry-After, so not asked again
         c.submit(GOOD)
     assert full.value.status == 429 and "queue is full" in full.value.message
+    (tmp_path / "filler").write_bytes(b"1" * 100_000)  # the disk budget: a 507 names it
+    with pytest.raises(InsufficientStorage) as no_room:  # after "$SYNCBN_HOME (...) uses"
+        connect(make_app(disk_budget_bytes=1000)).submit(GOOD)
+    assert "$SYNCBN_HOME" in no_room.value.message
+    assert no_room.value.setting == "SYNCBN_DISK_BUDGET_BYTES"
 
 
 def test_studies(app, c):
