@@ -161,13 +161,15 @@ def study_or_404(session: Session, study_id: str, writer: Caller | None = None) 
 
 
 def cancel_study(db: Database, lifecycle: Lifecycle, study_id: str, caller: Caller) -> StudyState:
-    """Cancel every job of the study that has not finished (idempotent)."""
+    """Cancel every job of the study that has not finished (idempotent); a study that is over
+    stays as it ended."""
     with db.session() as session:
         study = study_or_404(session, study_id, writer=caller)
-        study.cancelled = True
         open_jobs = [
             j.id for j in store.study_jobs(session, study_id) if j.state not in FINAL_STATES
         ]
+        if open_jobs:
+            study.cancelled = True
     for job_id in open_jobs:
         lifecycle.cancel(job_id)
     with db.session() as session:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from fakeray import FakeRay
+from inprocess import tick
 
 from contract.arms import Arm, arm_spec
 from service.studies.summary import ArmSummary, JobFigures
@@ -117,6 +118,17 @@ def test_a_study_queues_one_job_per_arm_and_seed(client):
     assert {j["state"] for a in cancelled["arms"] for j in a["jobs"]} == {"cancelled"}
     assert client.post(f"/v1/studies/{study['id']}/cancel").status_code == 200
     assert client.get("/v1/studies/s-nope").status_code == 404
+
+
+def test_cancelling_a_study_that_is_over_changes_nothing(client, app, ray):
+    study = client.post("/v1/studies", json={"base": BASE, "seeds": [0], "arms": ["sync"]}).json()
+    (job,) = [j["id"] for arm in study["arms"] for j in arm["jobs"]]
+    tick(app)
+    ray.set_status(job, "FAILED")
+    tick(app)
+    assert client.get(f"/v1/studies/{study['id']}").json()["state"] == "failed"
+    cancelled = client.post(f"/v1/studies/{study['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "failed"
 
 
 def test_five_arms_queue_presets_and_overrides_as_jobs(client):
