@@ -67,7 +67,7 @@ def show_usage(console: Console, usage: dict[str, Any]) -> None:
     )
     style = STATE_STYLE.get(usage["state"], "")
     console.print(f"  [{style}]{usage['state']}[/]", end="")
-    console.print(f": {usage['detail']}", markup=False)
+    console.print(f": {usage['detail'].removeprefix(usage['state'] + ': ')}", markup=False)
     if not usage.get("complete", True):
         console.print("  (the walk stopped at its bound of entries: at least these figures)")
     console.print(kinds_table(usage))
