@@ -63,6 +63,8 @@ def watch_job(client: Client, console: Console, job_id: str) -> int:
 
     with Live(Screen(), console=console, refresh_per_second=4):
         job = client.wait(job_id, on_event=show)
+    if not console.is_terminal:  # Live's last frame ends without a newline there
+        console.line()
     show_job(console, plain(job))
     return EXIT_OK if job.state == JobState.SUCCEEDED else EXIT_JOB_FAILED
 

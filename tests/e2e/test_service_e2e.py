@@ -97,6 +97,7 @@ def test_job_runs_end_to_end_with_per_worker_stats_events_and_cli_watch(service)
 
     assert watcher.returncode == 0, watcher.stdout + watcher.stderr
     assert "succeeded" in watcher.stdout and f"{accuracy:.4f}" in watcher.stdout
+    assert "┘job" not in watcher.stdout  # the live table's last frame ends its line (a pipe)
 
     logs = service.client.get(f"/v1/jobs/{job['id']}/logs").json()["logs"]
     assert '"status": 0' in logs
