@@ -174,14 +174,13 @@ class Lifecycle:
             "SYNCBN_MAX_DATASET_MEMORY": str(settings.max_dataset_memory),
         }
         self.ray.submit(job_id, command, env, ray_env)
+        reason = self._resumed(job_id) if resume else SUBMITTED  # reads files: no transaction
         with self.db.session() as session:
             job = job_or_404(session, job_id)
             cancelled = JobState(job.state).is_final or job.cancel_requested
             if not cancelled:
                 job.ray_status = "PENDING"
-                self._move(
-                    session, job, JobState.PENDING, self._resumed(job_id) if resume else SUBMITTED
-                )
+                self._move(session, job, JobState.PENDING, reason)
         if cancelled:
             self.ray.stop(job_id)
             return
